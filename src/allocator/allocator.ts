@@ -1,0 +1,161 @@
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '../core/logger.js';
+import { ChorusError } from '../core/errors.js';
+import { sleep } from '../core/async.js';
+import { ZkSession, isZkError, ZK_BAD_VERSION } from './zk.js';
+import {
+  applyBatch,
+  decodeState,
+  encodeState,
+  type Allocation,
+  type AllocationRequest,
+  type AllocatorState,
+} from './window.js';
+
+export interface AllocatorOptions {
+  path: string;
+  windowSize: number;
+  maxBatch: number;
+  /** How long one request may wait for ZooKeeper before it is answered with an error. */
+  requestTimeoutMs: number;
+}
+
+export interface AllocatorObserver {
+  onBatch?(size: number, zkMillis: number): void;
+  onZkRequest?(kind: 'getData' | 'setData'): void;
+}
+
+interface Pending {
+  request: AllocationRequest;
+  resolve: (value: Allocation[]) => void;
+  reject: (err: Error) => void;
+  deadline: number;
+}
+
+export function newNonce(): string {
+  return randomBytes(6).toString('base64url');
+}
+
+/**
+ * The only ZooKeeper user: one znode per shard holding the next LSN and the dedup window.
+ * Requests that arrive while a write is in flight are group-committed into the next write.
+ * The last state written is cached with its version, so a replica that is the shard's only
+ * writer spends exactly one setData per batch; a stale cache costs one BadVersion and one read.
+ */
+export class Allocator {
+  private queue: Pending[] = [];
+  private running = false;
+  private cached: { state: AllocatorState; version: number } | null = null;
+  private stopped = false;
+
+  constructor(
+    private readonly zk: ZkSession,
+    private readonly opts: AllocatorOptions,
+    private readonly log: Logger,
+    private readonly observer: AllocatorObserver = {},
+  ) {}
+
+  async init(): Promise<void> {
+    await this.zk.waitConnected();
+    if (!(await this.zk.exists(this.opts.path))) await this.zk.mkdirp(this.opts.path);
+    await this.refresh();
+    this.log.info({ path: this.opts.path, next: this.cached!.state.next }, 'allocator ready');
+  }
+
+  get usable(): boolean {
+    return this.zk.isConnected;
+  }
+
+  /** The next LSN as last seen; only a hint (another replica may have allocated since). */
+  get lastSeenNext(): number {
+    return this.cached?.state.next ?? 0;
+  }
+
+  private async refresh(): Promise<void> {
+    this.observer.onZkRequest?.('getData');
+    const { data, stat } = await this.zk.getData(this.opts.path);
+    this.cached = { state: decodeState(data), version: stat.version };
+  }
+
+  async read(): Promise<AllocatorState> {
+    await this.refresh();
+    return this.cached!.state;
+  }
+
+  allocate(request: AllocationRequest): Promise<Allocation[]> {
+    if (this.stopped) return Promise.reject(new ChorusError('SHUTTING_DOWN', 'allocator is stopped'));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ request, resolve, reject, deadline: Date.now() + this.opts.requestTimeoutMs });
+      if (!this.running) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    try {
+      while (this.queue.length > 0) {
+        const now = Date.now();
+        for (const p of this.queue.filter((p) => p.deadline < now)) {
+          // Nothing of an expired request was written in a batch that is still unresolved:
+          // it is only dropped between attempts, after its last attempt's outcome is known.
+          p.reject(new ChorusError('ALLOCATOR_UNAVAILABLE', 'ZooKeeper did not accept the allocation in time; nothing was allocated'));
+        }
+        this.queue = this.queue.filter((p) => p.deadline >= now);
+        const batch = this.queue.splice(0, this.opts.maxBatch);
+        if (batch.length === 0) break;
+        await this.commit(batch);
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** Retries until the batch's outcome is known; every retry re-reads, so nothing is allocated twice. */
+  private async commit(batch: Pending[]): Promise<void> {
+    const started = Date.now();
+    let attempt = 0;
+    // Set once a setData was sent without a known result: from then on the batch may only be
+    // answered after a read tells what happened, never rejected blindly.
+    let uncertain = false;
+    for (;;) {
+      attempt++;
+      let sent = false;
+      try {
+        if (!this.cached) await this.refresh();
+        const base = this.cached!;
+        const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.windowSize);
+        if (changed) {
+          this.observer.onZkRequest?.('setData');
+          sent = true;
+          const stat = await this.zk.setData(this.opts.path, encodeState(state), base.version);
+          this.cached = { state, version: stat.version };
+        }
+        this.observer.onBatch?.(batch.length, Date.now() - started);
+        batch.forEach((p, i) => p.resolve(results[i]!));
+        return;
+      } catch (err) {
+        this.cached = null;
+        if (isZkError(err, ZK_BAD_VERSION)) continue;
+        if (sent) uncertain = true;
+        if (!uncertain && batch.every((p) => p.deadline < Date.now())) {
+          batch.forEach((p) =>
+            p.reject(new ChorusError('ALLOCATOR_UNAVAILABLE', `ZooKeeper unavailable; nothing was allocated (${(err as Error).message})`)),
+          );
+          return;
+        }
+        // Connection loss or timeout: the write may or may not have landed. The next attempt
+        // re-reads and recognises this batch's own entries by nonce.
+        this.log.warn({ err, attempt }, 'allocation attempt failed, re-reading');
+        if (this.stopped) {
+          batch.forEach((p) => p.reject(new ChorusError('SHUTTING_DOWN', 'allocator stopped during allocation')));
+          return;
+        }
+        await sleep(Math.min(1000, 50 * attempt));
+      }
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The state held in the shard's one znode, and the pure rule that turns a batch of
+ * allocation requests into a new state. Kept free of I/O so it can be tested alone.
+ */
+
+/** [blockId ('' for entries without one), lsn, origin replica, request nonce] */
+export type WindowEntry = [string, number, string, string];
+
+export interface AllocatorState {
+  /** The next LSN to hand out. LSNs start at 1. */
+  next: number;
+  /** Recent allocations, oldest first, at most `windowSize` long. */
+  window: WindowEntry[];
+}
+
+export interface AllocationRequest {
+  /** Unique per request; lets a request whose outcome was lost recognise its own allocations. */
+  nonce: string;
+  origin: string;
+  /** One per log entry to allocate; null for entries that are never deduplicated (DROP PARTITION). */
+  blockIds: Array<string | null>;
+}
+
+export interface Allocation {
+  lsn: number;
+  /** True when the block was already in the window: `lsn` is then the LSN it was first given. */
+  duplicate: boolean;
+}
+
+export const EMPTY_STATE: AllocatorState = { next: 1, window: [] };
+
+export function encodeState(state: AllocatorState): Buffer {
+  return Buffer.from(JSON.stringify({ v: 1, next: state.next, w: state.window }));
+}
+
+export function decodeState(data: Buffer | undefined | null): AllocatorState {
+  if (!data || data.length === 0) return { ...EMPTY_STATE, window: [] };
+  const parsed = JSON.parse(data.toString('utf8')) as { v: number; next: number; w: WindowEntry[] };
+  if (parsed.v !== 1 || !Number.isSafeInteger(parsed.next) || !Array.isArray(parsed.w)) {
+    throw new Error(`unrecognised allocator state (version ${String(parsed.v)})`);
+  }
+  return { next: parsed.next, window: parsed.w };
+}
+
+/**
+ * Assigns LSNs to every block of every request in one step. A block ID already in the
+ * window is a duplicate, unless the window entry carries this same request's nonce: then
+ * an earlier attempt of this very request landed (its reply was lost), and the LSN is
+ * this request's own allocation, not a duplicate.
+ */
+export function applyBatch(
+  state: AllocatorState,
+  requests: AllocationRequest[],
+  windowSize: number,
+): { state: AllocatorState; results: Allocation[][]; changed: boolean } {
+  const byBlock = new Map<string, WindowEntry>();
+  const ownByNonce = new Map<string, WindowEntry[]>();
+  for (const entry of state.window) {
+    if (entry[0] !== '' && !byBlock.has(entry[0])) byBlock.set(entry[0], entry);
+    const list = ownByNonce.get(entry[3]);
+    if (list) list.push(entry);
+    else ownByNonce.set(entry[3], [entry]);
+  }
+  let next = state.next;
+  const added: WindowEntry[] = [];
+  const results = requests.map((request) => {
+    // Entries of an earlier attempt of this request, in the order they were allocated.
+    const own = [...(ownByNonce.get(request.nonce) ?? [])];
+    return request.blockIds.map((blockId): Allocation => {
+      const ownIndex = own.findIndex((e) => e[0] === (blockId ?? ''));
+      if (ownIndex >= 0) {
+        const [entry] = own.splice(ownIndex, 1);
+        return { lsn: entry![1], duplicate: false };
+      }
+      if (blockId) {
+        const seen = byBlock.get(blockId);
+        if (seen) return { lsn: seen[1], duplicate: true };
+      }
+      const entry: WindowEntry = [blockId ?? '', next++, request.origin, request.nonce];
+      added.push(entry);
+      if (blockId) byBlock.set(blockId, entry);
+      return { lsn: entry[1], duplicate: false };
+    });
+  });
+  if (added.length === 0) return { state, results, changed: false };
+  const window = [...state.window, ...added];
+  return {
+    state: { next, window: window.length > windowSize ? window.slice(window.length - windowSize) : window },
+    results,
+    changed: true,
+  };
+}

@@ -1,0 +1,114 @@
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../config/config.js';
+import { ChorusError } from '../core/errors.js';
+import { createLogger } from '../core/logger.js';
+import { devDown, devUp } from '../dev/cluster.js';
+import { Sidecar } from '../sidecar/sidecar.js';
+import { runDemo } from './demo.js';
+
+const USAGE = `chorus: replication coordinator sidecar for ClickHouse
+
+Usage:
+  chorus serve [--config FILE]                  run the sidecar (config also from CHORUS_* env)
+  chorus dev up --replicas N --dir DIR [--json] start ZooKeeper, N ClickHouse servers and N sidecars
+  chorus dev down --dir DIR                     stop everything dev up started in DIR
+  chorus demo [--dir DIR]                       dev up 3 replicas, insert, show the result, serve until Ctrl-C
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
+`;
+
+class UsageError extends Error {}
+
+async function serve(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string' }, help: { type: 'boolean' } } });
+  if (values.help) return void process.stdout.write('chorus serve [--config FILE]\n');
+  const config = loadConfig({ file: values.config ?? process.env.CHORUS_CONFIG });
+  const logger = createLogger({ level: config.logLevel, replica: config.replica, shard: config.shard });
+  const sidecar = new Sidecar(config, logger);
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    sidecar.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  try {
+    await sidecar.start();
+  } catch (err) {
+    const e = ChorusError.from(err);
+    logger.fatal({ code: e.qualifiedCode, err: e.message }, 'start failed');
+    await sidecar.stop().catch(() => undefined);
+    throw e;
+  }
+}
+
+async function dev(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  const { values } = parseArgs({
+    args: rest,
+    options: { replicas: { type: 'string', default: '3' }, dir: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } },
+  });
+  if (values.help || !sub) return void process.stdout.write(USAGE);
+  if (!values.dir) throw new UsageError('--dir DIR is required');
+  if (sub === 'up') {
+    const replicas = Number(values.replicas);
+    if (!Number.isInteger(replicas) || replicas < 1 || replicas > 9) throw new UsageError('--replicas must be an integer from 1 to 9');
+    const info = await devUp({ replicas, dir: values.dir });
+    if (values.json) {
+      process.stdout.write(
+        JSON.stringify({
+          zookeeper: info.zookeeper,
+          replicas: info.replicas.map((r) => ({ name: r.name, http: r.http, clickhouse: r.clickhouse, grpc: r.grpc, interserver: r.interserver, pids: r.pids })),
+        }) + '\n',
+      );
+    } else {
+      process.stdout.write(`ZooKeeper ${info.zookeeper}\n`);
+      for (const r of info.replicas) process.stdout.write(`${r.name}: chorus ${r.http}  clickhouse ${r.clickhouse}  grpc ${r.grpc}\n`);
+    }
+    return;
+  }
+  if (sub === 'down') {
+    await devDown(values.dir);
+    return;
+  }
+  throw new UsageError(`unknown dev command ${sub}`);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...args] = argv;
+  switch (command) {
+    case 'serve':
+      return serve(args);
+    case 'dev':
+      return dev(args);
+    case 'demo':
+      return runDemo(args);
+    case undefined:
+    case '--help':
+    case '-h':
+    case 'help':
+      process.stdout.write(USAGE);
+      return;
+    default:
+      throw new UsageError(`unknown command ${command}`);
+  }
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof UsageError || (err instanceof ChorusError && err.code === 'CONFIG_INVALID')) {
+    process.stderr.write(`chorus: ${err.message}\n`);
+    if (err instanceof UsageError) process.stderr.write(USAGE);
+    process.exit(2);
+  }
+  const e = err instanceof Error ? err : new Error(String(err));
+  process.stderr.write(`chorus: ${e instanceof ChorusError ? `${e.qualifiedCode}: ` : ''}${e.message}\n`);
+  process.exit(1);
+});

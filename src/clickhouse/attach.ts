@@ -1,0 +1,69 @@
+import { rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { KeyedMutex } from '../core/async.js';
+import { ChorusError } from '../core/errors.js';
+import type { LogEntry } from '../log/entry.js';
+import { sha256File } from '../parts/files.js';
+import type { PartStore } from '../parts/store.js';
+import type { TableCatalog } from './catalog.js';
+import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
+
+/**
+ * Origin and followers attach the same way: hardlink the part from the part store into the
+ * table's detached/, ATTACH PART, and find the part ClickHouse made of it. ClickHouse gives it
+ * a new block number, so the result is recognised by content, never guessed from its name.
+ */
+export class Attacher {
+  private readonly perTable = new KeyedMutex();
+
+  constructor(
+    private readonly ch: ClickHouseHttp,
+    private readonly catalog: TableCatalog,
+    private readonly store: PartStore,
+  ) {}
+
+  /** Attaches `entry`'s part; returns the local block number it was given. */
+  attach(entry: LogEntry): Promise<number> {
+    // One attach at a time per table: the new part is found as "above the previous maximum".
+    return this.perTable.run(`${entry.database}.${entry.table}`, () => this.attachLocked(entry));
+  }
+
+  private async attachLocked(entry: LogEntry): Promise<number> {
+    const table = await this.catalog.resolve(entry.database, entry.table);
+    const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
+    const [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(
+      `SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`,
+    );
+    const owner = await stat(table.dataPath);
+    const detachedDir = join(table.dataPath, 'detached');
+    const linked = await this.store.linkInto(entry.lsn, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
+    try {
+      await this.ch.exec(`ALTER TABLE ${quoteIdent(entry.database)}.${quoteIdent(entry.table)} ATTACH PART ${quoteString(entry.partName)}`);
+    } catch (err) {
+      await rm(linked, { recursive: true, force: true });
+      throw new ChorusError('ATTACH_FAILED', `ATTACH PART for LSN ${entry.lsn} failed: ${(err as Error).message}`, err);
+    }
+    const block = await this.findAttached(entry, where, maxBlock);
+    if (block === undefined) throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn} was attached but its part was not found by content`);
+    return block;
+  }
+
+  /**
+   * Among the parts of the entry's partition made of one new block above `maxBlock` (active or
+   * already merged away), the one whose checksums.txt hashes to the entry's.
+   */
+  async findAttached(entry: LogEntry, where: string, maxBlock: number): Promise<number | undefined> {
+    const candidates = await this.ch.rows<{ path: string; block: number }>(
+      `SELECT path, min_block_number AS block FROM system.parts WHERE ${where} AND partition_id = ${quoteString(entry.partitionId)}
+       AND min_block_number = max_block_number AND min_block_number > ${maxBlock} ORDER BY min_block_number`,
+    );
+    for (const c of candidates) {
+      try {
+        if ((await sha256File(join(c.path, 'checksums.txt'))) === entry.checksumsSha256) return c.block;
+      } catch {
+        // Removed by ClickHouse between the query and the read: not this one.
+      }
+    }
+    return undefined;
+  }
+}

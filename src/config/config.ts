@@ -1,0 +1,219 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { ChorusError } from '../core/errors.js';
+
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$/, 'expected HOST:PORT');
+
+const peerSchema = z
+  .object({
+    name: z.string().min(1),
+    grpc: hostPort,
+    interserver: z.string().url(),
+  })
+  .strict();
+
+/** Every key with its default; the README's configuration table is written from this. */
+export const configSchema = z
+  .object({
+    replica: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only'),
+    shard: z.string().min(1).default('shard1'),
+    cluster: z.string().min(1).default('default'),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    dataDir: z.string().min(1),
+    clickhouse: z
+      .object({
+        url: z.string().url().default('http://127.0.0.1:8123'),
+        user: z.string().default('default'),
+        password: z.string().default(''),
+        databases: z.array(z.string().min(1)).min(1).default(['default']),
+        requestTimeoutMs: z.number().int().positive().default(300_000),
+      })
+      .strict()
+      .prefault({}),
+    zookeeper: z
+      .object({
+        connect: z.string().min(1).default('127.0.0.1:2181'),
+        root: z.string().default(''),
+        sessionTimeoutMs: z.number().int().min(2000).default(30_000),
+        dedupWindow: z.number().int().min(1).max(100_000).default(1000),
+        maxBatch: z.number().int().min(1).default(500),
+      })
+      .strict()
+      .prefault({}),
+    http: z
+      .object({
+        host: z.string().default('0.0.0.0'),
+        port: z.number().int().min(0).max(65535).default(8124),
+        maxInsertBytes: z.number().int().positive().default(1024 ** 3),
+        maxQueryBytes: z.number().int().positive().default(1024 * 1024),
+      })
+      .strict()
+      .prefault({}),
+    interserver: z
+      .object({
+        host: z.string().default('0.0.0.0'),
+        port: z.number().int().min(0).max(65535).default(9010),
+      })
+      .strict()
+      .prefault({}),
+    grpc: z
+      .object({
+        host: z.string().default('0.0.0.0'),
+        port: z.number().int().min(0).max(65535).default(9100),
+      })
+      .strict()
+      .prefault({}),
+    peers: z.array(peerSchema).default([]),
+    gossip: z
+      .object({
+        intervalMs: z.number().int().min(10).default(300),
+        rpcTimeoutMs: z.number().int().min(10).default(3000),
+        allocateTimeoutMs: z.number().int().min(10).default(5000),
+      })
+      .strict()
+      .prefault({}),
+    replication: z
+      .object({
+        fetchConcurrency: z.number().int().min(1).default(4),
+        retryDelayMs: z.number().int().min(1).default(500),
+      })
+      .strict()
+      .prefault({}),
+    staging: z
+      .object({
+        poolSize: z.number().int().min(1).max(64).default(4),
+      })
+      .strict()
+      .prefault({}),
+    testFaults: z.boolean().default(false),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type PeerConfig = z.infer<typeof peerSchema>;
+
+export function zookeeperRoot(config: Config): string {
+  return config.zookeeper.root || `/chorus/${config.cluster}/${config.shard}`;
+}
+
+/** `zookeeper.sessionTimeoutMs` -> `CHORUS_ZOOKEEPER_SESSION_TIMEOUT_MS`. */
+export function envVarFor(path: string[]): string {
+  return 'CHORUS_' + path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_');
+}
+
+type Shape = Record<string, z.ZodTypeAny>;
+
+function unwrap(schema: z.ZodTypeAny): z.ZodTypeAny {
+  let s: z.ZodTypeAny = schema;
+  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional) s = s.unwrap() as z.ZodTypeAny;
+  return s;
+}
+
+/** Every leaf key of the schema, as a path. */
+export function configKeys(shape: Shape = configSchema.shape, prefix: string[] = []): string[][] {
+  const keys: string[][] = [];
+  for (const [key, child] of Object.entries(shape)) {
+    const inner = unwrap(child);
+    if (inner instanceof z.ZodObject) keys.push(...configKeys(inner.shape as Shape, [...prefix, key]));
+    else keys.push([...prefix, key]);
+  }
+  return keys;
+}
+
+function leafSchema(path: string[]): z.ZodTypeAny {
+  let s: z.ZodTypeAny = configSchema;
+  for (const key of path) s = (unwrap(s) as z.ZodObject<Shape>).shape[key]!;
+  return unwrap(s);
+}
+
+function parseEnvValue(path: string[], raw: string): unknown {
+  const schema = leafSchema(path);
+  if (schema instanceof z.ZodNumber) {
+    const n = Number(raw);
+    return Number.isFinite(n) && raw.trim() !== '' ? n : raw;
+  }
+  if (schema instanceof z.ZodBoolean) {
+    if (/^(1|true|yes)$/i.test(raw)) return true;
+    if (/^(0|false|no)$/i.test(raw)) return false;
+    return raw;
+  }
+  if (schema instanceof z.ZodArray) {
+    const trimmed = raw.trim();
+    if (trimmed.startsWith('[')) {
+      try {
+        return JSON.parse(trimmed);
+      } catch {
+        return raw;
+      }
+    }
+    return trimmed === '' ? [] : trimmed.split(',').map((s) => s.trim());
+  }
+  return raw;
+}
+
+function setPath(target: Record<string, unknown>, path: string[], value: unknown) {
+  let node = target;
+  for (const key of path.slice(0, -1)) {
+    if (typeof node[key] !== 'object' || node[key] === null) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[path[path.length - 1]!] = value;
+}
+
+/**
+ * Config comes from a YAML file (optional) and CHORUS_* environment variables; the
+ * environment wins. Unknown keys and wrong types fail here, naming the key.
+ */
+export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; overrides?: Record<string, unknown> } = {}): Config {
+  let raw: Record<string, unknown> = {};
+  if (opts.file) {
+    let text: string;
+    try {
+      text = readFileSync(opts.file, 'utf8');
+    } catch (err) {
+      throw new ChorusError('CONFIG_INVALID', `cannot read config file ${opts.file}: ${(err as Error).message}`);
+    }
+    const parsed = parseYaml(text) as unknown;
+    if (parsed !== null && parsed !== undefined) {
+      if (typeof parsed !== 'object' || Array.isArray(parsed)) {
+        throw new ChorusError('CONFIG_INVALID', `config file ${opts.file}: expected a mapping at the top level`);
+      }
+      raw = parsed as Record<string, unknown>;
+    }
+  }
+  const env = opts.env ?? process.env;
+  const known = new Set<string>();
+  for (const path of configKeys()) {
+    const name = envVarFor(path);
+    known.add(name);
+    const value = env[name];
+    if (value !== undefined) setPath(raw, path, parseEnvValue(path, value));
+  }
+  for (const name of Object.keys(env)) {
+    if (name.startsWith('CHORUS_') && !known.has(name) && !IGNORED_ENV.has(name)) {
+      throw new ChorusError('CONFIG_INVALID', `unknown environment variable ${name}`);
+    }
+  }
+  for (const [key, value] of Object.entries(opts.overrides ?? {})) setPath(raw, key.split('.'), value);
+  return validateConfig(raw);
+}
+
+/** Variables that are not config keys but are read by other parts (the CLI, the test hooks). */
+const IGNORED_ENV = new Set(['CHORUS_CONFIG', 'CHORUS_GRPC', 'CHORUS_DEV_DIR']);
+
+export function validateConfig(raw: unknown): Config {
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => {
+      const key = issue.path.join('.') || '(top level)';
+      if (issue.code === 'unrecognized_keys') {
+        const prefix = issue.path.length ? issue.path.join('.') + '.' : '';
+        return `unknown key ${issue.keys.map((k) => prefix + k).join(', ')}`;
+      }
+      return `${key}: ${issue.message}`;
+    });
+    throw new ChorusError('CONFIG_INVALID', `invalid configuration: ${problems.join('; ')}`);
+  }
+  return result.data;
+}

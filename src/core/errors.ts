@@ -1,0 +1,54 @@
+/**
+ * The one error type of Chorus. `code` is stable: clients, scripts and tests match on it,
+ * so a code is never renamed once released; the message is for humans and may change.
+ */
+export const ErrorCodes = {
+  UNKNOWN_TABLE: 404,
+  NOT_REPLICATED_TABLE: 400,
+  BAD_QUERY: 400,
+  BAD_DATA: 400,
+  TRUNCATED_BODY: 400,
+  REQUEST_TOO_LARGE: 413,
+  BAD_PART_NAME: 400,
+  PART_NOT_FOUND: 404,
+  PART_VERIFICATION_FAILED: 502,
+  CLICKHOUSE_UNAVAILABLE: 503,
+  CLICKHOUSE_ERROR: 502,
+  ALLOCATOR_UNAVAILABLE: 503,
+  ALLOCATOR_CONFLICT: 503,
+  ATTACH_FAILED: 500,
+  SHUTTING_DOWN: 503,
+  CONFIG_INVALID: 500,
+  FILESYSTEM_MISMATCH: 500,
+  PEER_UNAVAILABLE: 503,
+  INTERNAL: 500,
+} as const;
+
+export type ErrorCode = keyof typeof ErrorCodes;
+
+export class ChorusError extends Error {
+  readonly code: ErrorCode;
+  override readonly cause?: unknown;
+
+  constructor(code: ErrorCode, message: string, cause?: unknown) {
+    super(message);
+    this.name = 'ChorusError';
+    this.code = code;
+    this.cause = cause;
+  }
+
+  /** Prefixed so that the code is visible even where only the message travels (gRPC details, logs). */
+  get qualifiedCode(): string {
+    return `CHORUS_${this.code}`;
+  }
+
+  get httpStatus(): number {
+    return ErrorCodes[this.code];
+  }
+
+  static from(err: unknown, fallback: ErrorCode = 'INTERNAL'): ChorusError {
+    if (err instanceof ChorusError) return err;
+    const message = err instanceof Error ? err.message : String(err);
+    return new ChorusError(fallback, message, err);
+  }
+}

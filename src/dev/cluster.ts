@@ -1,0 +1,178 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { stringify as toYaml } from 'yaml';
+import { startClickHouse } from './clickhouse.js';
+import { freePort, isAlive, spawnDetached, stopProcess, waitFor } from './processes.js';
+import { startZooKeeper } from './zookeeper.js';
+
+export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const SIDECAR_ENTRY = join(PACKAGE_ROOT, 'dist', 'cli', 'main.js');
+
+export interface ReplicaInfo {
+  name: string;
+  http: string;
+  clickhouse: string;
+  grpc: string;
+  interserver: string;
+  pids: { clickhouse: number; sidecar: number };
+  dir: string;
+  ports: { http: number; interserver: number; grpc: number; clickhouseHttp: number; clickhouseTcp: number; clickhouseInterserver: number };
+}
+
+export interface ClusterInfo {
+  dir: string;
+  zookeeper: string;
+  zookeeperPort: number;
+  zookeeperPid: number;
+  shard: string;
+  cluster: string;
+  replicas: ReplicaInfo[];
+}
+
+export interface DevUpOptions {
+  replicas: number;
+  dir: string;
+  /** Extra config keys for every sidecar (dotted paths), e.g. { testFaults: true }. */
+  sidecarConfig?: Record<string, unknown>;
+  /** Start ClickHouse with a <zookeeper> section (for ReplicatedMergeTree baselines). */
+  clickhouseZookeeper?: boolean;
+  /** Start only ZooKeeper and ClickHouse, no sidecars. */
+  withoutSidecars?: boolean;
+}
+
+const stateFile = (dir: string) => join(dir, 'cluster.json');
+
+export function readCluster(dir: string): ClusterInfo {
+  const file = stateFile(resolve(dir));
+  if (!existsSync(file)) throw new Error(`no dev cluster in ${dir} (${file} missing)`);
+  return JSON.parse(readFileSync(file, 'utf8')) as ClusterInfo;
+}
+
+function httpOk(url: string): Promise<boolean> {
+  return new Promise((resolveOk) => {
+    const req = http.get(url, { timeout: 2000 }, (res) => {
+      res.resume();
+      resolveOk(res.statusCode === 200);
+    });
+    req.on('error', () => resolveOk(false));
+    req.on('timeout', () => req.destroy());
+  });
+}
+
+/**
+ * Starts ZooKeeper, N ClickHouse servers and N sidecars on free loopback ports, data under
+ * `dir`, and returns once every one is ready. They keep running after this process exits;
+ * `devDown(dir)` stops them by the pids recorded in dir/cluster.json.
+ */
+export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
+  const dir = resolve(opts.dir);
+  mkdirSync(dir, { recursive: true });
+  if (existsSync(stateFile(dir))) {
+    const previous = readCluster(dir);
+    if (isAlive(previous.zookeeperPid)) throw new Error(`a dev cluster is already running in ${dir}; run \`chorus dev down --dir ${dir}\` first`);
+  }
+  const zkPort = await freePort();
+  const info: ClusterInfo = {
+    dir,
+    zookeeper: `127.0.0.1:${zkPort}`,
+    zookeeperPort: zkPort,
+    zookeeperPid: 0,
+    shard: 'shard1',
+    cluster: 'dev',
+    replicas: [],
+  };
+  const save = () => writeFileSync(stateFile(dir), JSON.stringify(info, null, 2));
+  try {
+    info.zookeeperPid = await startZooKeeper(join(dir, 'zookeeper'), zkPort);
+    save();
+    const names = Array.from({ length: opts.replicas }, (_, i) => `r${i + 1}`);
+    for (const name of names) {
+      const ports = {
+        http: await freePort(),
+        interserver: await freePort(),
+        grpc: await freePort(),
+        clickhouseHttp: await freePort(),
+        clickhouseTcp: await freePort(),
+        clickhouseInterserver: await freePort(),
+      };
+      info.replicas.push({
+        name,
+        http: `http://127.0.0.1:${ports.http}`,
+        clickhouse: `http://127.0.0.1:${ports.clickhouseHttp}`,
+        grpc: `127.0.0.1:${ports.grpc}`,
+        interserver: `http://127.0.0.1:${ports.interserver}`,
+        pids: { clickhouse: 0, sidecar: 0 },
+        dir: join(dir, name),
+        ports,
+      });
+    }
+    save();
+    await Promise.all(
+      info.replicas.map(async (r) => {
+        r.pids.clickhouse = await startClickHouse(
+          join(r.dir, 'clickhouse'),
+          { http: r.ports.clickhouseHttp, tcp: r.ports.clickhouseTcp, interserver: r.ports.clickhouseInterserver },
+          opts.clickhouseZookeeper ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } } : {},
+        );
+        save();
+      }),
+    );
+    if (!opts.withoutSidecars) {
+      for (const r of info.replicas) writeSidecarConfig(info, r, opts.sidecarConfig ?? {});
+      await Promise.all(info.replicas.map((r) => startSidecar(info, r)));
+    }
+    save();
+    return info;
+  } catch (err) {
+    save();
+    await devDown(dir).catch(() => undefined);
+    throw err;
+  }
+}
+
+function sidecarConfigPath(r: ReplicaInfo): string {
+  return join(r.dir, 'chorus.yaml');
+}
+
+function writeSidecarConfig(info: ClusterInfo, r: ReplicaInfo, extra: Record<string, unknown>): void {
+  const config: Record<string, unknown> = {
+    replica: r.name,
+    shard: info.shard,
+    cluster: info.cluster,
+    dataDir: join(r.dir, 'chorus'),
+    logLevel: 'info',
+    clickhouse: { url: r.clickhouse },
+    zookeeper: { connect: info.zookeeper, sessionTimeoutMs: 10_000 },
+    http: { host: '127.0.0.1', port: r.ports.http },
+    interserver: { host: '127.0.0.1', port: r.ports.interserver },
+    grpc: { host: '127.0.0.1', port: r.ports.grpc },
+    peers: info.replicas.map((p) => ({ name: p.name, grpc: p.grpc, interserver: p.interserver })),
+  };
+  for (const [key, value] of Object.entries(extra)) {
+    const path = key.split('.');
+    let node = config;
+    for (const k of path.slice(0, -1)) node = (node[k] ??= {}) as Record<string, unknown>;
+    node[path[path.length - 1]!] = value;
+  }
+  mkdirSync(r.dir, { recursive: true });
+  writeFileSync(sidecarConfigPath(r), toYaml(config));
+}
+
+export async function startSidecar(info: ClusterInfo, r: ReplicaInfo): Promise<void> {
+  if (!existsSync(SIDECAR_ENTRY)) throw new Error(`${SIDECAR_ENTRY} is missing: run \`npm run build\` first`);
+  const logFile = join(r.dir, 'sidecar.log');
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CHORUS_')));
+  r.pids.sidecar = spawnDetached(process.execPath, [SIDECAR_ENTRY, 'serve', '--config', sidecarConfigPath(r)], { logFile, env });
+  writeFileSync(stateFile(info.dir), JSON.stringify(info, null, 2));
+  await waitFor(`sidecar ${r.name}`, () => httpOk(`${r.http}/readyz`), { timeoutMs: 60_000, pid: r.pids.sidecar, logFile });
+}
+
+/** Stops everything `devUp` started in `dir`, sidecars first, ZooKeeper last. */
+export async function devDown(dir: string): Promise<void> {
+  const info = readCluster(dir);
+  await Promise.all(info.replicas.map((r) => (r.pids.sidecar ? stopProcess(r.pids.sidecar) : undefined)));
+  await Promise.all(info.replicas.map((r) => (r.pids.clickhouse ? stopProcess(r.pids.clickhouse, 20_000) : undefined)));
+  if (info.zookeeperPid) await stopProcess(info.zookeeperPid);
+}

@@ -1,0 +1,81 @@
+import { spawn } from 'node:child_process';
+import { openSync, closeSync } from 'node:fs';
+import net from 'node:net';
+import { sleep } from '../core/async.js';
+
+/** A free TCP port on loopback (bound then released; the window for a race is tiny). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts a long-lived process in its own process group, output to `logFile`, not tied to
+ * this process: `chorus dev up` returns and leaves it running, `dev down` stops it by pid.
+ */
+export function spawnDetached(command: string, args: string[], opts: { logFile: string; env?: NodeJS.ProcessEnv; cwd?: string }): number {
+  const out = openSync(opts.logFile, 'a');
+  const child = spawn(command, args, {
+    detached: true,
+    stdio: ['ignore', out, out],
+    env: opts.env ?? process.env,
+    cwd: opts.cwd,
+  });
+  closeSync(out);
+  child.unref();
+  if (child.pid === undefined) throw new Error(`could not start ${command}`);
+  return child.pid;
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
+export async function stopProcess(pid: number, graceMs = 10_000): Promise<void> {
+  if (!isAlive(pid)) return;
+  signalGroup(pid, 'SIGCONT');
+  signalGroup(pid, 'SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (isAlive(pid) && Date.now() < deadline) await sleep(50);
+  if (isAlive(pid)) {
+    signalGroup(pid, 'SIGKILL');
+    while (isAlive(pid)) await sleep(20);
+  }
+}
+
+export async function waitFor(what: string, check: () => Promise<boolean>, opts: { timeoutMs: number; pid?: number; logFile?: string }): Promise<void> {
+  const deadline = Date.now() + opts.timeoutMs;
+  for (;;) {
+    if (await check().catch(() => false)) return;
+    if (opts.pid !== undefined && !isAlive(opts.pid)) {
+      throw new Error(`${what} exited during start-up${opts.logFile ? `; see ${opts.logFile}` : ''}`);
+    }
+    if (Date.now() > deadline) throw new Error(`${what} not ready within ${opts.timeoutMs} ms${opts.logFile ? `; see ${opts.logFile}` : ''}`);
+    await sleep(100);
+  }
+}

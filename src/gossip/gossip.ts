@@ -1,0 +1,177 @@
+import * as grpc from '@grpc/grpc-js';
+import type { Allocator } from '../allocator/allocator.js';
+import type { Allocation, AllocationRequest } from '../allocator/window.js';
+import type { Logger } from '../core/logger.js';
+import { ChorusError } from '../core/errors.js';
+import type { Digest, LogEntry } from '../log/entry.js';
+import type { LocalLog } from '../log/store.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { Peer } from './peers.js';
+import { chorusV1 } from './proto.js';
+
+export interface GossipOptions {
+  self: string;
+  intervalMs: number;
+  rpcTimeoutMs: number;
+  allocateTimeoutMs: number;
+  /** At most this many entries in one reply or push. */
+  maxEntriesPerMessage: number;
+}
+
+/**
+ * Log dissemination between the sidecars of a shard: push on append, periodic digest
+ * exchange with a random peer to pull (and push back) what either side lacks, and the
+ * forwarding of allocation requests to the shard's allocating replica.
+ */
+export class Gossip {
+  private timer: NodeJS.Timeout | null = null;
+  private exchanging = false;
+
+  constructor(
+    private readonly opts: GossipOptions,
+    private readonly peers: Peer[],
+    private readonly log: LocalLog,
+    private readonly allocator: Allocator,
+    private readonly onNewEntries: (entries: LogEntry[]) => void,
+    private readonly metrics: Metrics,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The gRPC handlers of the Gossip service, to be added to the replica's server. */
+  register(server: grpc.Server): void {
+    const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
+    server.addService(Gossip.service, {
+      push: (call: grpc.ServerUnaryCall<{ from: string; entries: LogEntry[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        try {
+          const added = this.receive(call.request.entries);
+          cb(null, { added: added.length });
+        } catch (err) {
+          cb(toGrpcError(err));
+        }
+      },
+      exchange: (call: grpc.ServerUnaryCall<Digest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        try {
+          const theirs = call.request;
+          this.log.setPeerProgress(theirs.from, theirs.appliedWatermark, theirs.maxLsn);
+          cb(null, { digest: this.log.digest(this.opts.self), entries: this.log.missingFrom(theirs, this.opts.maxEntriesPerMessage) });
+        } catch (err) {
+          cb(toGrpcError(err));
+        }
+      },
+      allocate: (call: grpc.ServerUnaryCall<{ from: string; nonce: string; blockIds: string[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        const { from, nonce, blockIds } = call.request;
+        this.allocator
+          .allocate({ origin: from, nonce, blockIds: blockIds.map((b) => b || null) })
+          .then((allocations) => cb(null, { allocations }))
+          .catch((err: unknown) => cb(toGrpcError(err)));
+      },
+    });
+  }
+
+  start(): void {
+    const tick = () => {
+      void this.exchangeOnce().finally(() => {
+        if (this.timer) this.timer = setTimeout(tick, this.opts.intervalMs);
+      });
+    };
+    this.timer = setTimeout(tick, this.opts.intervalMs);
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private receive(entries: LogEntry[]): LogEntry[] {
+    const added = this.log.addEntries(entries.map(normaliseEntry));
+    if (added.length) this.onNewEntries(added);
+    return added;
+  }
+
+  /** Sends new entries to every peer at once; a peer that misses them pulls them later. */
+  broadcast(entries: LogEntry[]): void {
+    for (const peer of this.peers) {
+      peer.push(this.opts.self, entries, this.opts.rpcTimeoutMs).then(
+        () => this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'ok' }),
+        (err: unknown) => {
+          this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'error' });
+          this.logger.debug({ peer: peer.name, err: (err as Error).message }, 'push failed; the peer will pull');
+        },
+      );
+    }
+  }
+
+  /** One anti-entropy round with a random peer: pull what we lack, push what it lacks. */
+  async exchangeOnce(peer = this.peers[Math.floor(Math.random() * this.peers.length)]): Promise<void> {
+    if (!peer || this.exchanging) return;
+    this.exchanging = true;
+    try {
+      const reply = await peer.exchange(this.log.digest(this.opts.self), this.opts.rpcTimeoutMs);
+      this.receive(reply.entries);
+      this.log.setPeerProgress(peer.name, reply.digest.appliedWatermark, reply.digest.maxLsn);
+      const theyLack = this.log.missingFrom(reply.digest, this.opts.maxEntriesPerMessage);
+      if (theyLack.length) await peer.push(this.opts.self, theyLack, this.opts.rpcTimeoutMs);
+      this.metrics.gossipRounds.inc({ kind: 'exchange', outcome: 'ok' });
+    } catch (err) {
+      this.metrics.gossipRounds.inc({ kind: 'exchange', outcome: 'error' });
+      this.logger.debug({ peer: peer.name, err: (err as Error).message }, 'digest exchange failed');
+    } finally {
+      this.exchanging = false;
+    }
+  }
+
+  /**
+   * Allocation goes to the first healthy member in name order, so one replica's group commit
+   * serves the shard and its cached znode version stays current. When that member does not
+   * answer, the next one is asked, ending with our own allocator. The same nonce is kept on
+   * every attempt: if an unanswered attempt did land, the next one recognises it.
+   */
+  async allocate(request: AllocationRequest): Promise<Allocation[]> {
+    const members = [...this.peers.map((p) => ({ name: p.name, peer: p as Peer | null })), { name: this.opts.self, peer: null }].sort(
+      (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+    );
+    for (const member of members) {
+      if (!member.peer) return this.allocator.allocate(request);
+      if (!member.peer.healthy) continue;
+      try {
+        return await member.peer.allocate(request.origin, request.nonce, request.blockIds, this.opts.allocateTimeoutMs);
+      } catch (err) {
+        this.logger.warn({ peer: member.name, err: (err as Error).message }, 'allocation via peer failed; trying the next member');
+      }
+    }
+    throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'no member could allocate');
+  }
+}
+
+function normaliseEntry(e: LogEntry): LogEntry {
+  return {
+    lsn: Number(e.lsn),
+    kind: 'insert',
+    database: e.database,
+    table: e.table,
+    partitionId: e.partitionId,
+    blockId: e.blockId,
+    partName: e.partName,
+    checksumsSha256: e.checksumsSha256,
+    rows: Number(e.rows),
+    bytes: Number(e.bytes),
+    files: e.files.map((f) => ({ name: f.name, size: Number(f.size), sha256: f.sha256 })),
+    origin: e.origin,
+    allocatedAtMs: Number(e.allocatedAtMs),
+  };
+}
+
+export function toGrpcError(err: unknown): grpc.ServiceError {
+  const e = ChorusError.from(err);
+  const status =
+    e.code === 'ALLOCATOR_UNAVAILABLE' || e.code === 'SHUTTING_DOWN' || e.code === 'PEER_UNAVAILABLE'
+      ? grpc.status.UNAVAILABLE
+      : e.httpStatus === 404
+        ? grpc.status.NOT_FOUND
+        : e.httpStatus === 400
+          ? grpc.status.INVALID_ARGUMENT
+          : grpc.status.INTERNAL;
+  const metadata = new grpc.Metadata();
+  metadata.set('chorus-error-code', e.qualifiedCode);
+  return Object.assign(new Error(`${e.qualifiedCode}: ${e.message}`), { code: status, details: `${e.qualifiedCode}: ${e.message}`, metadata }) as grpc.ServiceError;
+}

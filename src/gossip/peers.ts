@@ -1,0 +1,82 @@
+import * as grpc from '@grpc/grpc-js';
+import type { PeerConfig } from '../config/config.js';
+import { ChorusError } from '../core/errors.js';
+import type { Allocation } from '../allocator/window.js';
+import type { Digest, LogEntry } from '../log/entry.js';
+import { chorusV1 } from './proto.js';
+
+interface GossipClient extends grpc.Client {
+  push(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ added: number }>): void;
+  exchange(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ digest: Digest; entries: LogEntry[] }>): void;
+  allocate(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ allocations: Allocation[] }>): void;
+}
+
+/**
+ * A peer as this replica sees it: its gRPC client and whether calls to it have been failing.
+ * Health here is only a hint for choosing whom to ask; correctness never depends on it.
+ */
+export class Peer {
+  readonly client: GossipClient;
+  private failingSince: number | null = null;
+  lastOkAt = 0;
+
+  constructor(readonly config: PeerConfig) {
+    const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
+    this.client = new Gossip(config.grpc, grpc.credentials.createInsecure(), {
+      'grpc.keepalive_time_ms': 10_000,
+      'grpc.initial_reconnect_backoff_ms': 200,
+      'grpc.max_reconnect_backoff_ms': 2000,
+    }) as unknown as GossipClient;
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  get healthy(): boolean {
+    return this.failingSince === null;
+  }
+
+  private track<T>(promise: Promise<T>): Promise<T> {
+    return promise.then(
+      (value) => {
+        this.failingSince = null;
+        this.lastOkAt = Date.now();
+        return value;
+      },
+      (err: unknown) => {
+        this.failingSince ??= Date.now();
+        throw err;
+      },
+    );
+  }
+
+  private call<T>(method: 'push' | 'exchange' | 'allocate', req: unknown, timeoutMs: number): Promise<T> {
+    return this.track(
+      new Promise<T>((resolve, reject) => {
+        this.client[method](req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, reply?: unknown) => {
+          if (err) reject(new ChorusError('PEER_UNAVAILABLE', `peer ${this.name} ${method}: ${err.details || err.message}`, err));
+          else resolve(reply as T);
+        });
+      }),
+    );
+  }
+
+  push(from: string, entries: LogEntry[], timeoutMs: number): Promise<{ added: number }> {
+    return this.call('push', { from, entries }, timeoutMs);
+  }
+
+  exchange(digest: Digest, timeoutMs: number): Promise<{ digest: Digest; entries: LogEntry[] }> {
+    return this.call('exchange', digest, timeoutMs);
+  }
+
+  allocate(from: string, nonce: string, blockIds: Array<string | null>, timeoutMs: number): Promise<Allocation[]> {
+    return this.call<{ allocations: Allocation[] }>('allocate', { from, nonce, blockIds: blockIds.map((b) => b ?? '') }, timeoutMs).then(
+      (r) => r.allocations,
+    );
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

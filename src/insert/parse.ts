@@ -1,0 +1,144 @@
+import { ChorusError } from '../core/errors.js';
+
+export interface InsertTarget {
+  database: string | undefined;
+  table: string;
+  /** [start, end) of the table reference in the text: what staging replaces. */
+  span: [number, number];
+}
+
+export type ParseResult =
+  | { kind: 'insert'; target: InsertTarget }
+  | { kind: 'other' }
+  /** The text ended before the table reference did; more input is needed. */
+  | { kind: 'incomplete' };
+
+const WORD = /[A-Za-z_][A-Za-z0-9_$]*/y;
+
+class Scanner {
+  pos = 0;
+  constructor(
+    readonly text: string,
+    readonly final: boolean,
+  ) {}
+
+  /** Skips whitespace and comments; false when the text ended inside a comment. */
+  skip(): boolean {
+    const t = this.text;
+    for (;;) {
+      while (this.pos < t.length && /\s/.test(t[this.pos]!)) this.pos++;
+      if (t.startsWith('--', this.pos) || t.startsWith('#', this.pos)) {
+        const nl = t.indexOf('\n', this.pos);
+        if (nl < 0) return false;
+        this.pos = nl + 1;
+      } else if (t.startsWith('/*', this.pos)) {
+        const end = t.indexOf('*/', this.pos + 2);
+        if (end < 0) return false;
+        this.pos = end + 2;
+      } else return true;
+    }
+  }
+
+  get atEnd(): boolean {
+    return this.pos >= this.text.length;
+  }
+
+  word(): string | undefined {
+    WORD.lastIndex = this.pos;
+    const m = WORD.exec(this.text);
+    if (!m) return undefined;
+    this.pos += m[0].length;
+    return m[0];
+  }
+
+  /** An identifier, bare or quoted with ` or "; `null` when the text ends inside it. */
+  identifier(): string | null | undefined {
+    const t = this.text;
+    const quote = t[this.pos];
+    if (quote === '`' || quote === '"') {
+      let out = '';
+      let i = this.pos + 1;
+      while (i < t.length) {
+        const c = t[i]!;
+        if (c === '\\') {
+          if (i + 1 >= t.length) return null;
+          out += t[i + 1];
+          i += 2;
+        } else if (c === quote) {
+          if (t[i + 1] === quote) {
+            out += quote;
+            i += 2;
+          } else {
+            this.pos = i + 1;
+            return out;
+          }
+        } else {
+          out += c;
+          i++;
+        }
+      }
+      return null;
+    }
+    const start = this.pos;
+    const w = this.word();
+    if (w === undefined) return undefined;
+    // A bare word that reaches the end of the text may continue in the next chunk.
+    if (this.pos >= t.length && !this.final) {
+      this.pos = start;
+      return null;
+    }
+    return w;
+  }
+}
+
+/**
+ * Finds the target of `INSERT INTO [TABLE] [db.]table ...` at the start of a statement.
+ * Only the table reference is read: the rest (columns, SETTINGS, FORMAT, VALUES, SELECT)
+ * goes to ClickHouse untouched, so every format and clause it accepts keeps working.
+ */
+export function parseInsert(text: string, opts: { final: boolean }): ParseResult {
+  const result = scanInsert(text, opts.final);
+  if (result.kind !== 'incomplete' || !opts.final) return result;
+  if (/^\s*INSERT\b/i.test(text)) throw new ChorusError('BAD_QUERY', 'incomplete INSERT statement: expected INSERT INTO [db.]table');
+  return { kind: 'other' };
+}
+
+function scanInsert(text: string, final: boolean): ParseResult {
+  const s = new Scanner(text, final);
+  if (!s.skip()) return { kind: 'incomplete' };
+  const first = s.word();
+  if (first === undefined) return s.atEnd ? { kind: 'incomplete' } : { kind: 'other' };
+  if (s.atEnd) return first.length < 6 && 'INSERT'.startsWith(first.toUpperCase()) ? { kind: 'incomplete' } : { kind: 'other' };
+  if (first.toUpperCase() !== 'INSERT') return { kind: 'other' };
+  if (!s.skip() || s.atEnd) return { kind: 'incomplete' };
+  const into = s.word();
+  if (into === undefined || into.toUpperCase() !== 'INTO') {
+    throw new ChorusError('BAD_QUERY', 'expected INSERT INTO [db.]table');
+  }
+  if (!s.skip() || s.atEnd) return { kind: 'incomplete' };
+  let start = s.pos;
+  let name = s.identifier();
+  if (name === null) return { kind: 'incomplete' };
+  if (name !== undefined && /^(TABLE|FUNCTION)$/i.test(name) && text[start] !== '`' && text[start] !== '"') {
+    if (name.toUpperCase() === 'FUNCTION') {
+      throw new ChorusError('BAD_QUERY', 'INSERT INTO FUNCTION is not replicated; send it to ClickHouse directly');
+    }
+    if (!s.skip() || s.atEnd) return { kind: 'incomplete' };
+    start = s.pos;
+    name = s.identifier();
+    if (name === null) return { kind: 'incomplete' };
+  }
+  if (name === undefined || name === '') throw new ChorusError('BAD_QUERY', 'expected a table name after INSERT INTO');
+  let database: string | undefined;
+  let table = name;
+  if (text[s.pos] === '.') {
+    s.pos++;
+    if (s.atEnd) return { kind: 'incomplete' };
+    const second = s.identifier();
+    if (second === null) return { kind: 'incomplete' };
+    if (second === undefined || second === '') throw new ChorusError('BAD_QUERY', 'expected a table name after the database name');
+    database = name;
+    table = second;
+  }
+  return { kind: 'insert', target: { database, table, span: [start, s.pos] } };
+}

@@ -1,0 +1,246 @@
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import http from 'node:http';
+import { Readable, Transform } from 'node:stream';
+import type { Config } from '../config/config.js';
+import { ChorusError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { parseInsert, type InsertTarget } from './parse.js';
+import type { InsertPipeline } from './pipeline.js';
+
+/** URL parameters that are Chorus's to honour, or about the client's session, not the staging insert's. */
+const NOT_PASSED_TO_STAGING = new Set([
+  'query',
+  'database',
+  'user',
+  'password',
+  'quota_key',
+  'insert_deduplication_token',
+  'insert_quorum',
+  'insert_quorum_timeout',
+  'session_id',
+  'session_timeout',
+  'session_check',
+  'default_format',
+  'enable_http_compression',
+  'wait_end_of_query',
+  'send_progress_in_http_headers',
+]);
+
+export interface HttpDeps {
+  config: Config;
+  pipeline: InsertPipeline;
+  metrics: Metrics;
+  logger: Logger;
+  acceptingInserts: () => boolean;
+}
+
+export function sendError(reply: FastifyReply, err: unknown): FastifyReply {
+  const e = ChorusError.from(err);
+  return reply
+    .code(e.httpStatus)
+    .header('X-Chorus-Error-Code', e.qualifiedCode)
+    .header('Content-Type', 'text/plain; charset=utf-8')
+    .send(`${e.qualifiedCode}: ${e.message}\n`);
+}
+
+/**
+ * Chorus's HTTP port speaks ClickHouse's HTTP interface: INSERTs into replicated tables go
+ * through the insert pipeline, everything else is passed to the local ClickHouse unchanged,
+ * so one URL serves a client's writes and reads.
+ */
+export function createHttpServer(deps: HttpDeps): FastifyInstance {
+  const { config, logger } = deps;
+  const app = Fastify({
+    loggerInstance: logger.child({ component: 'http' }) as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: config.http.maxInsertBytes,
+  });
+  // Bodies are streamed, never buffered: leave request.raw unread for the handlers.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
+
+  const clickhouse = new URL(config.clickhouse.url);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+
+  const proxy = (req: FastifyRequest, reply: FastifyReply, body: Readable | null) => {
+    reply.hijack();
+    const headers = { ...req.headers, host: clickhouse.host };
+    const upstream = http.request(
+      { protocol: clickhouse.protocol, hostname: clickhouse.hostname, port: clickhouse.port, path: req.raw.url, method: req.method, headers, agent },
+      (res) => {
+        reply.raw.writeHead(res.statusCode ?? 502, res.headers);
+        res.pipe(reply.raw);
+      },
+    );
+    upstream.on('error', (err) => {
+      if (!reply.raw.headersSent) {
+        const e = new ChorusError('CLICKHOUSE_UNAVAILABLE', `ClickHouse at ${config.clickhouse.url} unreachable: ${err.message}`);
+        reply.raw.writeHead(e.httpStatus, { 'Content-Type': 'text/plain; charset=utf-8', 'X-Chorus-Error-Code': e.qualifiedCode });
+        reply.raw.end(`${e.qualifiedCode}: ${e.message}\n`);
+      } else reply.raw.destroy();
+    });
+    if (body) body.pipe(upstream);
+    else upstream.end();
+  };
+
+  const insert = async (
+    req: FastifyRequest,
+    reply: FastifyReply,
+    target: InsertTarget,
+    statement: string,
+    body: Readable,
+    bodyState: BodyState,
+  ) => {
+    const params = Object.fromEntries(new URL(req.url, 'http://x').searchParams);
+    const database = target.database ?? params.database ?? header(req, 'x-clickhouse-database') ?? 'default';
+    const label = `${database}.${target.table}`;
+    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down and takes no more inserts; send it to another replica');
+    const stagingParams = Object.fromEntries(Object.entries(params).filter(([k]) => !NOT_PASSED_TO_STAGING.has(k)));
+    const encoding = header(req, 'content-encoding');
+    try {
+      const result = await deps.pipeline.insert({
+        database,
+        table: target.table,
+        buildQuery: (staging) => statement.slice(0, target.span[0]) + staging + statement.slice(target.span[1]),
+        body,
+        params: stagingParams,
+        headers: encoding ? { 'Content-Encoding': encoding } : {},
+        dedupToken: params.insert_deduplication_token,
+        bodyFailure: () => bodyState.failure,
+      });
+      const outcome = result.blocks > 0 && result.deduplicated === result.blocks ? 'deduplicated' : 'ok';
+      deps.metrics.inserts.inc({ table: label, outcome });
+      return reply
+        .header('X-Chorus-LSN', result.lsns.join(','))
+        .header('X-Chorus-Deduplicated', result.deduplicated === 0 ? '0' : result.deduplicated === result.blocks ? '1' : 'partial')
+        .header('X-Chorus-Blocks', String(result.blocks))
+        .send('');
+    } catch (err) {
+      deps.metrics.inserts.inc({ table: label, outcome: 'error' });
+      throw err;
+    }
+  };
+
+  app.setErrorHandler((err, req, reply) => {
+    const e = ChorusError.from(err);
+    if (e.httpStatus >= 500) req.log.error({ err: e.message, code: e.qualifiedCode }, 'request failed');
+    if (!req.raw.complete) {
+      // Answering before the body was read: the connection cannot be reused.
+      reply.header('Connection', 'close');
+      req.raw.resume();
+    }
+    return sendError(reply, e);
+  });
+
+  const root = async (req: FastifyRequest, reply: FastifyReply) => {
+    const query = new URL(req.url, 'http://x').searchParams.get('query');
+    const contentLength = Number(req.headers['content-length'] ?? 0);
+    if (contentLength > config.http.maxInsertBytes) {
+      throw new ChorusError('REQUEST_TOO_LARGE', `request body of ${contentLength} bytes exceeds http.maxInsertBytes (${config.http.maxInsertBytes})`);
+    }
+    if (query !== null) {
+      const parsed = parseInsert(query, { final: true });
+      if (parsed.kind !== 'insert') return proxy(req, reply, req.method === 'GET' ? null : req.raw);
+      const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
+      return insert(req, reply, parsed.target, query, bodyState.stream, bodyState);
+    }
+    if (req.method !== 'POST') return proxy(req, reply, null);
+    // The whole statement is in the body: read just enough of it to find the table.
+    const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
+    const { head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes);
+    const text = head.toString('latin1');
+    const parsed = parseInsert(text, { final: ended || head.length >= config.http.maxQueryBytes });
+    const rest = (prefix: Buffer) => Readable.from(concatStreams(prefix, ended ? null : bodyState.stream));
+    if (parsed.kind !== 'insert') return proxy(req, reply, rest(head));
+    // The latin1 scan gives byte offsets into `head`; names are read again from the UTF-8 text.
+    const end = parsed.target.span[1];
+    const statement = head.subarray(0, end).toString('utf8');
+    const reparsed = parseInsert(statement, { final: true });
+    if (reparsed.kind !== 'insert') throw new ChorusError('BAD_QUERY', 'could not read the INSERT statement');
+    return insert(req, reply, reparsed.target, statement, rest(head.subarray(end)), bodyState);
+  };
+
+  app.route({ method: ['GET', 'POST'], url: '/', handler: root });
+  app.get('/ping', async () => 'Ok.\n');
+  app.setNotFoundHandler((req, reply) => proxy(req, reply, req.method === 'GET' || req.method === 'HEAD' ? null : req.raw));
+  app.addHook('onClose', async () => agent.destroy());
+  return app;
+}
+
+function header(req: FastifyRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+interface BodyState {
+  stream: Readable;
+  failure: ChorusError | undefined;
+}
+
+/**
+ * Wraps the request body: counts bytes against the limit, and notes when the client's body
+ * ended early (connection closed before Content-Length or the last chunk), which must fail
+ * the insert rather than commit a prefix of it.
+ */
+function watchBody(raw: http.IncomingMessage, limit: number): BodyState {
+  let bytes = 0;
+  const state: BodyState = { stream: undefined as never, failure: undefined };
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      bytes += chunk.length;
+      if (bytes > limit) {
+        state.failure = new ChorusError('REQUEST_TOO_LARGE', `request body exceeds http.maxInsertBytes (${limit} bytes)`);
+        cb(state.failure);
+        return;
+      }
+      cb(null, chunk);
+    },
+  });
+  const truncated = () => {
+    if (!raw.complete && !state.failure) {
+      state.failure = new ChorusError('TRUNCATED_BODY', `the request body ended after ${bytes} bytes, before the end the client announced; nothing was inserted`);
+      counter.destroy(state.failure);
+    }
+  };
+  raw.on('aborted', truncated);
+  raw.on('close', truncated);
+  raw.on('error', truncated);
+  raw.pipe(counter);
+  state.stream = counter;
+  return state;
+}
+
+/** Reads from the body until the INSERT's table reference is complete (or `max` bytes); leaves the rest unread. */
+function readHead(stream: Readable, max: number): Promise<{ head: Buffer; ended: boolean }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    const finish = (ended: boolean) => {
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      stream.off('error', onError);
+      if (!ended) stream.pause();
+      resolve({ head: Buffer.concat(chunks), ended });
+    };
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      length += chunk.length;
+      if (length >= max || parseInsert(Buffer.concat(chunks).toString('latin1'), { final: false }).kind !== 'incomplete') finish(false);
+    };
+    const onEnd = () => finish(true);
+    const onError = (err: Error) => {
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      reject(err);
+    };
+    stream.on('data', onData);
+    stream.once('end', onEnd);
+    stream.once('error', onError);
+  });
+}
+
+async function* concatStreams(prefix: Buffer, rest: Readable | null): AsyncGenerator<Buffer> {
+  if (prefix.length) yield prefix;
+  if (rest) for await (const chunk of rest) yield chunk as Buffer;
+}

@@ -1,0 +1,55 @@
+export interface FileInfo {
+  name: string;
+  size: number;
+  sha256: string;
+}
+
+/** A replication log entry: what every replica must apply. Immutable once allocated. */
+export interface LogEntry {
+  lsn: number;
+  kind: 'insert';
+  database: string;
+  table: string;
+  partitionId: string;
+  blockId: string;
+  /** The part's name on the origin when it was staged; only used as the name under detached/. */
+  partName: string;
+  /** SHA-256 of the part's checksums.txt: how the part is recognised after ATTACH renames it. */
+  checksumsSha256: string;
+  rows: number;
+  bytes: number;
+  files: FileInfo[];
+  origin: string;
+  allocatedAtMs: number;
+}
+
+export type EntryState = 'pending' | 'stored' | 'applied' | 'voided';
+
+export interface Range {
+  first: number;
+  last: number;
+}
+
+/** What a replica tells a peer so the peer can send what is missing. */
+export interface Digest {
+  from: string;
+  maxLsn: number;
+  /** Every LSN <= knownWatermark is known here; `knownAbove` lists the known LSNs above it. */
+  knownWatermark: number;
+  knownAbove: Range[];
+  appliedWatermark: number;
+}
+
+export function toRanges(sortedLsns: number[]): Range[] {
+  const ranges: Range[] = [];
+  for (const lsn of sortedLsns) {
+    const last = ranges[ranges.length - 1];
+    if (last && last.last + 1 === lsn) last.last = lsn;
+    else ranges.push({ first: lsn, last: lsn });
+  }
+  return ranges;
+}
+
+export function inRanges(ranges: Range[], lsn: number): boolean {
+  return ranges.some((r) => lsn >= r.first && lsn <= r.last);
+}

@@ -1,0 +1,200 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { toRanges, type Digest, type EntryState, type LogEntry } from './entry.js';
+
+interface EntryRow {
+  lsn: number;
+  body: string;
+  state: EntryState;
+}
+
+/**
+ * The replica's local log. SQLite in WAL mode with synchronous=FULL: a transaction that
+ * returned is on disk, so an insert acknowledged after `markApplied` survives kill -9.
+ */
+export class LocalLog {
+  private db: Database.Database;
+  private knownWatermark = 0;
+  private appliedWatermark = 0;
+
+  constructor(dir: string) {
+    mkdirSync(dir, { recursive: true });
+    this.db = new Database(join(dir, 'log.sqlite'));
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS entries (
+        lsn INTEGER PRIMARY KEY,
+        database TEXT NOT NULL,
+        tbl TEXT NOT NULL,
+        block_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        applied_at INTEGER
+      );
+      CREATE INDEX IF NOT EXISTS entries_state ON entries(state, lsn);
+      CREATE TABLE IF NOT EXISTS block_map (
+        database TEXT NOT NULL,
+        tbl TEXT NOT NULL,
+        partition_id TEXT NOT NULL,
+        block_number INTEGER NOT NULL,
+        lsn INTEGER NOT NULL,
+        PRIMARY KEY (database, tbl, block_number)
+      );
+      CREATE TABLE IF NOT EXISTS peers (
+        name TEXT PRIMARY KEY,
+        applied_watermark INTEGER NOT NULL,
+        max_lsn INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+      );
+    `);
+    this.advanceWatermarks();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  /** Adds entries not yet known; returns the ones that were new. */
+  addEntries(entries: LogEntry[], state: EntryState = 'pending'): LogEntry[] {
+    const insert = this.db.prepare(
+      'INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, body, state) VALUES (?, ?, ?, ?, ?, ?)',
+    );
+    const added: LogEntry[] = [];
+    this.db.transaction(() => {
+      for (const e of entries) {
+        const r = insert.run(e.lsn, e.database, e.table, e.blockId, JSON.stringify(e), state);
+        if (r.changes > 0) added.push(e);
+      }
+    })();
+    if (added.length) this.advanceWatermarks();
+    return added;
+  }
+
+  get(lsn: number): { entry: LogEntry; state: EntryState } | undefined {
+    const row = this.db.prepare('SELECT lsn, body, state FROM entries WHERE lsn = ?').get(lsn) as EntryRow | undefined;
+    return row ? { entry: JSON.parse(row.body) as LogEntry, state: row.state } : undefined;
+  }
+
+  setState(lsn: number, state: EntryState): void {
+    this.db.prepare('UPDATE entries SET state = ? WHERE lsn = ?').run(state, lsn);
+    if (state === 'applied' || state === 'voided') this.advanceWatermarks();
+  }
+
+  recordFailure(lsn: number, error: string): void {
+    this.db.prepare('UPDATE entries SET attempts = attempts + 1, last_error = ? WHERE lsn = ?').run(error, lsn);
+  }
+
+  /** The entry is attached as local block `blockNumber`; both facts land in one transaction. */
+  markApplied(entry: LogEntry, blockNumber: number): void {
+    this.db.transaction(() => {
+      this.db
+        .prepare('INSERT OR REPLACE INTO block_map (database, tbl, partition_id, block_number, lsn) VALUES (?, ?, ?, ?, ?)')
+        .run(entry.database, entry.table, entry.partitionId, blockNumber, entry.lsn);
+      this.db.prepare("UPDATE entries SET state = 'applied', applied_at = ? WHERE lsn = ?").run(Date.now(), entry.lsn);
+    })();
+    this.advanceWatermarks();
+  }
+
+  /** Entries this replica still has to apply, oldest first. */
+  unapplied(limit = 1000): LogEntry[] {
+    const rows = this.db
+      .prepare("SELECT body FROM entries WHERE state IN ('pending', 'stored') ORDER BY lsn LIMIT ?")
+      .all(limit) as Array<{ body: string }>;
+    return rows.map((r) => JSON.parse(r.body) as LogEntry);
+  }
+
+  countUnapplied(): { entries: number; bytes: number } {
+    const rows = this.db.prepare("SELECT body FROM entries WHERE state IN ('pending', 'stored')").all() as Array<{ body: string }>;
+    return { entries: rows.length, bytes: rows.reduce((sum, r) => sum + (JSON.parse(r.body) as LogEntry).bytes, 0) };
+  }
+
+  blockMap(database: string, table: string): Array<{ partitionId: string; blockNumber: number; lsn: number }> {
+    return this.db
+      .prepare('SELECT partition_id AS partitionId, block_number AS blockNumber, lsn FROM block_map WHERE database = ? AND tbl = ? ORDER BY block_number')
+      .all(database, table) as Array<{ partitionId: string; blockNumber: number; lsn: number }>;
+  }
+
+  maxLsn(): number {
+    return (this.db.prepare('SELECT COALESCE(MAX(lsn), 0) AS m FROM entries').get() as { m: number }).m;
+  }
+
+  private advanceWatermarks(): void {
+    const known = this.db.prepare('SELECT lsn FROM entries WHERE lsn > ? ORDER BY lsn LIMIT 10000');
+    let w = this.knownWatermark;
+    for (;;) {
+      const rows = known.all(w) as Array<{ lsn: number }>;
+      let advanced = false;
+      for (const { lsn } of rows) {
+        if (lsn !== w + 1) break;
+        w = lsn;
+        advanced = true;
+      }
+      if (!advanced || rows.length < 10000) break;
+    }
+    this.knownWatermark = w;
+    const applied = this.db.prepare(
+      "SELECT lsn, state FROM entries WHERE lsn > ? ORDER BY lsn LIMIT 10000",
+    );
+    let a = this.appliedWatermark;
+    for (;;) {
+      const rows = applied.all(a) as Array<{ lsn: number; state: EntryState }>;
+      let advanced = false;
+      for (const { lsn, state } of rows) {
+        if (lsn !== a + 1 || (state !== 'applied' && state !== 'voided')) break;
+        a = lsn;
+        advanced = true;
+      }
+      if (!advanced || rows.length < 10000) break;
+    }
+    this.appliedWatermark = a;
+  }
+
+  watermarks(): { known: number; applied: number } {
+    return { known: this.knownWatermark, applied: this.appliedWatermark };
+  }
+
+  digest(from: string): Digest {
+    const above = this.db.prepare('SELECT lsn FROM entries WHERE lsn > ? ORDER BY lsn').all(this.knownWatermark) as Array<{ lsn: number }>;
+    return {
+      from,
+      maxLsn: this.maxLsn(),
+      knownWatermark: this.knownWatermark,
+      knownAbove: toRanges(above.map((r) => r.lsn)),
+      appliedWatermark: this.appliedWatermark,
+    };
+  }
+
+  /** Entries this replica knows that a peer with `digest` lacks, oldest first. */
+  missingFrom(digest: Digest, limit: number): LogEntry[] {
+    const rows = this.db
+      .prepare('SELECT lsn, body FROM entries WHERE lsn > ? ORDER BY lsn')
+      .iterate(digest.knownWatermark) as IterableIterator<{ lsn: number; body: string }>;
+    const out: LogEntry[] = [];
+    for (const row of rows) {
+      if (digest.knownAbove.some((r) => row.lsn >= r.first && row.lsn <= r.last)) continue;
+      out.push(JSON.parse(row.body) as LogEntry);
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  setPeerProgress(name: string, appliedWatermark: number, maxLsn: number): void {
+    this.db
+      .prepare(
+        `INSERT INTO peers (name, applied_watermark, max_lsn, updated_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT(name) DO UPDATE SET applied_watermark = MAX(applied_watermark, excluded.applied_watermark),
+           max_lsn = MAX(max_lsn, excluded.max_lsn), updated_at = excluded.updated_at`,
+      )
+      .run(name, appliedWatermark, maxLsn, Date.now());
+  }
+
+  peerProgress(): Array<{ name: string; appliedWatermark: number; maxLsn: number; updatedAt: number }> {
+    return this.db
+      .prepare('SELECT name, applied_watermark AS appliedWatermark, max_lsn AS maxLsn, updated_at AS updatedAt FROM peers ORDER BY name')
+      .all() as Array<{ name: string; appliedWatermark: number; maxLsn: number; updatedAt: number }>;
+  }
+}

@@ -1,0 +1,75 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Every Prometheus metric of one sidecar, on a registry of its own (never the global one). */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly inserts = new Counter({
+    name: 'chorus_inserts_total',
+    help: 'Insert requests by table and outcome (ok, deduplicated, error)',
+    labelNames: ['table', 'outcome'],
+    registers: [this.registry],
+  });
+  readonly insertedRows = new Counter({
+    name: 'chorus_inserted_rows_total',
+    help: 'Rows written by inserts acknowledged here (deduplicated blocks excluded)',
+    labelNames: ['table'],
+    registers: [this.registry],
+  });
+  readonly dedupHits = new Counter({
+    name: 'chorus_dedup_hits_total',
+    help: 'Blocks found already in the dedup window',
+    labelNames: ['table'],
+    registers: [this.registry],
+  });
+  readonly allocatorBatch = new Histogram({
+    name: 'chorus_allocator_batch_size',
+    help: 'Allocation requests per ZooKeeper write (group commit)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    registers: [this.registry],
+  });
+  readonly allocatorLatency = new Histogram({
+    name: 'chorus_allocator_zookeeper_seconds',
+    help: 'Time from taking a batch to its ZooKeeper write being acknowledged',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly zkRequests = new Counter({
+    name: 'chorus_zookeeper_requests_total',
+    help: 'ZooKeeper requests made by the allocator',
+    labelNames: ['kind'],
+    registers: [this.registry],
+  });
+  readonly gossipRounds = new Counter({
+    name: 'chorus_gossip_rounds_total',
+    help: 'Gossip calls by kind and outcome',
+    labelNames: ['kind', 'outcome'],
+    registers: [this.registry],
+  });
+  readonly fetchBytes = new Counter({
+    name: 'chorus_fetch_bytes_total',
+    help: 'Part bytes fetched from peers and verified',
+    registers: [this.registry],
+  });
+  readonly fetchFailures = new Counter({
+    name: 'chorus_fetch_failures_total',
+    help: 'Part fetches that failed, by reason',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+  readonly applyLatency = new Histogram({
+    name: 'chorus_apply_seconds',
+    help: 'Time from LSN allocation to the part being attached on this replica',
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+  readonly lagEntries = new Gauge({
+    name: 'chorus_lag_entries',
+    help: 'Known log entries not yet applied on this replica',
+    registers: [this.registry],
+  });
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+}

@@ -1,0 +1,79 @@
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Transform } from 'node:stream';
+import { ChorusError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { Faults } from '../faults/faults.js';
+import type { LocalLog } from '../log/store.js';
+import { assertSafeName } from './files.js';
+import type { PartStore } from './store.js';
+
+/**
+ * Chorus's interserver HTTP: peers download the files of parts held in this replica's part
+ * store. Paths are built only from validated names and the LSN's own entry, never from the
+ * raw URL.
+ */
+export function createInterserverServer(deps: { log: LocalLog; store: PartStore; faults: Faults; logger: Logger }): FastifyInstance {
+  const app = Fastify({ loggerInstance: deps.logger.child({ component: 'interserver' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
+
+  app.setErrorHandler((err, _req, reply) => {
+    const e = ChorusError.from(err);
+    void reply
+      .status(e.httpStatus)
+      .header('X-Chorus-Error-Code', e.qualifiedCode)
+      .send({ code: e.qualifiedCode, message: e.message });
+  });
+
+  const locate = (params: { lsn: string; part: string }) => {
+    if (!/^\d{1,15}$/.test(params.lsn)) throw new ChorusError('BAD_PART_NAME', `invalid LSN ${JSON.stringify(params.lsn)}`);
+    assertSafeName('part', params.part);
+    const found = deps.log.get(Number(params.lsn));
+    if (!found || found.entry.partName !== params.part) {
+      throw new ChorusError('PART_NOT_FOUND', `no part ${params.part} for LSN ${params.lsn} here`);
+    }
+    return found.entry;
+  };
+
+  app.get<{ Params: { lsn: string; part: string } }>('/v1/parts/:lsn/:part/manifest', async (req) => {
+    const entry = locate(req.params);
+    if (!(await deps.store.has(entry.lsn))) throw new ChorusError('PART_NOT_FOUND', `LSN ${entry.lsn} is not in this replica's part store`);
+    return { lsn: entry.lsn, part: entry.partName, files: entry.files };
+  });
+
+  app.get<{ Params: { lsn: string; part: string; file: string } }>('/v1/parts/:lsn/:part/:file', async (req, reply) => {
+    const entry = locate(req.params);
+    assertSafeName('file', req.params.file);
+    const file = entry.files.find((f) => f.name === req.params.file);
+    if (!file) throw new ChorusError('PART_NOT_FOUND', `part ${entry.partName} has no file ${req.params.file}`);
+    const path = join(deps.store.pathOf(entry.lsn), file.name);
+    try {
+      await stat(path);
+    } catch {
+      throw new ChorusError('PART_NOT_FOUND', `LSN ${entry.lsn} is not in this replica's part store`);
+    }
+    let body: NodeJS.ReadableStream = createReadStream(path);
+    if (deps.faults.takeCorruptServedFile()) {
+      req.log.warn({ lsn: entry.lsn, file: file.name }, 'test fault: corrupting a served part file');
+      body = body.pipe(flipOneByte(Math.floor(file.size / 2)));
+    }
+    return reply.header('Content-Type', 'application/octet-stream').header('Content-Length', file.size).send(body);
+  });
+
+  return app;
+}
+
+function flipOneByte(offset: number): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      if (offset >= seen && offset < seen + chunk.length) {
+        chunk = Buffer.from(chunk);
+        chunk[offset - seen] = chunk[offset - seen]! ^ 0xff;
+      }
+      seen += chunk.length;
+      cb(null, chunk);
+    },
+  });
+}

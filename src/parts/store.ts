@@ -1,0 +1,118 @@
+import { randomUUID } from 'node:crypto';
+import { chown, link, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { ChorusError } from '../core/errors.js';
+import type { FileInfo } from '../log/entry.js';
+import { fsyncPath, manifestOf, sha256File } from './files.js';
+
+/**
+ * Immutable copies of parts, one directory per LSN, made of hardlinks into ClickHouse's
+ * data directory: they cost no space until ClickHouse merges the original away, and let a
+ * peer fetch the part after that. New copies are built under tmp/ and renamed in whole.
+ */
+export class PartStore {
+  readonly partsDir: string;
+  readonly tmpDir: string;
+
+  constructor(dataDir: string) {
+    this.partsDir = join(dataDir, 'parts');
+    this.tmpDir = join(dataDir, 'tmp');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.partsDir, { recursive: true });
+    // Whatever is left in tmp/ is from an interrupted copy or fetch; it was never renamed in.
+    await rm(this.tmpDir, { recursive: true, force: true });
+    await mkdir(this.tmpDir, { recursive: true });
+  }
+
+  pathOf(lsn: number): string {
+    return join(this.partsDir, String(lsn));
+  }
+
+  async has(lsn: number): Promise<boolean> {
+    try {
+      return (await stat(this.pathOf(lsn))).isDirectory();
+    } catch {
+      return false;
+    }
+  }
+
+  newTempDir(): string {
+    return join(this.tmpDir, randomUUID());
+  }
+
+  /** Hardlinks a part directory into a new temp dir and describes it. */
+  async linkFrom(partDir: string): Promise<{ tempDir: string; files: FileInfo[] }> {
+    const tempDir = this.newTempDir();
+    await mkdir(tempDir);
+    for (const name of await readdir(partDir)) await link(join(partDir, name), join(tempDir, name));
+    return { tempDir, files: await manifestOf(tempDir) };
+  }
+
+  /** Moves a complete temp dir in as the copy of `lsn`; durable once this returns. */
+  async commit(tempDir: string, lsn: number): Promise<void> {
+    const target = this.pathOf(lsn);
+    if (await this.has(lsn)) {
+      await rm(tempDir, { recursive: true, force: true });
+      return;
+    }
+    await rename(tempDir, target);
+    await fsyncPath(this.partsDir);
+  }
+
+  async discard(tempDir: string): Promise<void> {
+    await rm(tempDir, { recursive: true, force: true });
+  }
+
+  /** True when every file of the copy matches the manifest. */
+  async verify(lsn: number, files: FileInfo[]): Promise<boolean> {
+    try {
+      for (const f of files) {
+        const path = join(this.pathOf(lsn), f.name);
+        if ((await stat(path)).size !== f.size || (await sha256File(path)) !== f.sha256) return false;
+      }
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Hardlinks the copy of `lsn` into `detachedDir/name`, owned like the table's directory
+   * so that ClickHouse (another user in production) can rename and later delete it.
+   */
+  async linkInto(lsn: number, detachedDir: string, name: string, owner: { uid: number; gid: number }): Promise<string> {
+    await mkdir(detachedDir, { recursive: true });
+    const target = join(detachedDir, name);
+    await rm(target, { recursive: true, force: true });
+    await mkdir(target);
+    const source = this.pathOf(lsn);
+    for (const file of await readdir(source)) await link(join(source, file), join(target, file));
+    await chownTree(target, owner);
+    return target;
+  }
+
+  async remove(lsn: number): Promise<void> {
+    await rm(this.pathOf(lsn), { recursive: true, force: true });
+  }
+}
+
+export async function chownTree(dir: string, owner: { uid: number; gid: number }): Promise<void> {
+  if (process.getuid?.() !== 0) return;
+  await chown(dir, owner.uid, owner.gid);
+  for (const name of await readdir(dir)) await chown(join(dir, name), owner.uid, owner.gid);
+}
+
+/** Hardlinks need one filesystem: refuse to start when the part store and ClickHouse's data differ. */
+export function assertSameFilesystem(a: string, b: string): void {
+  const da = statSync(a).dev;
+  const db = statSync(b).dev;
+  if (da !== db) {
+    throw new ChorusError(
+      'FILESYSTEM_MISMATCH',
+      `the part store ${a} and ClickHouse's data directory ${b} are on different filesystems; hardlinks need them on one volume`,
+    );
+  }
+}

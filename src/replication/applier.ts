@@ -1,0 +1,140 @@
+import type { Attacher } from '../clickhouse/attach.js';
+import { Semaphore, sleep } from '../core/async.js';
+import { ChorusError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { LogEntry } from '../log/entry.js';
+import type { LocalLog } from '../log/store.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { fetchPart } from '../parts/fetch.js';
+import type { PartStore } from '../parts/store.js';
+import type { Peer } from '../gossip/peers.js';
+
+export interface ApplierOptions {
+  self: string;
+  fetchConcurrency: number;
+  retryDelayMs: number;
+  fetchTimeoutMs: number;
+}
+
+/**
+ * Makes this replica hold every entry of the log: for each unapplied entry, get the part into
+ * the part store (fetching it from a peer, verified) and attach it. Inserts commute, so entries
+ * are applied concurrently; a failing entry is retried with backoff and never blocks the rest.
+ */
+export class Applier {
+  private inFlight = new Set<number>();
+  private retryAt = new Map<number, number>();
+  private attempts = new Map<number, number>();
+  private wake: (() => void) | null = null;
+  private stopped = false;
+  private loop: Promise<void> | null = null;
+  private readonly slots: Semaphore;
+
+  constructor(
+    private readonly opts: ApplierOptions,
+    private readonly log: LocalLog,
+    private readonly store: PartStore,
+    private readonly attacher: Attacher,
+    private readonly peers: Peer[],
+    private readonly metrics: Metrics,
+    private readonly logger: Logger,
+  ) {
+    this.slots = new Semaphore(opts.fetchConcurrency);
+  }
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.notify();
+    await this.loop;
+    while (this.inFlight.size > 0) await sleep(20);
+  }
+
+  /**
+   * Keeps the applier off entries that the insert pipeline is attaching itself; returns the
+   * release. Without it the applier could attach the origin's fresh entry a second time.
+   */
+  hold(lsns: number[]): () => void {
+    const held = lsns.filter((lsn) => !this.inFlight.has(lsn));
+    for (const lsn of held) this.inFlight.add(lsn);
+    return () => {
+      for (const lsn of held) this.inFlight.delete(lsn);
+      this.notify();
+    };
+  }
+
+  notify(): void {
+    this.wake?.();
+  }
+
+  private async run(): Promise<void> {
+    while (!this.stopped) {
+      const now = Date.now();
+      const pending = this.log.unapplied(2000);
+      this.metrics.lagEntries.set(pending.length);
+      for (const entry of pending) {
+        if (this.inFlight.has(entry.lsn) || (this.retryAt.get(entry.lsn) ?? 0) > now) continue;
+        this.inFlight.add(entry.lsn);
+        void this.slots.run(() => this.applyOne(entry)).finally(() => {
+          this.inFlight.delete(entry.lsn);
+          this.notify();
+        });
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.opts.retryDelayMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          this.wake = null;
+          resolve();
+        };
+      });
+    }
+  }
+
+  private async applyOne(entry: LogEntry): Promise<void> {
+    const log = this.logger.child({ lsn: entry.lsn });
+    try {
+      if (!(await this.store.has(entry.lsn))) await this.fetch(entry);
+      const block = await this.attacher.attach(entry);
+      this.log.markApplied(entry, block);
+      this.retryAt.delete(entry.lsn);
+      this.attempts.delete(entry.lsn);
+      this.metrics.applyLatency.observe(Math.max(0, Date.now() - entry.allocatedAtMs) / 1000);
+      log.debug({ block, table: `${entry.database}.${entry.table}` }, 'applied');
+    } catch (err) {
+      const e = ChorusError.from(err);
+      const attempts = (this.attempts.get(entry.lsn) ?? 0) + 1;
+      this.attempts.set(entry.lsn, attempts);
+      this.log.recordFailure(entry.lsn, `${e.qualifiedCode}: ${e.message}`);
+      const delay = Math.min(10_000, this.opts.retryDelayMs * 2 ** Math.min(attempts - 1, 5));
+      this.retryAt.set(entry.lsn, Date.now() + delay);
+      log.warn({ err: e.message, code: e.qualifiedCode }, 'apply failed; will retry');
+    }
+  }
+
+  /** Tries the origin first, then every other peer; a part failing verification is fetched again elsewhere. */
+  private async fetch(entry: LogEntry): Promise<void> {
+    const origin = this.peers.find((p) => p.name === entry.origin);
+    const others = this.peers.filter((p) => p !== origin).sort(() => Math.random() - 0.5);
+    const sources = origin ? [origin, ...others] : others;
+    let lastError: unknown = new ChorusError('PEER_UNAVAILABLE', `no peer to fetch LSN ${entry.lsn} from`);
+    for (const peer of sources) {
+      try {
+        const started = Date.now();
+        const bytes = await fetchPart(this.store, entry, peer.config.interserver, this.opts.fetchTimeoutMs);
+        this.metrics.fetchBytes.inc(bytes);
+        this.logger.debug({ lsn: entry.lsn, peer: peer.name, bytes, ms: Date.now() - started }, 'fetched part');
+        return;
+      } catch (err) {
+        const e = ChorusError.from(err);
+        this.metrics.fetchFailures.inc({ reason: e.code === 'PART_VERIFICATION_FAILED' ? 'verification' : e.code === 'PART_NOT_FOUND' ? 'not_found' : 'unavailable' });
+        if (e.code === 'PART_VERIFICATION_FAILED') this.logger.warn({ lsn: entry.lsn, peer: peer.name, err: e.message }, 'part refused: bytes do not match the manifest');
+        lastError = err;
+      }
+    }
+    throw lastError;
+  }
+}

@@ -1,0 +1,213 @@
+import * as grpc from '@grpc/grpc-js';
+import type { FastifyInstance } from 'fastify';
+import { Allocator } from '../allocator/allocator.js';
+import { ZkSession } from '../allocator/zk.js';
+import { registerOperationalRoutes, type Readiness } from '../api/http-routes.js';
+import { Attacher } from '../clickhouse/attach.js';
+import { TableCatalog } from '../clickhouse/catalog.js';
+import { ClickHouseHttp } from '../clickhouse/http.js';
+import { zookeeperRoot, type Config } from '../config/config.js';
+import type { Logger } from '../core/logger.js';
+import { ChorusError } from '../core/errors.js';
+import { Faults } from '../faults/faults.js';
+import { Gossip } from '../gossip/gossip.js';
+import { Peer } from '../gossip/peers.js';
+import { InsertPipeline } from '../insert/pipeline.js';
+import { createHttpServer } from '../insert/server.js';
+import { StagingPool } from '../insert/staging.js';
+import { LocalLog } from '../log/store.js';
+import { Metrics } from '../metrics/metrics.js';
+import { createInterserverServer } from '../parts/server.js';
+import { assertSameFilesystem, PartStore } from '../parts/store.js';
+import { Applier } from '../replication/applier.js';
+import { sleep } from '../core/async.js';
+
+export interface ListeningPorts {
+  http: number;
+  interserver: number;
+  grpc: number;
+}
+
+/** One replica's sidecar: every box of DESIGN.md, wired together and started in order. */
+export class Sidecar {
+  readonly metrics = new Metrics();
+  readonly faults: Faults;
+  readonly ch: ClickHouseHttp;
+  readonly log: LocalLog;
+  readonly store: PartStore;
+  readonly zk: ZkSession;
+  readonly allocator: Allocator;
+  readonly catalog: TableCatalog;
+  readonly peers: Peer[];
+  readonly gossip: Gossip;
+  readonly applier: Applier;
+  private readonly staging: StagingPool;
+  private readonly http: FastifyInstance;
+  private readonly interserver: FastifyInstance;
+  private readonly grpcServer = new grpc.Server();
+  private accepting = false;
+
+  constructor(
+    readonly config: Config,
+    private readonly logger: Logger,
+  ) {
+    this.faults = new Faults(config.testFaults);
+    this.ch = new ClickHouseHttp(config.clickhouse);
+    this.log = new LocalLog(config.dataDir);
+    this.store = new PartStore(config.dataDir);
+    this.zk = new ZkSession(
+      config.zookeeper.connect,
+      { sessionTimeoutMs: config.zookeeper.sessionTimeoutMs, timeoutMs: config.gossip.allocateTimeoutMs },
+      logger.child({ component: 'zookeeper' }),
+    );
+    this.allocator = new Allocator(
+      this.zk,
+      {
+        path: zookeeperRoot(config),
+        windowSize: config.zookeeper.dedupWindow,
+        maxBatch: config.zookeeper.maxBatch,
+        requestTimeoutMs: config.gossip.allocateTimeoutMs,
+      },
+      logger.child({ component: 'allocator' }),
+      {
+        onBatch: (size, ms) => {
+          this.metrics.allocatorBatch.observe(size);
+          this.metrics.allocatorLatency.observe(ms / 1000);
+        },
+        onZkRequest: (kind) => this.metrics.zkRequests.inc({ kind }),
+      },
+    );
+    this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
+    this.staging = new StagingPool(this.ch, config.staging.poolSize);
+    const attacher = new Attacher(this.ch, this.catalog, this.store);
+    this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p));
+    this.applier = new Applier(
+      {
+        self: config.replica,
+        fetchConcurrency: config.replication.fetchConcurrency,
+        retryDelayMs: config.replication.retryDelayMs,
+        fetchTimeoutMs: config.gossip.rpcTimeoutMs * 10,
+      },
+      this.log,
+      this.store,
+      attacher,
+      this.peers,
+      this.metrics,
+      logger.child({ component: 'applier' }),
+    );
+    this.gossip = new Gossip(
+      {
+        self: config.replica,
+        intervalMs: config.gossip.intervalMs,
+        rpcTimeoutMs: config.gossip.rpcTimeoutMs,
+        allocateTimeoutMs: config.gossip.allocateTimeoutMs,
+        maxEntriesPerMessage: 500,
+      },
+      this.peers,
+      this.log,
+      this.allocator,
+      () => this.applier.notify(),
+      this.metrics,
+      logger.child({ component: 'gossip' }),
+    );
+    const pipeline = new InsertPipeline({
+      self: config.replica,
+      ch: this.ch,
+      catalog: this.catalog,
+      staging: this.staging,
+      store: this.store,
+      log: this.log,
+      attacher,
+      allocate: (request) => this.gossip.allocate(request),
+      announce: (entries) => this.gossip.broadcast(entries),
+      hold: (lsns) => this.applier.hold(lsns),
+      metrics: this.metrics,
+      logger: logger.child({ component: 'insert' }),
+    });
+    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting });
+    registerOperationalRoutes(this.http, {
+      metrics: this.metrics,
+      readiness: () => this.readiness(),
+      faults: this.faults,
+      status: () => this.status(),
+    });
+    this.interserver = createInterserverServer({ log: this.log, store: this.store, faults: this.faults, logger });
+    this.gossip.register(this.grpcServer);
+  }
+
+  async readiness(): Promise<Readiness> {
+    const reasons: string[] = [];
+    if (!(await this.ch.ping())) reasons.push(`ClickHouse at ${this.config.clickhouse.url} is not reachable`);
+    if (!this.allocator.usable) reasons.push(`ZooKeeper at ${this.config.zookeeper.connect} is not connected`);
+    if (!this.accepting) reasons.push('not accepting inserts (starting or shutting down)');
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  status() {
+    const { known, applied } = this.log.watermarks();
+    return {
+      replica: this.config.replica,
+      shard: this.config.shard,
+      cluster: this.config.cluster,
+      maxLsn: this.log.maxLsn(),
+      knownWatermark: known,
+      appliedWatermark: applied,
+      unapplied: this.log.countUnapplied(),
+      peers: this.log.peerProgress().map((p) => ({ ...p, healthy: this.peers.find((x) => x.name === p.name)?.healthy ?? false })),
+    };
+  }
+
+  /** Starts in dependency order; returns the ports bound (useful when configured as 0). */
+  async start(): Promise<ListeningPorts> {
+    await this.store.init();
+    await this.waitForClickHouse();
+    await this.staging.init();
+    assertSameFilesystem(this.store.partsDir, await this.staging.probeDataPath());
+    this.zk.start();
+    await this.allocator.init();
+    const grpcPort = await new Promise<number>((resolve, reject) =>
+      this.grpcServer.bindAsync(`${this.config.grpc.host}:${this.config.grpc.port}`, grpc.ServerCredentials.createInsecure(), (err, port) =>
+        err ? reject(err) : resolve(port),
+      ),
+    );
+    await this.interserver.listen({ host: this.config.interserver.host, port: this.config.interserver.port });
+    await this.http.listen({ host: this.config.http.host, port: this.config.http.port });
+    this.applier.start();
+    this.gossip.start();
+    this.accepting = true;
+    const ports = {
+      http: portOf(this.http),
+      interserver: portOf(this.interserver),
+      grpc: grpcPort,
+    };
+    this.logger.info({ ports }, 'chorus sidecar started');
+    return ports;
+  }
+
+  private async waitForClickHouse(timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await this.ch.ping())) {
+      if (Date.now() > deadline) throw new ChorusError('CLICKHOUSE_UNAVAILABLE', `ClickHouse at ${this.config.clickhouse.url} did not answer within ${timeoutMs} ms`);
+      await sleep(250);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.accepting = false;
+    this.gossip.stop();
+    await this.http.close();
+    await this.applier.stop();
+    await this.interserver.close();
+    await new Promise<void>((resolve) => this.grpcServer.tryShutdown(() => resolve()));
+    this.allocator.stop();
+    this.zk.close();
+    for (const p of this.peers) p.close();
+    this.ch.close();
+    this.log.close();
+  }
+}
+
+function portOf(app: FastifyInstance): number {
+  const address = app.server.address();
+  return typeof address === 'object' && address ? address.port : 0;
+}

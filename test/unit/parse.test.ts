@@ -1,0 +1,43 @@
+import { describe, expect, it } from 'vitest';
+import { parseInsert } from '../../src/insert/parse.js';
+
+const target = (text: string, final = true) => {
+  const r = parseInsert(text, { final });
+  if (r.kind !== 'insert') throw new Error(`not an insert: ${r.kind}`);
+  return r.target;
+};
+
+describe('parseInsert', () => {
+  it('finds db.table and its span', () => {
+    const text = 'INSERT INTO db.t FORMAT TSV';
+    const t = target(text);
+    expect(t).toMatchObject({ database: 'db', table: 't' });
+    expect(text.slice(...t.span)).toBe('db.t');
+  });
+
+  it('accepts TABLE, quoting, comments and case', () => {
+    expect(target('  /* c */ insert into table `my db`.`t``x` (a) VALUES (1)')).toMatchObject({ database: 'my db', table: 't`x' });
+    expect(target('-- hi\nINSERT INTO "t" VALUES')).toMatchObject({ database: undefined, table: 't' });
+    expect(target('INSERT INTO t')).toMatchObject({ table: 't' });
+  });
+
+  it('treats other statements as other', () => {
+    expect(parseInsert('SELECT 1', { final: true }).kind).toBe('other');
+    expect(parseInsert('ALTER TABLE t DROP PARTITION 1', { final: true }).kind).toBe('other');
+    expect(parseInsert('', { final: true }).kind).toBe('other');
+  });
+
+  it('asks for more input when a chunk ends inside the table reference', () => {
+    expect(parseInsert('INSERT INTO db.', { final: false }).kind).toBe('incomplete');
+    expect(parseInsert('INSERT INTO my_tab', { final: false }).kind).toBe('incomplete');
+    expect(parseInsert('INS', { final: false }).kind).toBe('incomplete');
+    expect(parseInsert('INSERT INTO `a', { final: false }).kind).toBe('incomplete');
+    expect(target('INSERT INTO my_tab ', false)).toMatchObject({ table: 'my_tab' });
+  });
+
+  it('refuses what cannot be replicated, with a stable code', () => {
+    expect(() => parseInsert('INSERT INTO FUNCTION remote(x) VALUES', { final: true })).toThrow(expect.objectContaining({ code: 'BAD_QUERY' }));
+    expect(() => parseInsert('INSERT t VALUES', { final: true })).toThrow(expect.objectContaining({ code: 'BAD_QUERY' }));
+    expect(() => parseInsert('INSERT INTO', { final: true })).toThrow(expect.objectContaining({ code: 'BAD_QUERY' }));
+  });
+});
