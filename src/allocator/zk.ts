@@ -22,12 +22,24 @@ export const ZK_NODE_EXISTS = Exception.NODE_EXISTS;
 export class ZkSession {
   private client: zookeeper.Client | null = null;
   private connected = false;
-  private closed = false;
+  private closed = true;
   private waiters: Array<() => void> = [];
+  private lastUsedAt = 0;
+  private idleTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly connect: string,
-    private readonly opts: { sessionTimeoutMs: number; timeoutMs: number },
+    private readonly opts: {
+      sessionTimeoutMs: number;
+      timeoutMs: number;
+      /**
+       * When set, the session is opened on first use and closed after this long unused
+       * unless `keepOpen()` says otherwise: every open session pings ZooKeeper when idle,
+       * so a shard should hold only the sessions it uses.
+       */
+      idleCloseMs?: number;
+      keepOpen?: () => boolean;
+    },
     private readonly log: Logger,
   ) {}
 
@@ -35,9 +47,24 @@ export class ZkSession {
     return this.connected;
   }
 
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
   start(): void {
+    if (!this.closed) return;
     this.closed = false;
     this.open();
+    if (this.opts.idleCloseMs !== undefined && !this.idleTimer) {
+      const every = Math.max(100, Math.floor(this.opts.idleCloseMs / 4));
+      this.idleTimer = setInterval(() => {
+        if (!this.closed && Date.now() - this.lastUsedAt > this.opts.idleCloseMs! && !(this.opts.keepOpen?.() ?? false)) {
+          this.log.debug('closing the idle ZooKeeper session');
+          this.close();
+        }
+      }, every);
+      this.idleTimer.unref();
+    }
   }
 
   private open(): void {
@@ -66,6 +93,8 @@ export class ZkSession {
   }
 
   async waitConnected(timeoutMs = this.opts.timeoutMs): Promise<void> {
+    this.lastUsedAt = Date.now();
+    if (this.closed) this.start();
     if (this.connected) return;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -127,6 +156,8 @@ export class ZkSession {
   }
 
   close(): void {
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = null;
     this.closed = true;
     this.connected = false;
     this.client?.close();

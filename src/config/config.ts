@@ -38,6 +38,7 @@ export const configSchema = z
         sessionTimeoutMs: z.number().int().min(2000).default(30_000),
         dedupWindow: z.number().int().min(1).max(100_000).default(1000),
         maxBatch: z.number().int().min(1).default(500),
+        idleCloseMs: z.number().int().min(100).default(60_000),
       })
       .strict()
       .prefault({}),

@@ -126,11 +126,19 @@ export class Gossip {
    * answer, the next one is asked, ending with our own allocator. The same nonce is kept on
    * every attempt: if an unanswered attempt did land, the next one recognises it.
    */
-  async allocate(request: AllocationRequest): Promise<Allocation[]> {
-    const members = [...this.peers.map((p) => ({ name: p.name, peer: p as Peer | null })), { name: this.opts.self, peer: null }].sort(
-      (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+  private members(): Array<{ name: string; peer: Peer | null }> {
+    return [...this.peers.map((p) => ({ name: p.name, peer: p as Peer | null })), { name: this.opts.self, peer: null }].sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
     );
-    for (const member of members) {
+  }
+
+  /** The member that allocates for the shard as seen from here: the first healthy one by name. */
+  allocatingMember(): string {
+    return this.members().find((m) => !m.peer || m.peer.healthy)!.name;
+  }
+
+  async allocate(request: AllocationRequest): Promise<Allocation[]> {
+    for (const member of this.members()) {
       if (!member.peer) return this.allocator.allocate(request);
       if (!member.peer.healthy) continue;
       try {

@@ -122,13 +122,14 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     }
   };
 
-  app.setErrorHandler((err, req, reply) => {
+  app.setErrorHandler(async (err, req, reply) => {
     const e = ChorusError.from(err);
     if (e.httpStatus >= 500) req.log.error({ err: e.message, code: e.qualifiedCode }, 'request failed');
-    if (!req.raw.complete) {
-      // Answering before the body was read: the connection cannot be reused.
+    if (!req.raw.complete && !req.raw.destroyed) {
+      // Most clients read no answer before they have sent the whole body: read (and drop) a
+      // bounded amount of it so they see the error rather than a reset connection.
       reply.header('Connection', 'close');
-      req.raw.resume();
+      await drain(req.raw, DRAIN_BEFORE_ERROR_BYTES, 5000);
     }
     return sendError(reply, e);
   });
@@ -166,6 +167,28 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
   app.setNotFoundHandler((req, reply) => proxy(req, reply, req.method === 'GET' || req.method === 'HEAD' ? null : req.raw));
   app.addHook('onClose', async () => agent.destroy());
   return app;
+}
+
+const DRAIN_BEFORE_ERROR_BYTES = 64 * 1024 * 1024;
+
+function drain(stream: http.IncomingMessage, maxBytes: number, timeoutMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    let bytes = 0;
+    const done = () => {
+      clearTimeout(timer);
+      stream.off('data', onData);
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      bytes += chunk.length;
+      if (bytes > maxBytes) done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    stream.on('data', onData);
+    stream.once('end', done);
+    stream.once('close', done);
+    stream.resume();
+  });
 }
 
 function header(req: FastifyRequest, name: string): string | undefined {

@@ -29,6 +29,7 @@ export class LocalLog {
         database TEXT NOT NULL,
         tbl TEXT NOT NULL,
         block_id TEXT NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0,
         body TEXT NOT NULL,
         state TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
@@ -61,12 +62,12 @@ export class LocalLog {
   /** Adds entries not yet known; returns the ones that were new. */
   addEntries(entries: LogEntry[], state: EntryState = 'pending'): LogEntry[] {
     const insert = this.db.prepare(
-      'INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, body, state) VALUES (?, ?, ?, ?, ?, ?)',
+      'INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, bytes, body, state) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
     const added: LogEntry[] = [];
     this.db.transaction(() => {
       for (const e of entries) {
-        const r = insert.run(e.lsn, e.database, e.table, e.blockId, JSON.stringify(e), state);
+        const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.bytes, JSON.stringify(e), state);
         if (r.changes > 0) added.push(e);
       }
     })();
@@ -99,17 +100,16 @@ export class LocalLog {
     this.advanceWatermarks();
   }
 
-  /** Entries this replica still has to apply, oldest first. */
-  unapplied(limit = 1000): LogEntry[] {
-    const rows = this.db
-      .prepare("SELECT body FROM entries WHERE state IN ('pending', 'stored') ORDER BY lsn LIMIT ?")
-      .all(limit) as Array<{ body: string }>;
-    return rows.map((r) => JSON.parse(r.body) as LogEntry);
+  /** LSNs this replica still has to apply, oldest first (bodies are read one by one, when applied). */
+  unappliedLsns(limit = 1000): number[] {
+    const rows = this.db.prepare("SELECT lsn FROM entries WHERE state IN ('pending', 'stored') ORDER BY lsn LIMIT ?").all(limit) as Array<{ lsn: number }>;
+    return rows.map((r) => r.lsn);
   }
 
   countUnapplied(): { entries: number; bytes: number } {
-    const rows = this.db.prepare("SELECT body FROM entries WHERE state IN ('pending', 'stored')").all() as Array<{ body: string }>;
-    return { entries: rows.length, bytes: rows.reduce((sum, r) => sum + (JSON.parse(r.body) as LogEntry).bytes, 0) };
+    return this.db
+      .prepare("SELECT count(*) AS entries, COALESCE(SUM(bytes), 0) AS bytes FROM entries WHERE state IN ('pending', 'stored')")
+      .get() as { entries: number; bytes: number };
   }
 
   blockMap(database: string, table: string): Array<{ partitionId: string; blockNumber: number; lsn: number }> {

@@ -47,7 +47,7 @@ export class PartStore {
   async linkFrom(partDir: string): Promise<{ tempDir: string; files: FileInfo[] }> {
     const tempDir = this.newTempDir();
     await mkdir(tempDir);
-    for (const name of await readdir(partDir)) await link(join(partDir, name), join(tempDir, name));
+    await Promise.all((await readdir(partDir)).map((name) => link(join(partDir, name), join(tempDir, name))));
     return { tempDir, files: await manifestOf(tempDir) };
   }
 
@@ -69,11 +69,13 @@ export class PartStore {
   /** True when every file of the copy matches the manifest. */
   async verify(lsn: number, files: FileInfo[]): Promise<boolean> {
     try {
-      for (const f of files) {
-        const path = join(this.pathOf(lsn), f.name);
-        if ((await stat(path)).size !== f.size || (await sha256File(path)) !== f.sha256) return false;
-      }
-      return true;
+      const ok = await Promise.all(
+        files.map(async (f) => {
+          const path = join(this.pathOf(lsn), f.name);
+          return (await stat(path)).size === f.size && (await sha256File(path, f.size)) === f.sha256;
+        }),
+      );
+      return ok.every(Boolean);
     } catch {
       return false;
     }
@@ -89,7 +91,7 @@ export class PartStore {
     await rm(target, { recursive: true, force: true });
     await mkdir(target);
     const source = this.pathOf(lsn);
-    for (const file of await readdir(source)) await link(join(source, file), join(target, file));
+    await Promise.all((await readdir(source)).map((file) => link(join(source, file), join(target, file))));
     await chownTree(target, owner);
     return target;
   }
@@ -100,9 +102,10 @@ export class PartStore {
 }
 
 export async function chownTree(dir: string, owner: { uid: number; gid: number }): Promise<void> {
-  if (process.getuid?.() !== 0) return;
+  // Only root can give files away; and when the owner is already us there is nothing to do.
+  if (process.getuid?.() !== 0 || (owner.uid === 0 && owner.gid === (process.getgid?.() ?? 0))) return;
   await chown(dir, owner.uid, owner.gid);
-  for (const name of await readdir(dir)) await chown(join(dir, name), owner.uid, owner.gid);
+  await Promise.all((await readdir(dir)).map((name) => chown(join(dir, name), owner.uid, owner.gid)));
 }
 
 /** Hardlinks need one filesystem: refuse to start when the part store and ClickHouse's data differ. */

@@ -73,11 +73,13 @@ export class Applier {
   private async run(): Promise<void> {
     while (!this.stopped) {
       const now = Date.now();
-      const pending = this.log.unapplied(2000);
+      const pending = this.log.unappliedLsns(2000);
       this.metrics.lagEntries.set(pending.length);
-      for (const entry of pending) {
-        if (this.inFlight.has(entry.lsn) || (this.retryAt.get(entry.lsn) ?? 0) > now) continue;
-        this.inFlight.add(entry.lsn);
+      for (const lsn of pending) {
+        if (this.inFlight.has(lsn) || (this.retryAt.get(lsn) ?? 0) > now) continue;
+        const entry = this.log.get(lsn)?.entry;
+        if (!entry) continue;
+        this.inFlight.add(lsn);
         void this.slots.run(() => this.applyOne(entry)).finally(() => {
           this.inFlight.delete(entry.lsn);
           this.notify();

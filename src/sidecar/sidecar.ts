@@ -57,7 +57,12 @@ export class Sidecar {
     this.store = new PartStore(config.dataDir);
     this.zk = new ZkSession(
       config.zookeeper.connect,
-      { sessionTimeoutMs: config.zookeeper.sessionTimeoutMs, timeoutMs: config.gossip.allocateTimeoutMs },
+      {
+        sessionTimeoutMs: config.zookeeper.sessionTimeoutMs,
+        timeoutMs: config.gossip.allocateTimeoutMs,
+        idleCloseMs: config.zookeeper.idleCloseMs,
+        keepOpen: () => this.gossip.allocatingMember() === config.replica,
+      },
       logger.child({ component: 'zookeeper' }),
     );
     this.allocator = new Allocator(
@@ -138,7 +143,10 @@ export class Sidecar {
   async readiness(): Promise<Readiness> {
     const reasons: string[] = [];
     if (!(await this.ch.ping())) reasons.push(`ClickHouse at ${this.config.clickhouse.url} is not reachable`);
-    if (!this.allocator.usable) reasons.push(`ZooKeeper at ${this.config.zookeeper.connect} is not connected`);
+    const allocating = this.gossip.allocatingMember();
+    if (allocating === this.config.replica && !this.allocator.usable) {
+      reasons.push(`ZooKeeper at ${this.config.zookeeper.connect} is not connected`);
+    }
     if (!this.accepting) reasons.push('not accepting inserts (starting or shutting down)');
     return { ready: reasons.length === 0, reasons };
   }
@@ -163,8 +171,9 @@ export class Sidecar {
     await this.waitForClickHouse();
     await this.staging.init();
     assertSameFilesystem(this.store.partsDir, await this.staging.probeDataPath());
-    this.zk.start();
     await this.allocator.init();
+    // Only the allocating member needs a session; the others open one if they ever must allocate.
+    if (this.gossip.allocatingMember() !== this.config.replica) this.zk.close();
     const grpcPort = await new Promise<number>((resolve, reject) =>
       this.grpcServer.bindAsync(`${this.config.grpc.host}:${this.config.grpc.port}`, grpc.ServerCredentials.createInsecure(), (err, port) =>
         err ? reject(err) : resolve(port),
