@@ -63,5 +63,7 @@ export async function runDemo(args: string[]): Promise<void> {
   process.stdout.write(`\nZooKeeper ${info.zookeeper}: znodes under /chorus = ${znodes}\n`);
   process.stdout.write(`\nTry: curl '${info.replicas[0]!.http}/?query=SELECT+who,count()+FROM+default.demo+GROUP+BY+who'\n`);
   process.stdout.write('Serving until Ctrl-C.\n');
+  // The cluster runs in other processes; this timer is what keeps this one waiting for Ctrl-C.
+  setInterval(() => undefined, 1 << 30);
   await new Promise(() => undefined);
 }

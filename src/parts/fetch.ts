@@ -1,61 +1,34 @@
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import http from 'node:http';
 import { join } from 'node:path';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { ChorusError } from '../core/errors.js';
 import type { LogEntry } from '../log/entry.js';
 import { fsyncPath } from './files.js';
 import type { PartStore } from './store.js';
 
-export function partFileUrl(base: string, entry: Pick<LogEntry, 'lsn' | 'partName'>, file: string): string {
-  return `${base.replace(/\/$/, '')}/v1/parts/${entry.lsn}/${encodeURIComponent(entry.partName)}/${encodeURIComponent(file)}`;
-}
-
 const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
 
+export function partUrl(base: string, entry: Pick<LogEntry, 'lsn' | 'partName'>): string {
+  return `${base.replace(/\/$/, '')}/v1/parts/${entry.lsn}/${encodeURIComponent(entry.partName)}`;
+}
+
 /**
- * Downloads every file of `entry`'s part from a peer into a temp dir, checking each against
- * the entry's manifest (size and SHA-256, as computed by the origin), fsyncs, and renames the
- * directory into the store. A mismatch throws PART_VERIFICATION_FAILED and leaves nothing.
+ * Downloads `entry`'s part from a peer in one response (its files concatenated in manifest
+ * order) into a temp dir, checking each file against the entry's manifest (size and SHA-256,
+ * as computed by the origin), fsyncs, and renames the directory into the store. Any mismatch
+ * throws PART_VERIFICATION_FAILED and leaves nothing behind.
  */
 export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: string, timeoutMs: number): Promise<number> {
   const tempDir = store.newTempDir();
   await mkdir(tempDir, { recursive: true });
-  let bytes = 0;
   try {
-    for (const file of entry.files) {
-      const res = await get(partFileUrl(peerBase, entry, file.name), timeoutMs);
-      if (res.statusCode !== 200) {
-        res.resume();
-        throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `peer ${peerBase} answered ${res.statusCode} for LSN ${entry.lsn} file ${file.name}`);
-      }
-      const hash = createHash('sha256');
-      let size = 0;
-      const path = join(tempDir, file.name);
-      await pipeline(
-        res,
-        new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            size += chunk.length;
-            hash.update(chunk);
-            cb(null, chunk);
-          },
-        }),
-        createWriteStream(path),
-      );
-      const sha = hash.digest('hex');
-      if (size !== file.size || sha !== file.sha256) {
-        throw new ChorusError(
-          'PART_VERIFICATION_FAILED',
-          `LSN ${entry.lsn} file ${file.name} from ${peerBase}: got ${size} bytes sha256 ${sha.slice(0, 12)}, manifest says ${file.size} bytes sha256 ${file.sha256.slice(0, 12)}`,
-        );
-      }
-      await fsyncPath(path);
-      bytes += size;
+    const res = await get(partUrl(peerBase, entry), timeoutMs);
+    if (res.statusCode !== 200) {
+      res.resume();
+      throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `peer ${peerBase} answered ${res.statusCode} for LSN ${entry.lsn}`);
     }
+    const bytes = await receiveFiles(res, entry, tempDir, peerBase);
     await fsyncPath(tempDir);
     await store.commit(tempDir, entry.lsn);
     return bytes;
@@ -63,6 +36,64 @@ export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: str
     await store.discard(tempDir);
     throw err;
   }
+}
+
+async function receiveFiles(body: AsyncIterable<Buffer>, entry: LogEntry, dir: string, peer: string): Promise<number> {
+  const files = entry.files;
+  let index = -1;
+  let remaining = 0;
+  let handle: FileHandle | null = null;
+  let hash = createHash('sha256');
+  let total = 0;
+  const synced: Array<Promise<void>> = [];
+  const refuse = (what: string) =>
+    new ChorusError('PART_VERIFICATION_FAILED', `LSN ${entry.lsn} from ${peer}: ${what}; the part is refused`);
+
+  const finishFile = async () => {
+    if (!handle) return;
+    const file = files[index]!;
+    const sha = hash.digest('hex');
+    const h = handle;
+    handle = null;
+    if (sha !== file.sha256) {
+      await h.close();
+      throw refuse(`file ${file.name} has sha256 ${sha.slice(0, 12)}, the manifest says ${file.sha256.slice(0, 12)}`);
+    }
+    synced.push(h.sync().finally(() => h.close()));
+  };
+  // Moves to the next file that still expects bytes, finishing the ones before it.
+  const advance = async () => {
+    while (remaining === 0) {
+      await finishFile();
+      index++;
+      if (index >= files.length) return;
+      handle = await open(join(dir, files[index]!.name), 'w');
+      hash = createHash('sha256');
+      remaining = files[index]!.size;
+    }
+  };
+
+  await advance();
+  for await (const chunk of body) {
+    let offset = 0;
+    while (offset < chunk.length) {
+      if (index >= files.length) throw refuse('more bytes than the manifest lists');
+      const n = Math.min(remaining, chunk.length - offset);
+      const piece = chunk.subarray(offset, offset + n);
+      hash.update(piece);
+      await handle!.write(piece);
+      remaining -= n;
+      offset += n;
+      total += n;
+      await advance();
+    }
+  }
+  if (index < files.length) {
+    await (handle as FileHandle | null)?.close();
+    throw refuse(`the transfer ended inside file ${files[index]!.name}`);
+  }
+  await Promise.all(synced);
+  return total;
 }
 
 function get(url: string, timeoutMs: number): Promise<http.IncomingMessage> {

@@ -2,7 +2,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
@@ -42,9 +42,28 @@ export function createInterserverServer(deps: { log: LocalLog; store: PartStore;
     return { lsn: entry.lsn, part: entry.partName, files: entry.files };
   });
 
-  app.get<{ Params: { lsn: string; part: string; file: string } }>('/v1/parts/:lsn/:part/:file', async (req, reply) => {
+  // The whole part in one response: its files concatenated in manifest order. The receiver
+  // splits by the sizes in its own copy of the manifest and verifies every file.
+  app.get<{ Params: { lsn: string; part: string } }>('/v1/parts/:lsn/:part', async (req, reply) => {
     const entry = locate(req.params);
+    const dir = deps.store.pathOf(entry.lsn);
+    try {
+      await stat(dir);
+    } catch {
+      throw new ChorusError('PART_NOT_FOUND', `LSN ${entry.lsn} is not in this replica's part store`);
+    }
+    const total = entry.files.reduce((sum, f) => sum + f.size, 0);
+    let body: Readable = Readable.from(concatFiles(entry.files.map((f) => join(dir, f.name))));
+    if (deps.faults.takeCorruptServedFile()) {
+      req.log.warn({ lsn: entry.lsn }, 'test fault: corrupting a served part');
+      body = body.pipe(flipOneByte(Math.floor(total / 2)));
+    }
+    return reply.header('Content-Type', 'application/octet-stream').header('Content-Length', total).send(body);
+  });
+
+  app.get<{ Params: { lsn: string; part: string; file: string } }>('/v1/parts/:lsn/:part/:file', async (req, reply) => {
     assertSafeName('file', req.params.file);
+    const entry = locate(req.params);
     const file = entry.files.find((f) => f.name === req.params.file);
     if (!file) throw new ChorusError('PART_NOT_FOUND', `part ${entry.partName} has no file ${req.params.file}`);
     const path = join(deps.store.pathOf(entry.lsn), file.name);
@@ -62,6 +81,10 @@ export function createInterserverServer(deps: { log: LocalLog; store: PartStore;
   });
 
   return app;
+}
+
+async function* concatFiles(paths: string[]): AsyncGenerator<Buffer> {
+  for (const path of paths) for await (const chunk of createReadStream(path)) yield chunk as Buffer;
 }
 
 function flipOneByte(offset: number): Transform {

@@ -1,0 +1,90 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Allocator } from '../../src/allocator/allocator.js';
+import { decodeState, encodeState, applyBatch } from '../../src/allocator/window.js';
+import { ZkSession } from '../../src/allocator/zk.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { freePort, stopProcess } from '../../src/dev/processes.js';
+import { startZooKeeper } from '../../src/dev/zookeeper.js';
+
+/** The allocator against a real ZooKeeper 3.8, started by the project's own harness. */
+describe('allocator on real ZooKeeper', () => {
+  let dir: string;
+  let pid: number;
+  let connect: string;
+  const sessions: ZkSession[] = [];
+
+  const session = () => {
+    const zk = new ZkSession(connect, { sessionTimeoutMs: 10_000, timeoutMs: 10_000 }, silentLogger());
+    zk.start();
+    sessions.push(zk);
+    return zk;
+  };
+  const allocator = (zk: ZkSession, path: string) =>
+    new Allocator(zk, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 10_000 }, silentLogger());
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'chorus-zk-'));
+    const port = await freePort();
+    pid = await startZooKeeper(dir, port);
+    connect = `127.0.0.1:${port}`;
+  });
+
+  afterAll(async () => {
+    for (const s of sessions) s.close();
+    if (pid) await stopProcess(pid);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('two allocators racing on one znode hand out every LSN once and dedup across each other', async () => {
+    const path = '/chorus/race/shard1';
+    const a = allocator(session(), path);
+    const b = allocator(session(), path);
+    await a.init();
+    await b.init();
+    const requests = Array.from({ length: 200 }, (_, i) => ({ nonce: `n${i}`, origin: i % 2 ? 'a' : 'b', blockIds: [`p_${i % 150}`] }));
+    const results = await Promise.all(requests.map((r, i) => (i % 2 ? a : b).allocate(r)));
+    const fresh = results.flat().filter((r) => !r.duplicate).map((r) => r.lsn);
+    expect(fresh.length).toBe(150);
+    expect(new Set(fresh).size).toBe(150);
+    expect(Math.max(...fresh)).toBe(150);
+    // Every duplicate names the LSN its block was first given.
+    const byBlock = new Map<string, number>();
+    results.forEach((r, i) => {
+      if (!r[0]!.duplicate) byBlock.set(requests[i]!.blockIds[0]!, r[0]!.lsn);
+    });
+    results.forEach((r, i) => expect(r[0]!.lsn).toBe(byBlock.get(requests[i]!.blockIds[0]!)));
+    const zk = session();
+    expect(await zk.countZnodes('/chorus/race')).toBe(2);
+  });
+
+  it('a write whose reply was lost is recognised on retry by its nonce, never allocated twice', async () => {
+    const path = '/chorus/lost/shard1';
+    const zk = session();
+    await zk.mkdirp(path);
+    // What a lost reply leaves behind: the batch landed, but its sender never heard so.
+    const { data, stat } = await zk.getData(path);
+    const landed = applyBatch(decodeState(data), [{ nonce: 'lost-1', origin: 'r2', blockIds: ['p_a', 'p_b'] }], 1000).state;
+    await zk.setData(path, encodeState(landed), stat.version);
+    const retrying = allocator(session(), path);
+    await retrying.init();
+    const result = await retrying.allocate({ nonce: 'lost-1', origin: 'r2', blockIds: ['p_a', 'p_b'] });
+    expect(result).toEqual([
+      { lsn: 1, duplicate: false },
+      { lsn: 2, duplicate: false },
+    ]);
+    expect(decodeState((await zk.getData(path)).data).next).toBe(3);
+    // Another request with the same blocks is a duplicate.
+    expect(await retrying.allocate({ nonce: 'other', origin: 'r1', blockIds: ['p_a'] })).toEqual([{ lsn: 1, duplicate: true }]);
+  });
+
+  it('refuses with ALLOCATOR_UNAVAILABLE, allocating nothing, when ZooKeeper cannot be reached', async () => {
+    const port = await freePort();
+    const zk = new ZkSession(`127.0.0.1:${port}`, { sessionTimeoutMs: 4000, timeoutMs: 500 }, silentLogger());
+    sessions.push(zk);
+    const a = new Allocator(zk, { path: '/chorus/x/y', windowSize: 10, maxBatch: 10, requestTimeoutMs: 500 }, silentLogger());
+    await expect(a.allocate({ nonce: 'n', origin: 'r1', blockIds: ['p_1'] })).rejects.toMatchObject({ code: 'ALLOCATOR_UNAVAILABLE' });
+  });
+});

@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { applyBatch, decodeState, encodeState, EMPTY_STATE } from '../../src/allocator/window.js';
+
+const req = (nonce: string, ...blockIds: Array<string | null>) => ({ nonce, origin: 'r1', blockIds });
+
+describe('allocator window', () => {
+  it('assigns consecutive LSNs to a whole batch in one step', () => {
+    const { state, results } = applyBatch(EMPTY_STATE, [req('a', 'p_1', 'p_2'), req('b', 'p_3')], 10);
+    expect(results).toEqual([
+      [
+        { lsn: 1, duplicate: false },
+        { lsn: 2, duplicate: false },
+      ],
+      [{ lsn: 3, duplicate: false }],
+    ]);
+    expect(state.next).toBe(4);
+  });
+
+  it('answers a block already in the window with its first LSN, in the same batch or a later one', () => {
+    const first = applyBatch(EMPTY_STATE, [req('a', 'p_1'), req('b', 'p_1')], 10);
+    expect(first.results[1]).toEqual([{ lsn: 1, duplicate: true }]);
+    const second = applyBatch(first.state, [req('c', 'p_1')], 10);
+    expect(second.results[0]).toEqual([{ lsn: 1, duplicate: true }]);
+    expect(second.changed).toBe(false);
+    expect(second.state.next).toBe(2);
+  });
+
+  it('recognises a retried request by its nonce: its own entries, not duplicates, and nothing allocated twice', () => {
+    const landed = applyBatch(EMPTY_STATE, [req('n1', 'p_1', null, 'p_2')], 10).state;
+    const retry = applyBatch(landed, [req('n1', 'p_1', null, 'p_2')], 10);
+    expect(retry.results[0]).toEqual([
+      { lsn: 1, duplicate: false },
+      { lsn: 2, duplicate: false },
+      { lsn: 3, duplicate: false },
+    ]);
+    expect(retry.changed).toBe(false);
+    expect(retry.state.next).toBe(4);
+  });
+
+  it('never deduplicates entries without a block ID', () => {
+    const { results } = applyBatch(EMPTY_STATE, [req('a', null), req('b', null)], 10);
+    expect(results.flat().map((r) => r.lsn)).toEqual([1, 2]);
+  });
+
+  it('keeps only the newest window-size block IDs', () => {
+    let state = EMPTY_STATE;
+    for (let i = 1; i <= 5; i++) state = applyBatch(state, [req(`n${i}`, `p_${i}`)], 3).state;
+    expect(state.window.map((e) => e[0])).toEqual(['p_3', 'p_4', 'p_5']);
+    expect(applyBatch(state, [req('x', 'p_1')], 3).results[0]).toEqual([{ lsn: 6, duplicate: false }]);
+  });
+
+  it('round-trips through the znode encoding and refuses unknown versions', () => {
+    const { state } = applyBatch(EMPTY_STATE, [req('a', 'p_1')], 10);
+    expect(decodeState(encodeState(state))).toEqual(state);
+    expect(decodeState(Buffer.alloc(0))).toEqual(EMPTY_STATE);
+    expect(() => decodeState(Buffer.from('{"v":9,"next":1,"w":[]}'))).toThrow(/unrecognised/);
+  });
+});
