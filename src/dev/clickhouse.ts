@@ -1,7 +1,6 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { join } from 'node:path';
-import { spawnDetached, waitFor } from './processes.js';
+import { httpOk, spawnDetached, waitFor } from './processes.js';
 
 export const CLICKHOUSE_SERVER = '/usr/sbin/clickhouse-server';
 
@@ -11,16 +10,7 @@ export interface ClickHousePorts {
   interserver: number;
 }
 
-export function ping(url: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const req = http.get(`${url}/ping`, { timeout: 2000 }, (res) => {
-      res.resume();
-      resolve(res.statusCode === 200);
-    });
-    req.on('error', () => resolve(false));
-    req.on('timeout', () => req.destroy());
-  });
-}
+export const ping = (url: string) => httpOk(`${url}/ping`);
 
 const escapeXml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 

@@ -1,10 +1,9 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toYaml } from 'yaml';
 import { startClickHouse } from './clickhouse.js';
-import { freePort, isAlive, spawnDetached, stopProcess, waitFor } from './processes.js';
+import { freePort, httpOk, isAlive, spawnDetached, stopProcess, waitFor } from './processes.js';
 import { startZooKeeper } from './zookeeper.js';
 
 export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -48,17 +47,6 @@ export function readCluster(dir: string): ClusterInfo {
   const file = stateFile(resolve(dir));
   if (!existsSync(file)) throw new Error(`no dev cluster in ${dir} (${file} missing)`);
   return JSON.parse(readFileSync(file, 'utf8')) as ClusterInfo;
-}
-
-function httpOk(url: string): Promise<boolean> {
-  return new Promise((resolveOk) => {
-    const req = http.get(url, { timeout: 2000 }, (res) => {
-      res.resume();
-      resolveOk(res.statusCode === 200);
-    });
-    req.on('error', () => resolveOk(false));
-    req.on('timeout', () => req.destroy());
-  });
 }
 
 /**

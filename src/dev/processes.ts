@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { sleep } from '../core/async.js';
 
@@ -78,4 +79,16 @@ export async function waitFor(what: string, check: () => Promise<boolean>, opts:
     if (Date.now() > deadline) throw new Error(`${what} not ready within ${opts.timeoutMs} ms${opts.logFile ? `; see ${opts.logFile}` : ''}`);
     await sleep(100);
   }
+}
+
+/** True when GET `url` answers 200 within 2 s. */
+export function httpOk(url: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => req.destroy());
+  });
 }
