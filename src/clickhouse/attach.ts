@@ -15,6 +15,12 @@ import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
  */
 export class Attacher {
   private readonly perTable = new KeyedMutex();
+  /**
+   * Per table, a block number no new part can be at or below. Attaches are serialised per
+   * table, so after one the attached block is a valid bound; a bound that is too low (parts
+   * inserted around Chorus) only widens the search, which matches by content anyway.
+   */
+  private readonly blockFloor = new Map<string, number>();
 
   constructor(
     private readonly ch: ClickHouseHttp,
@@ -31,9 +37,11 @@ export class Attacher {
   private async attachLocked(entry: LogEntry): Promise<number> {
     const table = await this.catalog.resolve(entry.database, entry.table);
     const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
-    const [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(
-      `SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`,
-    );
+    const key = `${entry.database}.${entry.table}`;
+    let maxBlock = this.blockFloor.get(key);
+    if (maxBlock === undefined) {
+      [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(`SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`);
+    }
     const owner = await stat(table.dataPath);
     const detachedDir = join(table.dataPath, 'detached');
     const linked = await this.store.linkInto(entry.lsn, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
@@ -43,8 +51,14 @@ export class Attacher {
       await rm(linked, { recursive: true, force: true });
       throw new ChorusError('ATTACH_FAILED', `ATTACH PART for LSN ${entry.lsn} failed: ${(err as Error).message}`, err);
     }
-    const block = await this.findAttached(entry, where, maxBlock);
-    if (block === undefined) throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn} was attached but its part was not found by content`);
+    // A floor from before the table was dropped and re-created would hide the part: then the
+    // newest matching block in the whole partition is the one just attached.
+    const block = (await this.findAttached(entry, where, maxBlock)) ?? (maxBlock > 0 ? await this.findAttached(entry, where, 0, 'newest') : undefined);
+    if (block === undefined) {
+      this.blockFloor.delete(key);
+      throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn} was attached but its part was not found by content`);
+    }
+    this.blockFloor.set(key, block);
     return block;
   }
 
@@ -52,10 +66,10 @@ export class Attacher {
    * Among the parts of the entry's partition made of one new block above `maxBlock` (active or
    * already merged away), the one whose checksums.txt hashes to the entry's.
    */
-  async findAttached(entry: LogEntry, where: string, maxBlock: number): Promise<number | undefined> {
+  async findAttached(entry: LogEntry, where: string, maxBlock: number, order: 'oldest' | 'newest' = 'oldest'): Promise<number | undefined> {
     const candidates = await this.ch.rows<{ path: string; block: number }>(
       `SELECT path, min_block_number AS block FROM system.parts WHERE ${where} AND partition_id = ${quoteString(entry.partitionId)}
-       AND min_block_number = max_block_number AND min_block_number > ${maxBlock} ORDER BY min_block_number`,
+       AND min_block_number = max_block_number AND min_block_number > ${maxBlock} ORDER BY min_block_number ${order === 'newest' ? 'DESC' : 'ASC'}`,
     );
     for (const c of candidates) {
       try {

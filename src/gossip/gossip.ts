@@ -88,16 +88,41 @@ export class Gossip {
     return added;
   }
 
-  /** Sends new entries to every peer at once; a peer that misses them pulls them later. */
+  /**
+   * Sends new entries to every peer at once; a peer that misses them pulls them later.
+   * Entries announced while a push to a peer is in flight go together in the next one.
+   */
   broadcast(entries: LogEntry[]): void {
     for (const peer of this.peers) {
-      peer.push(this.opts.self, entries, this.opts.rpcTimeoutMs).then(
-        () => this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'ok' }),
-        (err: unknown) => {
-          this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'error' });
-          this.logger.debug({ peer: peer.name, err: (err as Error).message }, 'push failed; the peer will pull');
-        },
-      );
+      const queue = this.outbox.get(peer.name);
+      if (queue) queue.push(...entries);
+      else this.outbox.set(peer.name, [...entries]);
+      if (!this.pushing.has(peer.name)) void this.flush(peer);
+    }
+  }
+
+  private outbox = new Map<string, LogEntry[]>();
+  private pushing = new Set<string>();
+
+  private async flush(peer: Peer): Promise<void> {
+    this.pushing.add(peer.name);
+    try {
+      for (;;) {
+        const entries = this.outbox.get(peer.name) ?? [];
+        this.outbox.delete(peer.name);
+        if (entries.length === 0) return;
+        for (let i = 0; i < entries.length; i += this.opts.maxEntriesPerMessage) {
+          try {
+            await peer.push(this.opts.self, entries.slice(i, i + this.opts.maxEntriesPerMessage), this.opts.rpcTimeoutMs);
+            this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'ok' });
+          } catch (err) {
+            this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'error' });
+            this.logger.debug({ peer: peer.name, err: (err as Error).message }, 'push failed; the peer will pull');
+          }
+        }
+      }
+    } finally {
+      this.pushing.delete(peer.name);
     }
   }
 

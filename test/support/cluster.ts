@@ -48,7 +48,7 @@ export class TestCluster {
   }
 
   /** POSTs to a replica's Chorus HTTP port. */
-  async chorus(i: number, opts: { query?: string; body?: string | Buffer; params?: Record<string, string> }): Promise<Response> {
+  async chorus(i: number, opts: { query?: string; body?: string; params?: Record<string, string> }): Promise<Response> {
     const url = new URL(this.replica(i).http + '/');
     if (opts.query !== undefined) url.searchParams.set('query', opts.query);
     for (const [k, v] of Object.entries(opts.params ?? {})) url.searchParams.set(k, v);

@@ -1,0 +1,402 @@
+/**
+ * `npm run bench`: the same workloads against (a) 3 ClickHouse replicas with
+ * ReplicatedMergeTree on one ZooKeeper and (b) 3 replicas with MergeTree and Chorus on one
+ * ZooKeeper, each on a fresh ZooKeeper, in one invocation, through the project's own dev
+ * cluster harness. Writes a Markdown report and, with --json, prints the figures as JSON.
+ */
+import Database from 'better-sqlite3';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { cpus, totalmem, tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { ZkSession } from '../../src/allocator/zk.js';
+import { silentLogger } from '../../src/core/logger.js';
+import { sleep } from '../../src/core/async.js';
+import { devDown, devUp, type ClusterInfo } from '../../src/dev/cluster.js';
+import { mntr } from '../../src/dev/zookeeper.js';
+import type { LogEntry } from '../../src/log/entry.js';
+import { fetchPart } from '../../src/parts/fetch.js';
+import { PartStore } from '../../src/parts/store.js';
+import { renderReport } from './report.js';
+
+export type SystemName = 'rmt' | 'chorus';
+
+export interface Stats {
+  p50: number;
+  p99: number;
+  max: number;
+  samples: number;
+}
+
+export interface InsertRun {
+  inserts: number;
+  rows: number;
+  seconds: number;
+  insertsPerSec: number;
+  rowsPerSec: number;
+  zkRequests: number;
+  zkRequestsPerInsert: number;
+  /** From the last acknowledgement until every replica held every row. */
+  convergeMs: number;
+}
+
+export interface SystemResult {
+  system: SystemName;
+  w1: Record<'c1' | 'c8' | 'c32', InsertRun>;
+  lagMs: Stats;
+  w2: InsertRun & { plainRowsPerSec: number; overheadVsPlain: number };
+  w3: InsertRun & { tables: number; znodesTotal: number; znodesPerTable: number; znodesOwned: number };
+  w4: { seconds: number; zkRequestsPerSec: number };
+  znodes: { total: number; owned: number };
+  rssMb: { sidecarMax: number | null; clickhouseMax: number };
+  transfer: { mbPerSec: number; cpMbPerSec: number; bytes: number } | null;
+}
+
+export interface BenchResult {
+  startedAt: string;
+  quick: boolean;
+  machine: { cpus: number; cpuModel: string; memoryGb: number; node: string; clickhouse: string; zookeeper: string; kernel: string };
+  systems: Record<SystemName, SystemResult>;
+}
+
+interface Sizes {
+  w1: Record<'c1' | 'c8' | 'c32', number>;
+  lagSamples: number;
+  w2Inserts: number;
+  w2Rows: number;
+  w3Inserts: number;
+  w3Tables: number;
+  idleSeconds: number;
+}
+
+const FULL: Sizes = { w1: { c1: 300, c8: 600, c32: 1200 }, lagSamples: 100, w2Inserts: 10, w2Rows: 100_000, w3Inserts: 1000, w3Tables: 20, idleSeconds: 60 };
+const QUICK: Sizes = { w1: { c1: 20, c8: 40, c32: 64 }, lagSamples: 10, w2Inserts: 2, w2Rows: 100_000, w3Inserts: 100, w3Tables: 20, idleSeconds: 5 };
+
+/** A deterministic pseudo-random sequence, so both systems get the very same rows. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+function tsvRows(firstId: number, count: number): string {
+  let out = '';
+  for (let i = 0; i < count; i++) {
+    const id = firstId + i;
+    out += `2026-11-${String(1 + (id % 28)).padStart(2, '0')}\t${id}\tpayload-${id}-${(id * 2654435761) % 1_000_000}\n`;
+  }
+  return out;
+}
+
+function stats(values: number[]): Stats {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
+  return { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] ?? 0, samples: sorted.length };
+}
+
+async function runConcurrently<T>(items: T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
+}
+
+class System {
+  private nextId = 1;
+  constructor(
+    readonly name: SystemName,
+    readonly cluster: ClusterInfo,
+  ) {}
+
+  /** Where clients send inserts: ClickHouse itself for RMT, the sidecar for Chorus. */
+  endpoint(replica: number): string {
+    const r = this.cluster.replicas[replica]!;
+    return this.name === 'rmt' ? r.clickhouse : r.http;
+  }
+
+  async sql(replica: number, query: string, body = ''): Promise<string> {
+    const res = await fetch(`${this.cluster.replicas[replica]!.clickhouse}/?query=${encodeURIComponent(query)}`, { method: 'POST', body });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${this.name} r${replica + 1}: ${text}`);
+    return text;
+  }
+
+  async createTable(table: string): Promise<void> {
+    const engine =
+      this.name === 'rmt' ? `ReplicatedMergeTree('/clickhouse/tables/{shard}/${table}', '{replica}')` : 'MergeTree';
+    for (let i = 0; i < this.cluster.replicas.length; i++) {
+      await this.sql(i, `CREATE TABLE default.${table} (day Date, id UInt64, payload String) ENGINE = ${engine} PARTITION BY toYYYYMM(day) ORDER BY id`);
+    }
+  }
+
+  async insert(replica: number, table: string, body: string): Promise<void> {
+    const res = await fetch(`${this.endpoint(replica)}/?query=${encodeURIComponent(`INSERT INTO default.${table} FORMAT TabSeparated`)}`, { method: 'POST', body });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`${this.name} insert via r${replica + 1}: ${res.status} ${text}`);
+  }
+
+  ids(count: number): number {
+    const first = this.nextId;
+    this.nextId += count;
+    return first;
+  }
+
+  async counts(table: string): Promise<number[]> {
+    return Promise.all(this.cluster.replicas.map(async (_, i) => Number((await this.sql(i, `SELECT count() FROM default.${table}`)).trim())));
+  }
+
+  async waitConverged(tables: string[], expected: Record<string, number>, timeoutMs = 300_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      let done = true;
+      for (const t of tables) if (!(await this.counts(t)).every((c) => c === expected[t])) done = false;
+      if (done) return;
+      if (Date.now() > deadline) throw new Error(`${this.name}: replicas did not converge on ${tables.join(', ')}`);
+      await sleep(50);
+    }
+  }
+
+  async zkPackets(): Promise<number> {
+    return Number((await mntr(this.cluster.zookeeperPort)).zk_packets_received);
+  }
+
+  async znodeCount(): Promise<number> {
+    return Number((await mntr(this.cluster.zookeeperPort)).zk_znode_count);
+  }
+
+  /** Znodes under a path, counted with a session that is closed again at once. */
+  async znodesUnder(path: string): Promise<number> {
+    const zk = new ZkSession(this.cluster.zookeeper, { sessionTimeoutMs: 10_000, timeoutMs: 10_000 }, silentLogger());
+    zk.start();
+    try {
+      return await zk.countZnodes(path);
+    } finally {
+      zk.close();
+    }
+  }
+}
+
+/** Runs `plan` inserts (replica, table, rows) at a concurrency and measures it, convergence included. */
+async function insertRun(sys: System, plan: Array<{ replica: number; table: string; rows: number }>, concurrency: number): Promise<InsertRun> {
+  const bodies = plan.map((p) => tsvRows(sys.ids(p.rows), p.rows));
+  const expected: Record<string, number> = {};
+  for (const t of new Set(plan.map((p) => p.table))) expected[t] = (await sys.counts(t))[0]!;
+  for (const p of plan) expected[p.table]! += p.rows;
+  await sleep(200);
+  const packetsBefore = await sys.zkPackets();
+  const started = performance.now();
+  await runConcurrently(
+    plan.map((p, i) => ({ ...p, body: bodies[i]! })),
+    concurrency,
+    (p) => sys.insert(p.replica, p.table, p.body),
+  );
+  const acked = performance.now();
+  const packetsAfter = await sys.zkPackets();
+  await sys.waitConverged(Object.keys(expected), expected);
+  const converged = performance.now();
+  const seconds = (acked - started) / 1000;
+  const rows = plan.reduce((s, p) => s + p.rows, 0);
+  return {
+    inserts: plan.length,
+    rows,
+    seconds,
+    insertsPerSec: plan.length / seconds,
+    rowsPerSec: rows / seconds,
+    zkRequests: packetsAfter - packetsBefore,
+    zkRequestsPerInsert: (packetsAfter - packetsBefore) / plan.length,
+    convergeMs: converged - acked,
+  };
+}
+
+/** Acknowledgement to visibility on each other replica, polled every 2 ms, sequential inserts. */
+async function measureLag(sys: System, samples: number): Promise<Stats> {
+  await sys.createTable('lag');
+  const lags: number[] = [];
+  for (let n = 0; n < samples; n++) {
+    const replica = n % 3;
+    const id = sys.ids(1);
+    await sys.insert(replica, 'lag', tsvRows(id, 1));
+    const acked = performance.now();
+    await Promise.all(
+      [0, 1, 2]
+        .filter((i) => i !== replica)
+        .map(async (i) => {
+          for (;;) {
+            if ((await sys.sql(i, `SELECT count() FROM default.lag WHERE id = ${id}`)).trim() === '1') {
+              lags.push(performance.now() - acked);
+              return;
+            }
+            if (performance.now() - acked > 60_000) throw new Error(`${sys.name}: row ${id} not visible on r${i + 1} after 60 s`);
+            await sleep(2);
+          }
+        }),
+    );
+  }
+  return stats(lags);
+}
+
+function rssMb(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+function dirBytes(dir: string): number {
+  return readdirSync(dir).reduce((sum, f) => sum + statSync(join(dir, f)).size, 0);
+}
+
+/** Chorus's part transfer (download, verify, fsync, rename) of the largest stored part, next to cp of its files. */
+async function measureTransfer(cluster: ClusterInfo): Promise<SystemResult['transfer']> {
+  const r1 = cluster.replicas[0]!;
+  const partsDir = join(r1.dir, 'chorus', 'parts');
+  const largest = readdirSync(partsDir)
+    .map((name) => ({ lsn: Number(name), bytes: dirBytes(join(partsDir, name)) }))
+    .sort((a, b) => b.bytes - a.bytes)[0];
+  if (!largest) return null;
+  const db = new Database(join(r1.dir, 'chorus', 'log.sqlite'), { readonly: true });
+  const row = db.prepare('SELECT body FROM entries WHERE lsn = ?').get(largest.lsn) as { body: string };
+  db.close();
+  const entry = JSON.parse(row.body) as LogEntry;
+  const scratch = mkdtempSync(join(r1.dir, 'transfer-'));
+  try {
+    const fetchTimes: number[] = [];
+    const cpTimes: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const store = new PartStore(join(scratch, `fetch-${i}`));
+      await store.init();
+      const t0 = performance.now();
+      await fetchPart(store, entry, r1.interserver, 60_000);
+      fetchTimes.push(performance.now() - t0);
+      const t1 = performance.now();
+      const cp = spawnSync('cp', ['-r', join(partsDir, String(largest.lsn)), join(scratch, `cp-${i}`)]);
+      cpTimes.push(performance.now() - t1);
+      if (cp.status !== 0) throw new Error(`cp failed: ${cp.stderr.toString()}`);
+    }
+    const mbps = (ms: number) => largest.bytes / 1024 / 1024 / (ms / 1000);
+    return { bytes: largest.bytes, mbPerSec: mbps(stats(fetchTimes).p50), cpMbPerSec: mbps(stats(cpTimes).p50) };
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+async function benchSystem(name: SystemName, sizes: Sizes, log: (msg: string) => void): Promise<SystemResult> {
+  const dir = mkdtempSync(join(tmpdir(), `chorus-bench-${name}-`));
+  const cluster = await devUp({ replicas: 3, dir, clickhouseZookeeper: name === 'rmt', withoutSidecars: name === 'rmt' });
+  const sys = new System(name, cluster);
+  try {
+    const random = rng(42);
+    const smallPlan = (table: string, n: number) =>
+      Array.from({ length: n }, (_, i) => ({ replica: i % 3, table, rows: 1 + Math.floor(random() * 100) }));
+
+    const w1 = {} as SystemResult['w1'];
+    for (const c of [1, 8, 32] as const) {
+      const key = `c${c}` as const;
+      await sys.createTable(`w1_${key}`);
+      w1[key] = await insertRun(sys, smallPlan(`w1_${key}`, sizes.w1[key]), c);
+      log(`${name} W1 c=${c}: ${w1[key].insertsPerSec.toFixed(1)} inserts/s, ${w1[key].zkRequestsPerInsert.toFixed(3)} ZK req/insert`);
+    }
+
+    const lagMs = await measureLag(sys, sizes.lagSamples);
+    log(`${name} lag: p50 ${lagMs.p50.toFixed(1)} ms, p99 ${lagMs.p99.toFixed(1)} ms`);
+
+    await sys.createTable('w2');
+    const w2Run = await insertRun(sys, Array.from({ length: sizes.w2Inserts }, (_, i) => ({ replica: i % 3, table: 'w2', rows: sizes.w2Rows })), 1);
+    // The baseline: the same inserts into a plain MergeTree table on one server, no replication.
+    await sys.sql(0, 'CREATE TABLE default.w2_plain (day Date, id UInt64, payload String) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id');
+    const plainBodies = Array.from({ length: sizes.w2Inserts }, () => tsvRows(sys.ids(sizes.w2Rows), sizes.w2Rows));
+    const t0 = performance.now();
+    for (const body of plainBodies) await sys.sql(0, 'INSERT INTO default.w2_plain FORMAT TabSeparated', body);
+    const plainRowsPerSec = (sizes.w2Inserts * sizes.w2Rows) / ((performance.now() - t0) / 1000);
+    const w2 = { ...w2Run, plainRowsPerSec, overheadVsPlain: 1 - w2Run.rowsPerSec / plainRowsPerSec };
+    log(`${name} W2: ${w2.rowsPerSec.toFixed(0)} rows/s (plain ${plainRowsPerSec.toFixed(0)})`);
+
+    const tables = Array.from({ length: sizes.w3Tables }, (_, i) => `w3_${i}`);
+    for (const t of tables) await sys.createTable(t);
+    const w3Plan = Array.from({ length: sizes.w3Inserts }, (_, i) => ({ replica: i % 3, table: tables[i % tables.length]!, rows: 1 + Math.floor(random() * 100) }));
+    const w3Run = await insertRun(sys, w3Plan, 4);
+    await sleep(1000);
+    const znodesTotal = await sys.znodeCount();
+    const owned = name === 'rmt' ? await sys.znodesUnder('/clickhouse') : await sys.znodesUnder('/chorus');
+    const perTable = name === 'rmt' ? (await Promise.all(tables.map((t) => sys.znodesUnder(`/clickhouse/tables/${cluster.shard}/${t}`)))).reduce((a, b) => a + b) / tables.length : 0;
+    const w3 = { ...w3Run, tables: tables.length, znodesTotal, znodesPerTable: perTable, znodesOwned: owned };
+    log(`${name} W3: ${znodesTotal} znodes in all, ${owned} owned, ${w3.zkRequestsPerInsert.toFixed(2)} req/insert`);
+
+    await sleep(2000);
+    const idleBefore = await sys.zkPackets();
+    const idleStart = performance.now();
+    await sleep(sizes.idleSeconds * 1000);
+    const idleSeconds = (performance.now() - idleStart) / 1000;
+    const w4 = { seconds: idleSeconds, zkRequestsPerSec: ((await sys.zkPackets()) - idleBefore) / idleSeconds };
+    log(`${name} W4 idle: ${w4.zkRequestsPerSec.toFixed(2)} ZK requests/s`);
+
+    const transfer = name === 'chorus' ? await measureTransfer(cluster) : null;
+    const rss = {
+      sidecarMax: name === 'chorus' ? Math.max(...cluster.replicas.map((r) => rssMb(r.pids.sidecar))) : null,
+      clickhouseMax: Math.max(...cluster.replicas.map((r) => rssMb(r.pids.clickhouse))),
+    };
+    return { system: name, w1, lagMs, w2, w3, w4, znodes: { total: await sys.znodeCount(), owned }, rssMb: rss, transfer };
+  } finally {
+    await devDown(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function machine(): BenchResult['machine'] {
+  const version = (cmd: string, args: string[]) => {
+    try {
+      return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    } catch {
+      return 'unknown';
+    }
+  };
+  const zk = version('dpkg-query', ['-W', '-f=${Version}', 'zookeeper']);
+  const ch = version('dpkg-query', ['-W', '-f=${Version}', 'clickhouse-server']);
+  return {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? 'unknown',
+    memoryGb: Math.round(totalmem() / 1024 ** 3),
+    node: process.version,
+    clickhouse: ch,
+    zookeeper: zk,
+    kernel: version('uname', ['-r']),
+  };
+}
+
+export async function runBench(opts: { quick: boolean; log?: (msg: string) => void }): Promise<BenchResult> {
+  const sizes = opts.quick ? QUICK : FULL;
+  const log = opts.log ?? (() => undefined);
+  const startedAt = new Date().toISOString();
+  const rmt = await benchSystem('rmt', sizes, log);
+  const chorus = await benchSystem('chorus', sizes, log);
+  return { startedAt, quick: opts.quick, machine: machine(), systems: { rmt, chorus } };
+}
+
+export const BENCH_DIR = fileURLToPath(new URL('.', import.meta.url));
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: { quick: { type: 'boolean', default: false }, json: { type: 'boolean', default: false }, out: { type: 'string' } },
+  });
+  const result = await runBench({ quick: values.quick!, log: (m) => process.stderr.write(`bench: ${m}\n`) });
+  // A quick run never replaces the committed report unless asked to.
+  const out = values.out ?? (values.quick ? join(tmpdir(), 'chorus-bench-REPORT.md') : join(BENCH_DIR, 'REPORT.md'));
+  writeFileSync(resolve(out), renderReport(result));
+  process.stderr.write(`bench: report written to ${out}\n`);
+  if (values.json) process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`bench: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}
