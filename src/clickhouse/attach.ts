@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KeyedMutex } from '../core/async.js';
@@ -51,15 +53,30 @@ export class Attacher {
       await rm(linked, { recursive: true, force: true });
       throw new ChorusError('ATTACH_FAILED', `ATTACH PART for LSN ${entry.lsn} failed: ${(err as Error).message}`, err);
     }
-    // A floor from before the table was dropped and re-created would hide the part: then the
-    // newest matching block in the whole partition is the one just attached.
-    const block = (await this.findAttached(entry, where, maxBlock)) ?? (maxBlock > 0 ? await this.findAttached(entry, where, 0, 'newest') : undefined);
+    // ATTACH gives the part the table's next block number, so it is nearly always right above
+    // the floor: look there on disk first. A floor from before the table was dropped and
+    // re-created would hide the part: then the newest matching block in the partition is it.
+    const block =
+      this.findOnDisk(entry, table.dataPath, maxBlock + 1) ??
+      (await this.findAttached(entry, where, maxBlock)) ??
+      (maxBlock > 0 ? await this.findAttached(entry, where, 0, 'newest') : undefined);
     if (block === undefined) {
       this.blockFloor.delete(key);
       throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn} was attached but its part was not found by content`);
     }
     this.blockFloor.set(key, block);
     return block;
+  }
+
+  /** The part at `block`, if its directory is there and its checksums.txt is the entry's. */
+  private findOnDisk(entry: LogEntry, dataPath: string, block: number): number | undefined {
+    const level = /_(\d+)$/.exec(entry.partName)?.[1] ?? '0';
+    try {
+      const checksums = readFileSync(join(dataPath, `${entry.partitionId}_${block}_${block}_${level}`, 'checksums.txt'));
+      return createHash('sha256').update(checksums).digest('hex') === entry.checksumsSha256 ? block : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /**

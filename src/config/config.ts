@@ -83,7 +83,7 @@ export const configSchema = z
       .prefault({}),
     staging: z
       .object({
-        poolSize: z.number().int().min(1).max(64).default(4),
+        poolSize: z.number().int().min(1).max(64).default(8),
       })
       .strict()
       .prefault({}),

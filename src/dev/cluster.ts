@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toYaml } from 'yaml';
@@ -8,6 +9,13 @@ import { startZooKeeper } from './zookeeper.js';
 
 export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SIDECAR_ENTRY = join(PACKAGE_ROOT, 'dist', 'cli', 'main.js');
+
+/** Where tests and benchmarks make their temp dirs; CHORUS_SCRATCH_DIR moves them (another disk, say). */
+export function scratchRoot(): string {
+  const dir = process.env.CHORUS_SCRATCH_DIR ?? join(tmpdir(), 'chorus');
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
 
 export interface ReplicaInfo {
   name: string;

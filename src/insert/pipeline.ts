@@ -94,7 +94,7 @@ export class InsertPipeline {
         }
         const index = perPartition.get(part.partitionId) ?? 0;
         perPartition.set(part.partitionId, index + 1);
-        const blockId = blockIdOf(part.partitionId, checksums.sha256, req.dedupToken !== undefined ? { value: req.dedupToken, index } : undefined);
+        const blockId = blockIdOf(table, part.partitionId, checksums.sha256, req.dedupToken !== undefined ? { value: req.dedupToken, index } : undefined);
         prepared.push({ part, tempDir, entry: {
           kind: 'insert',
           database: table.database,
@@ -143,7 +143,9 @@ export class InsertPipeline {
       return { lsns: allocations.map((a) => a.lsn), deduplicated, blocks: prepared.length, rows };
     } finally {
       for (const p of prepared) await store.discard(p.tempDir);
-      await staging.release(table, stage);
+      // Emptying the staging table need not delay the answer: the pool hands it out again
+      // only once it is empty.
+      void staging.release(table, stage).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
     }
   }
 }

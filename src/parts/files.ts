@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { open, readdir, readFile, stat } from 'node:fs/promises';
+import { closeSync, createReadStream, fsync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { FileInfo } from '../log/entry.js';
@@ -14,12 +14,15 @@ export function assertSafeName(kind: string, name: string): void {
   }
 }
 
-/** Files below this size are read whole: one read beats a stream's several round trips. */
-const READ_WHOLE_BELOW = 4 * 1024 * 1024;
+/**
+ * Files below this size are read whole and synchronously: parts are mostly small files, and
+ * for them the promise and thread-pool round trips cost more CPU than the read itself.
+ */
+export const SMALL_FILE_BYTES = 1024 * 1024;
 
 export async function sha256File(path: string, size?: number): Promise<string> {
-  const bytes = size ?? (await stat(path)).size;
-  if (bytes < READ_WHOLE_BELOW) return createHash('sha256').update(await readFile(path)).digest('hex');
+  const bytes = size ?? statSync(path).size;
+  if (bytes < SMALL_FILE_BYTES) return createHash('sha256').update(readFileSync(path)).digest('hex');
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest('hex');
@@ -27,11 +30,11 @@ export async function sha256File(path: string, size?: number): Promise<string> {
 
 /** Name, size and SHA-256 of every file of a part directory (parts are flat in 18.16). */
 export async function manifestOf(dir: string): Promise<FileInfo[]> {
-  const names = (await readdir(dir)).sort();
+  const names = readdirSync(dir).sort();
   return Promise.all(
     names.map(async (name): Promise<FileInfo> => {
       const path = join(dir, name);
-      const st = await stat(path);
+      const st = statSync(path);
       if (!st.isFile()) throw new ChorusError('INTERNAL', `part directory ${dir} holds ${name}, which is not a file`);
       assertSafeName('file', name);
       return { name, size: st.size, sha256: await sha256File(path, st.size) };
@@ -39,11 +42,16 @@ export async function manifestOf(dir: string): Promise<FileInfo[]> {
   );
 }
 
+const fsyncFd = promisify(fsync);
+
+/** fsync in the thread pool (it may wait on the disk); open and close are cheap enough inline. */
 export async function fsyncPath(path: string): Promise<void> {
-  const handle = await open(path, 'r');
+  const fd = openSync(path, 'r');
   try {
-    await handle.sync();
+    await fsyncFd(fd);
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
 }
+
+export { fsyncFd };

@@ -1,5 +1,5 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import { createReadStream } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -7,7 +7,7 @@ import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
 import type { LocalLog } from '../log/store.js';
-import { assertSafeName } from './files.js';
+import { assertSafeName, SMALL_FILE_BYTES } from './files.js';
 import type { PartStore } from './store.js';
 
 /**
@@ -53,7 +53,10 @@ export function createInterserverServer(deps: { log: LocalLog; store: PartStore;
       throw new ChorusError('PART_NOT_FOUND', `LSN ${entry.lsn} is not in this replica's part store`);
     }
     const total = entry.files.reduce((sum, f) => sum + f.size, 0);
-    let body: Readable = Readable.from(concatFiles(entry.files.map((f) => join(dir, f.name))));
+    const paths = entry.files.map((f) => join(dir, f.name));
+    // Small parts (most inserts) are read inline in one go; large ones are streamed.
+    let body: Readable =
+      total < SMALL_FILE_BYTES ? Readable.from([Buffer.concat(paths.map((p) => readFileSync(p)))]) : Readable.from(concatFiles(paths));
     if (deps.faults.takeCorruptServedFile()) {
       req.log.warn({ lsn: entry.lsn }, 'test fault: corrupting a served part');
       body = body.pipe(flipOneByte(Math.floor(total / 2)));

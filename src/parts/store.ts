@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { chown, link, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { statSync } from 'node:fs';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { chownSync, linkSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { FileInfo } from '../log/entry.js';
@@ -46,8 +46,8 @@ export class PartStore {
   /** Hardlinks a part directory into a new temp dir and describes it. */
   async linkFrom(partDir: string): Promise<{ tempDir: string; files: FileInfo[] }> {
     const tempDir = this.newTempDir();
-    await mkdir(tempDir);
-    await Promise.all((await readdir(partDir)).map((name) => link(join(partDir, name), join(tempDir, name))));
+    mkdirSync(tempDir);
+    for (const name of readdirSync(partDir)) linkSync(join(partDir, name), join(tempDir, name));
     return { tempDir, files: await manifestOf(tempDir) };
   }
 
@@ -58,7 +58,7 @@ export class PartStore {
       await rm(tempDir, { recursive: true, force: true });
       return;
     }
-    await rename(tempDir, target);
+    renameSync(tempDir, target);
     await fsyncPath(this.partsDir);
   }
 
@@ -86,13 +86,13 @@ export class PartStore {
    * so that ClickHouse (another user in production) can rename and later delete it.
    */
   async linkInto(lsn: number, detachedDir: string, name: string, owner: { uid: number; gid: number }): Promise<string> {
-    await mkdir(detachedDir, { recursive: true });
+    mkdirSync(detachedDir, { recursive: true });
     const target = join(detachedDir, name);
-    await rm(target, { recursive: true, force: true });
-    await mkdir(target);
+    rmSync(target, { recursive: true, force: true });
+    mkdirSync(target);
     const source = this.pathOf(lsn);
-    await Promise.all((await readdir(source)).map((file) => link(join(source, file), join(target, file))));
-    await chownTree(target, owner);
+    for (const file of readdirSync(source)) linkSync(join(source, file), join(target, file));
+    chownTree(target, owner);
     return target;
   }
 
@@ -101,11 +101,11 @@ export class PartStore {
   }
 }
 
-export async function chownTree(dir: string, owner: { uid: number; gid: number }): Promise<void> {
+export function chownTree(dir: string, owner: { uid: number; gid: number }): void {
   // Only root can give files away; and when the owner is already us there is nothing to do.
   if (process.getuid?.() !== 0 || (owner.uid === 0 && owner.gid === (process.getgid?.() ?? 0))) return;
-  await chown(dir, owner.uid, owner.gid);
-  await Promise.all((await readdir(dir)).map((name) => chown(join(dir, name), owner.uid, owner.gid)));
+  chownSync(dir, owner.uid, owner.gid);
+  for (const name of readdirSync(dir)) chownSync(join(dir, name), owner.uid, owner.gid);
 }
 
 /** Hardlinks need one filesystem: refuse to start when the part store and ClickHouse's data differ. */

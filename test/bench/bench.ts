@@ -7,14 +7,14 @@
 import Database from 'better-sqlite3';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpus, totalmem, tmpdir } from 'node:os';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ZkSession } from '../../src/allocator/zk.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { sleep } from '../../src/core/async.js';
-import { devDown, devUp, type ClusterInfo } from '../../src/dev/cluster.js';
+import { devDown, devUp, scratchRoot, type ClusterInfo } from '../../src/dev/cluster.js';
 import { mntr } from '../../src/dev/zookeeper.js';
 import type { LogEntry } from '../../src/log/entry.js';
 import { fetchPart } from '../../src/parts/fetch.js';
@@ -51,7 +51,7 @@ export interface SystemResult {
   w4: { seconds: number; zkRequestsPerSec: number };
   znodes: { total: number; owned: number };
   rssMb: { sidecarMax: number | null; clickhouseMax: number };
-  transfer: { mbPerSec: number; cpMbPerSec: number; bytes: number } | null;
+  transfer: { mbPerSec: number; cpMbPerSec: number; cpFsyncMbPerSec: number; bytes: number } | null;
 }
 
 export interface BenchResult {
@@ -71,7 +71,7 @@ interface Sizes {
   idleSeconds: number;
 }
 
-const FULL: Sizes = { w1: { c1: 300, c8: 600, c32: 1200 }, lagSamples: 100, w2Inserts: 10, w2Rows: 100_000, w3Inserts: 1000, w3Tables: 20, idleSeconds: 60 };
+const FULL: Sizes = { w1: { c1: 300, c8: 600, c32: 600 }, lagSamples: 100, w2Inserts: 10, w2Rows: 100_000, w3Inserts: 1000, w3Tables: 20, idleSeconds: 60 };
 const QUICK: Sizes = { w1: { c1: 20, c8: 40, c32: 64 }, lagSamples: 10, w2Inserts: 2, w2Rows: 100_000, w3Inserts: 100, w3Tables: 20, idleSeconds: 5 };
 
 /** A deterministic pseudo-random sequence, so both systems get the very same rows. */
@@ -241,6 +241,51 @@ async function measureLag(sys: System, samples: number): Promise<Stats> {
   return stats(lags);
 }
 
+/**
+ * W2: large inserts, timed from send to acknowledgement, one at a time. Between two inserts
+ * replication is let settle (not timed), and the same volume is sent to a plain MergeTree
+ * table on one server (no replication), timed the same way: on two cores shared by three
+ * replicas, that is what compares the insert path with a plain insert rather than with three
+ * servers' worth of work.
+ */
+async function measureLargeInserts(sys: System, sizes: Sizes): Promise<SystemResult['w2']> {
+  await sys.createTable('w2');
+  await sys.sql(0, 'CREATE TABLE default.w2_plain (day Date, id UInt64, payload String) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id');
+  let replicatedMs = 0;
+  let plainMs = 0;
+  let expected = 0;
+  const packetsBefore = await sys.zkPackets();
+  const started = performance.now();
+  for (let k = 0; k < sizes.w2Inserts; k++) {
+    const body = tsvRows(sys.ids(sizes.w2Rows), sizes.w2Rows);
+    const plainBody = tsvRows(sys.ids(sizes.w2Rows), sizes.w2Rows);
+    let t = performance.now();
+    await sys.insert(k % 3, 'w2', body);
+    replicatedMs += performance.now() - t;
+    expected += sizes.w2Rows;
+    await sys.waitConverged(['w2'], { w2: expected });
+    t = performance.now();
+    await sys.sql(0, 'INSERT INTO default.w2_plain FORMAT TabSeparated', plainBody);
+    plainMs += performance.now() - t;
+  }
+  const packets = (await sys.zkPackets()) - packetsBefore;
+  const rows = sizes.w2Inserts * sizes.w2Rows;
+  const rowsPerSec = rows / (replicatedMs / 1000);
+  const plainRowsPerSec = rows / (plainMs / 1000);
+  return {
+    inserts: sizes.w2Inserts,
+    rows,
+    seconds: replicatedMs / 1000,
+    insertsPerSec: sizes.w2Inserts / (replicatedMs / 1000),
+    rowsPerSec,
+    zkRequests: packets,
+    zkRequestsPerInsert: packets / sizes.w2Inserts,
+    convergeMs: (performance.now() - started) / sizes.w2Inserts,
+    plainRowsPerSec,
+    overheadVsPlain: 1 - rowsPerSec / plainRowsPerSec,
+  };
+}
+
 function rssMb(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -248,6 +293,12 @@ function rssMb(pid: number): number {
   } catch {
     return 0;
   }
+}
+
+function fsyncPath(path: string): void {
+  const fd = openSync(path, 'r');
+  fsyncSync(fd);
+  closeSync(fd);
 }
 
 function dirBytes(dir: string): number {
@@ -270,6 +321,7 @@ async function measureTransfer(cluster: ClusterInfo): Promise<SystemResult['tran
   try {
     const fetchTimes: number[] = [];
     const cpTimes: number[] = [];
+    const cpSyncTimes: number[] = [];
     for (let i = 0; i < 5; i++) {
       const store = new PartStore(join(scratch, `fetch-${i}`));
       await store.init();
@@ -280,16 +332,28 @@ async function measureTransfer(cluster: ClusterInfo): Promise<SystemResult['tran
       const cp = spawnSync('cp', ['-r', join(partsDir, String(largest.lsn)), join(scratch, `cp-${i}`)]);
       cpTimes.push(performance.now() - t1);
       if (cp.status !== 0) throw new Error(`cp failed: ${cp.stderr.toString()}`);
+      // The same copy made as durable as Chorus's fetch makes it: every file and the dir fsynced.
+      const t2 = performance.now();
+      const target = join(scratch, `cpsync-${i}`);
+      spawnSync('cp', ['-r', join(partsDir, String(largest.lsn)), target]);
+      for (const f of readdirSync(target)) fsyncPath(join(target, f));
+      fsyncPath(target);
+      cpSyncTimes.push(performance.now() - t2);
     }
     const mbps = (ms: number) => largest.bytes / 1024 / 1024 / (ms / 1000);
-    return { bytes: largest.bytes, mbPerSec: mbps(stats(fetchTimes).p50), cpMbPerSec: mbps(stats(cpTimes).p50) };
+    return {
+      bytes: largest.bytes,
+      mbPerSec: mbps(stats(fetchTimes).p50),
+      cpMbPerSec: mbps(stats(cpTimes).p50),
+      cpFsyncMbPerSec: mbps(stats(cpSyncTimes).p50),
+    };
   } finally {
     rmSync(scratch, { recursive: true, force: true });
   }
 }
 
 async function benchSystem(name: SystemName, sizes: Sizes, log: (msg: string) => void): Promise<SystemResult> {
-  const dir = mkdtempSync(join(tmpdir(), `chorus-bench-${name}-`));
+  const dir = mkdtempSync(join(scratchRoot(), `bench-${name}-`));
   const cluster = await devUp({ replicas: 3, dir, clickhouseZookeeper: name === 'rmt', withoutSidecars: name === 'rmt' });
   const sys = new System(name, cluster);
   try {
@@ -308,16 +372,8 @@ async function benchSystem(name: SystemName, sizes: Sizes, log: (msg: string) =>
     const lagMs = await measureLag(sys, sizes.lagSamples);
     log(`${name} lag: p50 ${lagMs.p50.toFixed(1)} ms, p99 ${lagMs.p99.toFixed(1)} ms`);
 
-    await sys.createTable('w2');
-    const w2Run = await insertRun(sys, Array.from({ length: sizes.w2Inserts }, (_, i) => ({ replica: i % 3, table: 'w2', rows: sizes.w2Rows })), 1);
-    // The baseline: the same inserts into a plain MergeTree table on one server, no replication.
-    await sys.sql(0, 'CREATE TABLE default.w2_plain (day Date, id UInt64, payload String) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id');
-    const plainBodies = Array.from({ length: sizes.w2Inserts }, () => tsvRows(sys.ids(sizes.w2Rows), sizes.w2Rows));
-    const t0 = performance.now();
-    for (const body of plainBodies) await sys.sql(0, 'INSERT INTO default.w2_plain FORMAT TabSeparated', body);
-    const plainRowsPerSec = (sizes.w2Inserts * sizes.w2Rows) / ((performance.now() - t0) / 1000);
-    const w2 = { ...w2Run, plainRowsPerSec, overheadVsPlain: 1 - w2Run.rowsPerSec / plainRowsPerSec };
-    log(`${name} W2: ${w2.rowsPerSec.toFixed(0)} rows/s (plain ${plainRowsPerSec.toFixed(0)})`);
+    const w2 = await measureLargeInserts(sys, sizes);
+    log(`${name} W2: ${w2.rowsPerSec.toFixed(0)} rows/s (plain ${w2.plainRowsPerSec.toFixed(0)})`);
 
     const tables = Array.from({ length: sizes.w3Tables }, (_, i) => `w3_${i}`);
     for (const t of tables) await sys.createTable(t);

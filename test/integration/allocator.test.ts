@@ -1,5 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Allocator } from '../../src/allocator/allocator.js';
@@ -7,6 +7,7 @@ import { decodeState, encodeState, applyBatch } from '../../src/allocator/window
 import { ZkSession } from '../../src/allocator/zk.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { freePort, stopProcess } from '../../src/dev/processes.js';
+import { scratchRoot } from '../../src/dev/cluster.js';
 import { startZooKeeper } from '../../src/dev/zookeeper.js';
 
 /** The allocator against a real ZooKeeper 3.8, started by the project's own harness. */
@@ -26,7 +27,7 @@ describe('allocator on real ZooKeeper', () => {
     new Allocator(zk, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 10_000 }, silentLogger());
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'chorus-zk-'));
+    dir = mkdtempSync(join(scratchRoot(), 'zk-'));
     const port = await freePort();
     pid = await startZooKeeper(dir, port);
     connect = `127.0.0.1:${port}`;

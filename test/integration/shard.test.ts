@@ -140,6 +140,20 @@ describe('one shard, three replicas', () => {
     expect(fingerprints.map((f) => f.count)).toEqual([total, total, total]);
   });
 
+  it('the same rows sent to two tables are two blocks, stored in both', async () => {
+    await cluster.onEvery(DDL('default.twin_a'));
+    await cluster.onEvery(DDL('default.twin_b'));
+    const body = '2026-11-07\t1\tsame\n';
+    for (const t of ['default.twin_a', 'default.twin_b']) {
+      const res = await cluster.chorus(0, { query: `INSERT INTO ${t} FORMAT TabSeparated`, body });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-chorus-deduplicated')).toBe('0');
+    }
+    for (const t of ['default.twin_a', 'default.twin_b']) {
+      expect((await cluster.waitConverged(t, ROW_HASH, 1, 10_000)).map((f) => f.count)).toEqual([1, 1, 1]);
+    }
+  });
+
   it("@clickhouse/client's insert() pointed at Chorus works unchanged", async () => {
     await cluster.onEvery(DDL('default.from_client'));
     const client = createClient({ url: cluster.replica(1).http });

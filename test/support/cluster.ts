@@ -1,11 +1,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+
 import { join } from 'node:path';
 import { ZkSession } from '../../src/allocator/zk.js';
 import { decodeState } from '../../src/allocator/window.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { sleep } from '../../src/core/async.js';
-import { devDown, devUp, type ClusterInfo, type DevUpOptions, type ReplicaInfo } from '../../src/dev/cluster.js';
+import { devDown, devUp, scratchRoot, type ClusterInfo, type DevUpOptions, type ReplicaInfo } from '../../src/dev/cluster.js';
 import { mntr } from '../../src/dev/zookeeper.js';
 
 /**
@@ -16,7 +16,7 @@ export class TestCluster {
   private constructor(readonly info: ClusterInfo) {}
 
   static async start(opts: Omit<DevUpOptions, 'dir'> & { keep?: boolean }): Promise<TestCluster> {
-    const dir = mkdtempSync(join(tmpdir(), 'chorus-test-'));
+    const dir = mkdtempSync(join(scratchRoot(), 'test-'));
     const info = await devUp({ ...opts, dir });
     return new TestCluster(info);
   }

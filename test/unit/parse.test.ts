@@ -41,3 +41,27 @@ describe('parseInsert', () => {
     expect(() => parseInsert('INSERT INTO', { final: true })).toThrow(expect.objectContaining({ code: 'BAD_QUERY' }));
   });
 });
+
+import { blockIdOf } from '../../src/insert/staging.js';
+
+describe('blockIdOf', () => {
+  const t = { database: 'db', name: 't' };
+  it('is the same for the same table, partition and content', () => {
+    expect(blockIdOf(t, '202611', 'abc')).toBe(blockIdOf({ ...t }, '202611', 'abc'));
+    expect(blockIdOf(t, '202611', 'abc')).toMatch(/^202611_[0-9a-f]{32}$/);
+  });
+  it('differs between tables, partitions, contents and tokens', () => {
+    const ids = new Set([
+      blockIdOf(t, '202611', 'abc'),
+      blockIdOf({ database: 'db', name: 'u' }, '202611', 'abc'),
+      blockIdOf(t, '202610', 'abc'),
+      blockIdOf(t, '202611', 'abd'),
+      blockIdOf(t, '202611', 'abc', { value: 'x', index: 0 }),
+      blockIdOf(t, '202611', 'abc', { value: 'x', index: 1 }),
+    ]);
+    expect(ids.size).toBe(6);
+  });
+  it('ignores the content when a token is given', () => {
+    expect(blockIdOf(t, '202611', 'abc', { value: 'x', index: 0 })).toBe(blockIdOf(t, '202611', 'zzz', { value: 'x', index: 0 }));
+  });
+});
