@@ -7,6 +7,7 @@ import {
   applyBatch,
   decodeState,
   encodeState,
+  removeLsns,
   type Allocation,
   type AllocationRequest,
   type AllocatorState,
@@ -151,6 +152,25 @@ export class Allocator {
           return;
         }
         await sleep(Math.min(1000, 50 * attempt));
+      }
+    }
+  }
+
+  /** Removes voided LSNs from the window (compare-and-set, retried on conflicts). */
+  async release(lsns: number[]): Promise<void> {
+    for (;;) {
+      if (!this.cached) await this.refresh();
+      const base = this.cached!;
+      const { state, changed } = removeLsns(base.state, lsns);
+      if (!changed) return;
+      try {
+        this.observer.onZkRequest?.('setData');
+        const stat = await this.zk.setData(this.opts.path, encodeState(state), base.version);
+        this.cached = { state, version: stat.version };
+        return;
+      } catch (err) {
+        this.cached = null;
+        if (!isZkError(err, ZK_BAD_VERSION)) throw err;
       }
     }
   }

@@ -90,3 +90,13 @@ export function applyBatch(
     changed: true,
   };
 }
+
+/**
+ * Takes voided LSNs out of the window, so that their block IDs are no longer answered as
+ * duplicates: a retry of the same insert then gets a new LSN.
+ */
+export function removeLsns(state: AllocatorState, lsns: number[]): { state: AllocatorState; changed: boolean } {
+  const drop = new Set(lsns);
+  const window = state.window.filter((e) => !drop.has(e[1]));
+  return window.length === state.window.length ? { state, changed: false } : { state: { next: state.next, window }, changed: true };
+}

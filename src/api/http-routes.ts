@@ -12,9 +12,10 @@ export interface Readiness {
 /** /metrics, /healthz, /readyz and (tests only) /_chorus/faults on the HTTP port. */
 export function registerOperationalRoutes(
   app: FastifyInstance,
-  deps: { metrics: Metrics; readiness: () => Promise<Readiness>; faults: Faults; status: () => unknown },
+  deps: { metrics: Metrics; readiness: () => Promise<Readiness>; faults: Faults; status: () => unknown; beforeScrape?: () => void },
 ): void {
   app.get('/metrics', async (_req, reply) => {
+    deps.beforeScrape?.();
     return reply.header('Content-Type', deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics());
   });
   app.get('/healthz', async () => ({ ok: true }));

@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
-import { devDown, devUp } from '../dev/cluster.js';
+import { devDown, devKill, devStart, devUp, devWipe, type Component } from '../dev/cluster.js';
 import { Sidecar } from '../sidecar/sidecar.js';
 import { runDemo } from './demo.js';
 
@@ -12,6 +12,9 @@ Usage:
   chorus serve [--config FILE]                  run the sidecar (config also from CHORUS_* env)
   chorus dev up --replicas N --dir DIR [--json] start ZooKeeper, N ClickHouse servers and N sidecars
   chorus dev down --dir DIR                     stop everything dev up started in DIR
+  chorus dev kill NAME --dir DIR [--component sidecar|clickhouse|zookeeper] [--signal KILL|TERM|STOP|CONT]
+  chorus dev start NAME --dir DIR [--component sidecar|clickhouse|zookeeper|all]
+  chorus dev wipe NAME --dir DIR                stop a replica and empty its ClickHouse data and Chorus state
   chorus demo [--dir DIR]                       dev up 3 replicas, insert, show the result, serve until Ctrl-C
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
@@ -52,9 +55,17 @@ async function serve(args: string[]): Promise<void> {
 
 async function dev(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  const { values } = parseArgs({
+  const { values, positionals } = parseArgs({
     args: rest,
-    options: { replicas: { type: 'string', default: '3' }, dir: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean' } },
+    allowPositionals: true,
+    options: {
+      replicas: { type: 'string', default: '3' },
+      dir: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean' },
+      component: { type: 'string' },
+      signal: { type: 'string', default: 'KILL' },
+    },
   });
   if (values.help || !sub) return void process.stdout.write(USAGE);
   if (!values.dir) throw new UsageError('--dir DIR is required');
@@ -77,6 +88,19 @@ async function dev(args: string[]): Promise<void> {
   }
   if (sub === 'down') {
     await devDown(values.dir);
+    return;
+  }
+  if (sub === 'kill' || sub === 'start' || sub === 'wipe') {
+    const name = positionals[0];
+    if (!name) throw new UsageError(`chorus dev ${sub} needs a replica name (r1, r2, ...)`);
+    const components = sub === 'start' ? ['sidecar', 'clickhouse', 'zookeeper', 'all'] : ['sidecar', 'clickhouse', 'zookeeper'];
+    const component = values.component ?? (sub === 'start' ? 'all' : 'sidecar');
+    if (!components.includes(component)) throw new UsageError(`--component must be one of ${components.join(', ')}`);
+    if (sub === 'kill') {
+      if (!['KILL', 'TERM', 'STOP', 'CONT'].includes(values.signal!)) throw new UsageError('--signal must be KILL, TERM, STOP or CONT');
+      await devKill(values.dir, name, component as Component, values.signal as 'KILL');
+    } else if (sub === 'start') await devStart(values.dir, name, component as Component | 'all');
+    else await devWipe(values.dir, name);
     return;
   }
   throw new UsageError(`unknown dev command ${sub}`);

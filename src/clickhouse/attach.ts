@@ -4,7 +4,9 @@ import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KeyedMutex } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
+import type { Faults } from '../faults/faults.js';
 import type { LogEntry } from '../log/entry.js';
+import type { LocalLog } from '../log/store.js';
 import { sha256File } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 import type { TableCatalog } from './catalog.js';
@@ -28,6 +30,8 @@ export class Attacher {
     private readonly ch: ClickHouseHttp,
     private readonly catalog: TableCatalog,
     private readonly store: PartStore,
+    private readonly log: LocalLog,
+    private readonly faults: Faults,
   ) {}
 
   /** Attaches `entry`'s part; returns the local block number it was given. */
@@ -39,11 +43,19 @@ export class Attacher {
   private async attachLocked(entry: LogEntry): Promise<number> {
     const table = await this.catalog.resolve(entry.database, entry.table);
     const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
+    // An earlier attempt got as far as ATTACH (then the sidecar died, or the answer was lost):
+    // the part may be in the table already. Adopt it rather than attach it a second time.
+    const priorFloor = this.log.attachFloor(entry.lsn);
+    if (priorFloor !== null) {
+      const adopted = await this.findUnmapped(entry, where, priorFloor);
+      if (adopted !== undefined) return adopted;
+    }
     const key = `${entry.database}.${entry.table}`;
     let maxBlock = this.blockFloor.get(key);
     if (maxBlock === undefined) {
       [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(`SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`);
     }
+    this.log.markAttaching(entry.lsn, maxBlock);
     const owner = await stat(table.dataPath);
     const detachedDir = join(table.dataPath, 'detached');
     const linked = await this.store.linkInto(entry.lsn, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
@@ -53,6 +65,7 @@ export class Attacher {
       await rm(linked, { recursive: true, force: true });
       throw new ChorusError('ATTACH_FAILED', `ATTACH PART for LSN ${entry.lsn} failed: ${(err as Error).message}`, err);
     }
+    this.faults.crashPoint('attach.after-attach');
     // ATTACH gives the part the table's next block number, so it is nearly always right above
     // the floor: look there on disk first. A floor from before the table was dropped and
     // re-created would hide the part: then the newest matching block in the partition is it.
@@ -66,6 +79,27 @@ export class Attacher {
     }
     this.blockFloor.set(key, block);
     return block;
+  }
+
+  /**
+   * A part with the entry's content, made of one block above `floor` and not mapped to any
+   * LSN here: what an interrupted attach of this entry left. Parts merged away since stay
+   * listed (inactive) for ClickHouse's old_parts_lifetime, 8 minutes by default.
+   */
+  private async findUnmapped(entry: LogEntry, where: string, floor: number): Promise<number | undefined> {
+    const candidates = await this.ch.rows<{ path: string; block: number }>(
+      `SELECT path, min_block_number AS block FROM system.parts WHERE ${where} AND partition_id = ${quoteString(entry.partitionId)}
+       AND min_block_number = max_block_number AND min_block_number > ${floor} ORDER BY min_block_number`,
+    );
+    for (const c of candidates) {
+      if (this.log.isBlockMapped(entry.database, entry.table, c.block)) continue;
+      try {
+        if ((await sha256File(join(c.path, 'checksums.txt'))) === entry.checksumsSha256) return c.block;
+      } catch {
+        // removed meanwhile
+      }
+    }
+    return undefined;
   }
 
   /** The part at `block`, if its directory is there and its checksums.txt is the entry's. */

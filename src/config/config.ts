@@ -71,6 +71,10 @@ export const configSchema = z
         intervalMs: z.number().int().min(10).default(300),
         rpcTimeoutMs: z.number().int().min(10).default(3000),
         allocateTimeoutMs: z.number().int().min(10).default(5000),
+        probeIntervalMs: z.number().int().min(10).default(500),
+        probeTimeoutMs: z.number().int().min(10).default(300),
+        suspicionTimeoutMs: z.number().int().min(10).default(3000),
+        indirectProbes: z.number().int().min(0).default(2),
       })
       .strict()
       .prefault({}),
@@ -78,6 +82,14 @@ export const configSchema = z
       .object({
         fetchConcurrency: z.number().int().min(1).default(4),
         retryDelayMs: z.number().int().min(1).default(500),
+      })
+      .strict()
+      .prefault({}),
+    partStore: z
+      .object({
+        minRetentionMs: z.number().int().min(0).default(60_000),
+        maxRetentionMs: z.number().int().min(0).default(24 * 3600 * 1000),
+        gcIntervalMs: z.number().int().min(10).default(5000),
       })
       .strict()
       .prefault({}),

@@ -1,10 +1,11 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toYaml } from 'yaml';
 import { startClickHouse } from './clickhouse.js';
-import { freePort, httpOk, isAlive, spawnDetached, stopProcess, waitFor } from './processes.js';
+import { sleep } from '../core/async.js';
+import { freePort, httpOk, isAlive, signalGroup, spawnDetached, stopProcess, waitFor } from './processes.js';
 import { startZooKeeper } from './zookeeper.js';
 
 export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -161,8 +162,76 @@ export async function startSidecar(info: ClusterInfo, r: ReplicaInfo): Promise<v
   const logFile = join(r.dir, 'sidecar.log');
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CHORUS_')));
   r.pids.sidecar = spawnDetached(process.execPath, [SIDECAR_ENTRY, 'serve', '--config', sidecarConfigPath(r)], { logFile, env });
-  writeFileSync(stateFile(info.dir), JSON.stringify(info, null, 2));
+  saveCluster(info);
   await waitFor(`sidecar ${r.name}`, () => httpOk(`${r.http}/readyz`), { timeoutMs: 60_000, pid: r.pids.sidecar, logFile });
+}
+
+export type Component = 'sidecar' | 'clickhouse' | 'zookeeper';
+
+function saveCluster(info: ClusterInfo): void {
+  writeFileSync(stateFile(info.dir), JSON.stringify(info, null, 2));
+}
+
+function replicaNamed(info: ClusterInfo, name: string): ReplicaInfo {
+  const r = info.replicas.find((x) => x.name === name);
+  if (!r) throw new Error(`no replica ${name} in ${info.dir} (replicas: ${info.replicas.map((x) => x.name).join(', ')})`);
+  return r;
+}
+
+function pidOf(info: ClusterInfo, name: string, component: Component): number {
+  if (component === 'zookeeper') return info.zookeeperPid;
+  return replicaNamed(info, name).pids[component];
+}
+
+/**
+ * Sends a signal to one component of a replica (or to ZooKeeper): KILL and TERM wait until it
+ * is gone, STOP and CONT only deliver. For failure drills by hand and in tests.
+ */
+export async function devKill(dir: string, name: string, component: Component = 'sidecar', signal: 'KILL' | 'TERM' | 'STOP' | 'CONT' = 'KILL'): Promise<void> {
+  const info = readCluster(dir);
+  const pid = pidOf(info, name, component);
+  if (!pid || !isAlive(pid)) return;
+  if (signal === 'TERM') return stopProcess(pid);
+  signalGroup(pid, `SIG${signal}`);
+  if (signal === 'KILL') while (isAlive(pid)) await sleep(20);
+}
+
+/** Starts a component again with the ports, config and data it had; a running one is left alone. */
+export async function devStart(dir: string, name: string, component: Component | 'all' = 'all'): Promise<void> {
+  const info = readCluster(dir);
+  if (component === 'zookeeper') {
+    if (!isAlive(info.zookeeperPid)) {
+      info.zookeeperPid = await startZooKeeper(join(info.dir, 'zookeeper'), info.zookeeperPort);
+      saveCluster(info);
+    }
+    return;
+  }
+  const r = replicaNamed(info, name);
+  if ((component === 'all' || component === 'clickhouse') && !isAlive(r.pids.clickhouse)) {
+    r.pids.clickhouse = await startClickHouse(
+      join(r.dir, 'clickhouse'),
+      { http: r.ports.clickhouseHttp, tcp: r.ports.clickhouseTcp, interserver: r.ports.clickhouseInterserver },
+      existsSync(join(r.dir, 'clickhouse', 'config.xml')) && readFileSync(join(r.dir, 'clickhouse', 'config.xml'), 'utf8').includes('<zookeeper>')
+        ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } }
+        : {},
+    );
+    saveCluster(info);
+  }
+  if ((component === 'all' || component === 'sidecar') && !isAlive(r.pids.sidecar)) await startSidecar(info, r);
+}
+
+/**
+ * Stops a replica and empties its ClickHouse data and Chorus state, as a new pod on a lost
+ * volume would find them; `devStart` brings it back empty.
+ */
+export async function devWipe(dir: string, name: string): Promise<void> {
+  const info = readCluster(dir);
+  const r = replicaNamed(info, name);
+  await stopProcess(r.pids.sidecar);
+  await stopProcess(r.pids.clickhouse, 20_000);
+  rmSync(join(r.dir, 'clickhouse', 'data'), { recursive: true, force: true });
+  rmSync(join(r.dir, 'clickhouse', 'tmp'), { recursive: true, force: true });
+  rmSync(join(r.dir, 'chorus'), { recursive: true, force: true });
 }
 
 /** Stops everything `devUp` started in `dir`, sidecars first, ZooKeeper last. */

@@ -1,21 +1,56 @@
+import { ChorusError } from '../core/errors.js';
+
 /**
  * Fault hooks for tests. They do nothing unless the sidecar runs with `testFaults: true`
  * (CHORUS_TEST_FAULTS=1), and only tests arm them, through POST /_chorus/faults.
  */
+/**
+ * The named points where a sidecar can die in the middle of its work. Each one is recovered
+ * at start-up; a test arms one, the sidecar kills itself there (SIGKILL, as `kill -9` would),
+ * and the test checks that nothing was lost or written twice.
+ */
+export const CRASH_POINTS = [
+  /** LSNs allocated, nothing recorded in the local log yet. */
+  'insert.after-allocate',
+  /** Entries recorded, the part not attached yet. */
+  'insert.after-record',
+  /** ATTACH PART done, the local block -> LSN mapping not written yet (origin and followers). */
+  'attach.after-attach',
+  /** Part of a part's files fetched from a peer, the rest not. */
+  'fetch.mid-transfer',
+] as const;
+
+export type CrashPoint = (typeof CRASH_POINTS)[number];
+
 export interface FaultSettings {
-  /** Flip one byte in each of the next N part files this replica serves to a peer. */
+  /** Flip one byte in each of the next N parts this replica serves to a peer. */
   corruptServedFiles: number;
+  /** Die at this point the next time it is reached. */
+  crashAt: CrashPoint | null;
 }
 
 export class Faults {
-  private settings: FaultSettings = { corruptServedFiles: 0 };
+  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null };
 
   constructor(readonly enabled: boolean) {}
 
   arm(update: Partial<FaultSettings>): FaultSettings {
     if (!this.enabled) return this.settings;
     if (update.corruptServedFiles !== undefined) this.settings.corruptServedFiles = Math.max(0, Math.floor(update.corruptServedFiles));
+    if (update.crashAt !== undefined) {
+      if (update.crashAt !== null && !CRASH_POINTS.includes(update.crashAt)) {
+        throw new ChorusError('BAD_QUERY', `unknown crash point ${String(update.crashAt)}; known: ${CRASH_POINTS.join(', ')}`);
+      }
+      this.settings.crashAt = update.crashAt;
+    }
     return { ...this.settings };
+  }
+
+  /** Dies here if a test armed this point. */
+  crashPoint(point: CrashPoint): void {
+    if (!this.enabled || this.settings.crashAt !== point) return;
+    process.stderr.write(`test fault: dying at crash point ${point}\n`);
+    process.kill(process.pid, 'SIGKILL');
   }
 
   /** True when the file about to be served should be corrupted; consumes one. */

@@ -8,6 +8,7 @@ import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Peer } from './peers.js';
 import { chorusV1 } from './proto.js';
+import { Swim, type SwimOptions } from './swim.js';
 
 export interface GossipOptions {
   self: string;
@@ -16,6 +17,7 @@ export interface GossipOptions {
   allocateTimeoutMs: number;
   /** At most this many entries in one reply or push. */
   maxEntriesPerMessage: number;
+  swim: SwimOptions;
 }
 
 /**
@@ -26,6 +28,7 @@ export interface GossipOptions {
 export class Gossip {
   private timer: NodeJS.Timeout | null = null;
   private exchanging = false;
+  readonly swim: Swim;
 
   constructor(
     private readonly opts: GossipOptions,
@@ -35,12 +38,15 @@ export class Gossip {
     private readonly onNewEntries: (entries: LogEntry[]) => void,
     private readonly metrics: Metrics,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.swim = new Swim(opts.self, peers, opts.swim, logger.child({ component: 'membership' }));
+  }
 
   /** The gRPC handlers of the Gossip service, to be added to the replica's server. */
   register(server: grpc.Server): void {
     const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
     server.addService(Gossip.service, {
+      ...this.swim.handlers(),
       push: (call: grpc.ServerUnaryCall<{ from: string; entries: LogEntry[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         try {
           const added = this.receive(call.request.entries);
@@ -69,6 +75,7 @@ export class Gossip {
   }
 
   start(): void {
+    this.swim.start();
     const tick = () => {
       void this.exchangeOnce().finally(() => {
         if (this.timer) this.timer = setTimeout(tick, this.opts.intervalMs);
@@ -78,6 +85,7 @@ export class Gossip {
   }
 
   stop(): void {
+    this.swim.stop();
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
   }
@@ -126,8 +134,8 @@ export class Gossip {
     }
   }
 
-  /** One anti-entropy round with a random peer: pull what we lack, push what it lacks. */
-  async exchangeOnce(peer = this.peers[Math.floor(Math.random() * this.peers.length)]): Promise<void> {
+  /** One anti-entropy round with a random live peer: pull what we lack, push what it lacks. */
+  async exchangeOnce(peer = this.randomLivePeer()): Promise<void> {
     if (!peer || this.exchanging) return;
     this.exchanging = true;
     try {
@@ -151,21 +159,31 @@ export class Gossip {
    * answer, the next one is asked, ending with our own allocator. The same nonce is kept on
    * every attempt: if an unanswered attempt did land, the next one recognises it.
    */
-  private members(): Array<{ name: string; peer: Peer | null }> {
-    return [...this.peers.map((p) => ({ name: p.name, peer: p as Peer | null })), { name: this.opts.self, peer: null }].sort((a, b) =>
-      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
-    );
+  private randomLivePeer(): Peer | undefined {
+    const live = this.peers.filter((p) => this.swim.isAlive(p.name));
+    return live[Math.floor(Math.random() * live.length)];
   }
 
-  /** The member that allocates for the shard as seen from here: the first healthy one by name. */
+  /** Every member not decommissioned, self included, in name order. */
+  private members(): Array<{ name: string; peer: Peer | null }> {
+    return [...this.peers.map((p) => ({ name: p.name, peer: p as Peer | null })), { name: this.opts.self, peer: null }]
+      .filter((m) => this.swim.members.get(m.name)?.state !== 'decommissioned')
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  private usable(peer: Peer): boolean {
+    return this.swim.isAlive(peer.name) && peer.healthy;
+  }
+
+  /** The member that allocates for the shard as seen from here: the first live one by name. */
   allocatingMember(): string {
-    return this.members().find((m) => !m.peer || m.peer.healthy)!.name;
+    return this.members().find((m) => !m.peer || this.usable(m.peer))!.name;
   }
 
   async allocate(request: AllocationRequest): Promise<Allocation[]> {
     for (const member of this.members()) {
       if (!member.peer) return this.allocator.allocate(request);
-      if (!member.peer.healthy) continue;
+      if (!this.usable(member.peer)) continue;
       try {
         return await member.peer.allocate(request.origin, request.nonce, request.blockIds, this.opts.allocateTimeoutMs);
       } catch (err) {
@@ -179,7 +197,7 @@ export class Gossip {
 function normaliseEntry(e: LogEntry): LogEntry {
   return {
     lsn: Number(e.lsn),
-    kind: 'insert',
+    kind: e.kind === 'void' ? 'void' : 'insert',
     database: e.database,
     table: e.table,
     partitionId: e.partitionId,

@@ -3,12 +3,21 @@ import type { PeerConfig } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import type { Allocation } from '../allocator/window.js';
 import type { Digest, LogEntry } from '../log/entry.js';
+import type { MemberUpdate } from './members.js';
 import { chorusV1 } from './proto.js';
 
 interface GossipClient extends grpc.Client {
   push(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ added: number }>): void;
   exchange(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ digest: Digest; entries: LogEntry[] }>): void;
   allocate(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ allocations: Allocation[] }>): void;
+  ping(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<PingReply>): void;
+  pingReq(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<PingReply>): void;
+}
+
+export interface PingReply {
+  from: string;
+  ok: boolean;
+  updates: MemberUpdate[];
 }
 
 /**
@@ -51,7 +60,7 @@ export class Peer {
     );
   }
 
-  private call<T>(method: 'push' | 'exchange' | 'allocate', req: unknown, timeoutMs: number): Promise<T> {
+  private call<T>(method: 'push' | 'exchange' | 'allocate' | 'ping' | 'pingReq', req: unknown, timeoutMs: number): Promise<T> {
     return this.track(
       new Promise<T>((resolve, reject) => {
         this.client[method](req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, reply?: unknown) => {
@@ -74,6 +83,14 @@ export class Peer {
     return this.call<{ allocations: Allocation[] }>('allocate', { from, nonce, blockIds: blockIds.map((b) => b ?? '') }, timeoutMs).then(
       (r) => r.allocations,
     );
+  }
+
+  ping(from: string, updates: MemberUpdate[], timeoutMs: number): Promise<PingReply> {
+    return this.call('ping', { from, updates }, timeoutMs);
+  }
+
+  pingReq(from: string, target: string, updates: MemberUpdate[], timeoutMs: number): Promise<PingReply> {
+    return this.call('pingReq', { from, target, updates }, timeoutMs);
   }
 
   close(): void {

@@ -4,18 +4,20 @@ import type { Allocation, AllocationRequest } from '../allocator/window.js';
 import type { Attacher } from '../clickhouse/attach.js';
 import type { TableCatalog } from '../clickhouse/catalog.js';
 import { ClickHouseQueryError, type ClickHouseHttp } from '../clickhouse/http.js';
+import { sleep } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import type { LogEntry } from '../log/entry.js';
+import type { Faults } from '../faults/faults.js';
+import type { EntryDraft, LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { PartStore } from '../parts/store.js';
-import { blockIdOf, type StagedPart, type StagingPool } from './staging.js';
+import { blockIdOf, type StagingPool } from './staging.js';
 
 export interface InsertRequest {
   database: string;
   table: string;
-  /** The statement's text up to the table reference, which is replaced by the staging table. */
+  /** The statement with its table reference replaced by the staging table. */
   buildQuery(stagingQualified: string): string;
   body: Readable;
   /** ClickHouse settings and format options to pass on to the staging insert. */
@@ -34,41 +36,47 @@ export interface InsertResult {
   rows: number;
 }
 
-interface Prepared {
-  part: StagedPart;
-  tempDir: string;
-  entry: Omit<LogEntry, 'lsn' | 'allocatedAtMs'>;
+export interface InsertDeps {
+  self: string;
+  ch: ClickHouseHttp;
+  catalog: TableCatalog;
+  staging: StagingPool;
+  store: PartStore;
+  log: LocalLog;
+  attacher: Attacher;
+  allocate: (request: AllocationRequest) => Promise<Allocation[]>;
+  announce: (entries: LogEntry[]) => void;
+  hold: (lsns: number[]) => () => void;
+  /** Voids LSNs this replica allocated and could not record. */
+  voidLsns: (lsns: number[]) => Promise<void>;
+  /** Nonces of allocations in progress here, which recovery must leave alone. */
+  inFlight: Set<string>;
+  faults: Faults;
+  metrics: Metrics;
+  logger: Logger;
+  /** How long a duplicate waits for the entry of the LSN it duplicates to become known here. */
+  duplicateWaitMs: number;
 }
 
 /**
- * One insert on its origin replica: stage the rows in ClickHouse, copy each staged part into
- * the part store, allocate LSNs (or learn they are duplicates), record the entries durably,
- * attach locally, and only then answer. Peers are told at once and fetch the parts.
+ * One insert on its origin replica: stage the rows in ClickHouse, copy each staged part under
+ * pending/, record the intent, allocate LSNs (or learn they are duplicates), record the
+ * entries, attach locally, and only then answer. Peers are told at once and fetch the parts.
+ * A crash at any step is recovered at start-up (see Recovery).
  */
 export class InsertPipeline {
-  constructor(
-    private readonly deps: {
-      self: string;
-      ch: ClickHouseHttp;
-      catalog: TableCatalog;
-      staging: StagingPool;
-      store: PartStore;
-      log: LocalLog;
-      attacher: Attacher;
-      allocate: (request: AllocationRequest) => Promise<Allocation[]>;
-      announce: (entries: LogEntry[]) => void;
-      hold: (lsns: number[]) => () => void;
-      metrics: Metrics;
-      logger: Logger;
-    },
-  ) {}
+  constructor(private readonly deps: InsertDeps) {}
 
   async insert(req: InsertRequest): Promise<InsertResult> {
-    const { ch, catalog, staging, store, log, attacher, metrics } = this.deps;
+    const { ch, catalog, staging, store, log, attacher, metrics, faults } = this.deps;
     const table = await catalog.resolve(req.database, req.table);
     const label = `${table.database}.${table.name}`;
     const stage = await staging.acquire(table);
-    const prepared: Prepared[] = [];
+    const nonce = newNonce();
+    const drafts: EntryDraft[] = [];
+    // Once the intent is recorded and until it is resolved, its pending copies belong to
+    // recovery: the allocation may have landed even when the call failed.
+    let intentOpen = false;
     try {
       try {
         await ch.request(req.buildQuery(stage.qualified), { body: req.body, params: req.params, headers: req.headers });
@@ -83,69 +91,111 @@ export class InsertPipeline {
       const bodyFailure = req.bodyFailure();
       if (bodyFailure) throw bodyFailure;
 
-      const parts = await stage.parts();
       const perPartition = new Map<string, number>();
-      for (const part of parts) {
-        const { tempDir, files } = await store.linkFrom(part.path);
+      for (const [i, part] of (await stage.parts()).entries()) {
+        const { tempDir, files } = await store.linkFrom(part.path, store.pendingPath(nonce, i));
         const checksums = files.find((f) => f.name === 'checksums.txt');
-        if (!checksums) {
-          await store.discard(tempDir);
-          throw new ChorusError('INTERNAL', `staged part ${part.name} has no checksums.txt`);
-        }
+        if (!checksums) throw new ChorusError('INTERNAL', `staged part ${part.name} has no checksums.txt`);
         const index = perPartition.get(part.partitionId) ?? 0;
         perPartition.set(part.partitionId, index + 1);
-        const blockId = blockIdOf(table, part.partitionId, checksums.sha256, req.dedupToken !== undefined ? { value: req.dedupToken, index } : undefined);
-        prepared.push({ part, tempDir, entry: {
-          kind: 'insert',
-          database: table.database,
-          table: table.name,
-          partitionId: part.partitionId,
-          blockId,
-          partName: part.name,
-          checksumsSha256: checksums.sha256,
-          rows: Number(part.rows),
-          bytes: files.reduce((sum, f) => sum + f.size, 0),
-          files,
-          origin: this.deps.self,
-        } });
+        const token = req.dedupToken !== undefined ? { value: req.dedupToken, index } : undefined;
+        drafts.push({
+          dir: tempDir,
+          entry: {
+            kind: 'insert',
+            database: table.database,
+            table: table.name,
+            partitionId: part.partitionId,
+            blockId: blockIdOf(table, part.partitionId, checksums.sha256, token),
+            partName: part.name,
+            checksumsSha256: checksums.sha256,
+            rows: Number(part.rows),
+            bytes: files.reduce((sum, f) => sum + f.size, 0),
+            files,
+            origin: this.deps.self,
+          },
+        });
       }
-      if (prepared.length === 0) return { lsns: [], deduplicated: 0, blocks: 0, rows: 0 };
+      if (drafts.length === 0) return { lsns: [], deduplicated: 0, blocks: 0, rows: 0 };
 
-      const allocations = await this.deps.allocate({ nonce: newNonce(), origin: this.deps.self, blockIds: prepared.map((p) => p.entry.blockId) });
+      this.deps.inFlight.add(nonce);
+      log.recordIntent(nonce, drafts);
+      intentOpen = true;
+      const allocations = await this.deps.allocate({ nonce, origin: this.deps.self, blockIds: drafts.map((d) => d.entry.blockId) });
+      faults.crashPoint('insert.after-allocate');
       const allocatedAtMs = Date.now();
       const fresh: LogEntry[] = [];
-      let deduplicated = 0;
-      for (const [i, p] of prepared.entries()) {
+      const duplicates: number[] = [];
+      for (const [i, d] of drafts.entries()) {
         const allocation = allocations[i]!;
         if (allocation.duplicate) {
-          deduplicated++;
+          duplicates.push(allocation.lsn);
           metrics.dedupHits.inc({ table: label });
-          continue;
+        } else {
+          fresh.push({ ...d.entry, lsn: allocation.lsn, allocatedAtMs });
         }
-        await store.commit(p.tempDir, allocation.lsn);
-        fresh.push({ ...p.entry, lsn: allocation.lsn, allocatedAtMs });
       }
+      try {
+        for (const [i, d] of drafts.entries()) if (!allocations[i]!.duplicate) await store.commit(d.dir, allocations[i]!.lsn);
+        log.resolveIntent(nonce, fresh);
+        intentOpen = false;
+      } catch (err) {
+        // Allocated but not recorded: this replica allocated them, so it may void them.
+        await this.deps.voidLsns(fresh.map((e) => e.lsn)).catch((voidErr: unknown) => this.deps.logger.error({ err: voidErr }, 'voiding failed; recovery will retry'));
+        throw err;
+      }
+      faults.crashPoint('insert.after-record');
       const release = this.deps.hold(fresh.map((e) => e.lsn));
       try {
-        log.addEntries(fresh, 'stored');
         // Durable and allocated: peers may apply it now, even if attaching here fails below
         // (the applier then retries it here, and the client's retry is answered as a duplicate).
         this.deps.announce(fresh);
         for (const entry of fresh) {
-          const block = await attacher.attach(entry);
-          log.markApplied(entry, block);
+          try {
+            log.markApplied(entry, await attacher.attach(entry));
+          } catch (err) {
+            const e = ChorusError.from(err);
+            throw new ChorusError(
+              e.code === 'CLICKHOUSE_UNAVAILABLE' ? 'CLICKHOUSE_UNAVAILABLE' : 'ATTACH_FAILED',
+              `the insert is recorded as LSN ${entry.lsn} and every replica will apply it, but it could not be attached here yet (${e.message}); sending it again is safe: it is deduplicated`,
+              err,
+            );
+          }
         }
       } finally {
         release();
       }
-      const rows = fresh.reduce((sum, e) => sum + e.rows, 0);
-      metrics.insertedRows.inc({ table: label }, rows);
-      return { lsns: allocations.map((a) => a.lsn), deduplicated, blocks: prepared.length, rows };
+      await this.awaitOriginals(duplicates);
+      metrics.insertedRows.inc({ table: label }, fresh.reduce((sum, e) => sum + e.rows, 0));
+      return { lsns: allocations.map((a) => a.lsn), deduplicated: duplicates.length, blocks: drafts.length, rows: fresh.reduce((s, e) => s + e.rows, 0) };
     } finally {
-      for (const p of prepared) await store.discard(p.tempDir);
+      this.deps.inFlight.delete(nonce);
+      if (!intentOpen) void store.discardPending(nonce).catch(() => undefined);
       // Emptying the staging table need not delay the answer: the pool hands it out again
       // only once it is empty.
       void staging.release(table, stage).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
+    }
+  }
+
+  /**
+   * A duplicate is acknowledged only once the entry it duplicates is known here: until then
+   * its origin might still void it (it crashed between allocating and recording), and an
+   * acknowledged insert must never be lost.
+   */
+  private async awaitOriginals(lsns: number[]): Promise<void> {
+    const deadline = Date.now() + this.deps.duplicateWaitMs;
+    for (const lsn of lsns) {
+      for (;;) {
+        const state = this.deps.log.get(lsn)?.state;
+        if (state === 'voided') {
+          throw new ChorusError('DUPLICATE_OF_VOIDED', `this block duplicates LSN ${lsn}, which its origin voided; send the insert again`);
+        }
+        if (state !== undefined) break;
+        if (Date.now() > deadline) {
+          throw new ChorusError('DUPLICATE_PENDING', `this block duplicates LSN ${lsn}, whose entry has not reached this replica yet; send the insert again later`);
+        }
+        await sleep(20);
+      }
     }
   }
 }

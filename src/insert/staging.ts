@@ -82,16 +82,39 @@ export class StagingPool {
     const qualified = `${quoteIdent(STAGING_DATABASE)}.${quoteIdent(name)}`;
     let state = this.created.get(name);
     if (!state) {
-      await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${qualified} AS ${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
-      await this.ch.exec(`SYSTEM STOP MERGES ${qualified}`);
-      const [row] = await this.ch.rows<{ p: string }>(
-        `SELECT data_path AS p FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)} AND name = ${quoteString(name)}`,
-      );
-      state = { dataPath: row!.p, blockFloor: 0 };
-      this.created.set(name, state);
+      try {
+        await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${qualified} AS ${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
+        await this.ch.exec(`SYSTEM STOP MERGES ${qualified}`);
+        const [row] = await this.ch.rows<{ p: string }>(
+          `SELECT data_path AS p FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)} AND name = ${quoteString(name)}`,
+        );
+        state = { dataPath: row!.p, blockFloor: 0 };
+        this.created.set(name, state);
+      } catch (err) {
+        // The slot goes back to the pool, or every slot would leak while ClickHouse is down.
+        this.handBack(table.schemaKey, name);
+        throw err;
+      }
     }
     const staging = state;
-    return { name, qualified, parts: async () => listStagedParts(staging) };
+    const stagingName = name;
+    return {
+      name,
+      qualified,
+      parts: async () => {
+        const found = listStagedParts(staging);
+        if (found.length > 0) return found;
+        // Nothing above the floor: an empty insert, or block numbers that started again from 1
+        // (ClickHouse restarted while the table was empty). Only ClickHouse can tell which.
+        const active = await this.ch.rows<StagedPart>(
+          `SELECT name, partition_id AS partitionId, path, rows, level FROM system.parts
+           WHERE database = ${quoteString(STAGING_DATABASE)} AND table = ${quoteString(stagingName)} AND active ORDER BY name`,
+        );
+        staging.blockFloor = 0;
+        for (const p of active) staging.blockFloor = Math.max(staging.blockFloor, Number(PART_NAME.exec(p.name)?.[3] ?? 0));
+        return active;
+      },
+    };
   }
 
   /** Empties the staging table and hands it to the next insert. */
@@ -103,12 +126,16 @@ export class StagingPool {
       await this.ch.exec(`DROP TABLE IF EXISTS ${staging.qualified}`).catch(() => undefined);
       this.created.delete(staging.name);
     }
-    const waiter = this.waiters.get(table.schemaKey)?.shift();
-    if (waiter) waiter(staging.name);
+    this.handBack(table.schemaKey, staging.name);
+  }
+
+  private handBack(key: string, name: string): void {
+    const waiter = this.waiters.get(key)?.shift();
+    if (waiter) waiter(name);
     else {
-      const list = this.free.get(table.schemaKey) ?? [];
-      list.push(staging.name);
-      this.free.set(table.schemaKey, list);
+      const list = this.free.get(key) ?? [];
+      list.push(name);
+      this.free.set(key, list);
     }
   }
 }
@@ -133,7 +160,15 @@ function listStagedParts(state: StagingState): StagedPart[] {
       level: Number(m[4]),
     });
   }
-  for (const p of parts) state.blockFloor = Math.max(state.blockFloor, Number(PART_NAME.exec(p.name)![3]));
+  // A merged part next to its sources (merges resume after a ClickHouse restart) cannot be told
+  // apart on disk: overlapping block ranges send the caller to system.parts instead.
+  const ranges = parts.map((p) => {
+    const m = PART_NAME.exec(p.name)!;
+    return { partition: m[1]!, min: Number(m[2]), max: Number(m[3]) };
+  });
+  const overlap = ranges.some((a, i) => ranges.some((b, j) => i !== j && a.partition === b.partition && a.min <= b.max && b.min <= a.max));
+  if (overlap) return [];
+  for (const r of ranges) state.blockFloor = Math.max(state.blockFloor, r.max);
   return parts.sort((a, b) => (a.name < b.name ? -1 : 1));
 }
 

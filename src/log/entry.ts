@@ -4,10 +4,13 @@ export interface FileInfo {
   sha256: string;
 }
 
+/** 'void': an LSN its origin allocated but could not record; nobody applies anything for it. */
+export type EntryKind = 'insert' | 'void';
+
 /** A replication log entry: what every replica must apply. Immutable once allocated. */
 export interface LogEntry {
   lsn: number;
-  kind: 'insert';
+  kind: EntryKind;
   database: string;
   table: string;
   partitionId: string;
@@ -21,6 +24,31 @@ export interface LogEntry {
   files: FileInfo[];
   origin: string;
   allocatedAtMs: number;
+}
+
+export function voidEntry(lsn: number, origin: string): LogEntry {
+  return {
+    lsn,
+    kind: 'void',
+    database: '',
+    table: '',
+    partitionId: '',
+    blockId: '',
+    partName: '',
+    checksumsSha256: '',
+    rows: 0,
+    bytes: 0,
+    files: [],
+    origin,
+    allocatedAtMs: Date.now(),
+  };
+}
+
+/** An insert's entry before its LSN is known: what recovery needs to finish or drop it. */
+export interface EntryDraft {
+  entry: Omit<LogEntry, 'lsn' | 'allocatedAtMs'>;
+  /** The part's copy, waiting under pending/ for its LSN. */
+  dir: string;
 }
 
 export type EntryState = 'pending' | 'stored' | 'applied' | 'voided';

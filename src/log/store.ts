@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { toRanges, type Digest, type EntryState, type LogEntry } from './entry.js';
+import { toRanges, voidEntry, type Digest, type EntryDraft, type EntryState, type LogEntry } from './entry.js';
 
 interface EntryRow {
   lsn: number;
@@ -37,7 +37,13 @@ export class LocalLog {
         state TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
         last_error TEXT,
-        applied_at INTEGER
+        applied_at INTEGER,
+        attach_floor INTEGER
+      );
+      CREATE TABLE IF NOT EXISTS intents (
+        nonce TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL
       );
       CREATE INDEX IF NOT EXISTS entries_state ON entries(state, lsn);
       CREATE TABLE IF NOT EXISTS block_map (
@@ -62,20 +68,76 @@ export class LocalLog {
     this.db.close();
   }
 
-  /** Adds entries not yet known; returns the ones that were new. */
+  /** Adds entries not yet known (void entries as voided); returns the ones that were new. */
   addEntries(entries: LogEntry[], state: EntryState = 'pending'): LogEntry[] {
+    const added = this.db.transaction(() => this.insertEntries(entries, state))();
+    if (added.length) this.advanceWatermarks();
+    return added;
+  }
+
+  private insertEntries(entries: LogEntry[], state: EntryState): LogEntry[] {
     const insert = this.db.prepare(
       'INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, bytes, body, state) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
     const added: LogEntry[] = [];
-    this.db.transaction(() => {
-      for (const e of entries) {
-        const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.bytes, JSON.stringify(e), state);
-        if (r.changes > 0) added.push(e);
-      }
+    for (const e of entries) {
+      const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.bytes, JSON.stringify(e), e.kind === 'void' ? 'voided' : state);
+      if (r.changes > 0) added.push(e);
+    }
+    return added;
+  }
+
+  /**
+   * Before allocating, the origin records what it is about to allocate for, under the
+   * request's nonce: after a crash, the allocator's window says (by nonce) what was allocated.
+   */
+  recordIntent(nonce: string, drafts: EntryDraft[]): void {
+    this.db.prepare('INSERT INTO intents (nonce, body, created_at) VALUES (?, ?, ?)').run(nonce, JSON.stringify(drafts), Date.now());
+  }
+
+  intents(): Array<{ nonce: string; drafts: EntryDraft[]; createdAt: number }> {
+    const rows = this.db.prepare('SELECT nonce, body, created_at AS createdAt FROM intents ORDER BY created_at').all() as Array<{ nonce: string; body: string; createdAt: number }>;
+    return rows.map((r) => ({ nonce: r.nonce, drafts: JSON.parse(r.body) as EntryDraft[], createdAt: r.createdAt }));
+  }
+
+  /** The intent's allocated entries become log entries and the intent goes, in one transaction. */
+  resolveIntent(nonce: string, entries: LogEntry[], state: EntryState = 'stored'): LogEntry[] {
+    const added = this.db.transaction(() => {
+      const result = this.insertEntries(entries, state);
+      this.db.prepare('DELETE FROM intents WHERE nonce = ?').run(nonce);
+      return result;
     })();
     if (added.length) this.advanceWatermarks();
     return added;
+  }
+
+  dropIntent(nonce: string): void {
+    this.db.prepare('DELETE FROM intents WHERE nonce = ?').run(nonce);
+  }
+
+  /** LSNs this replica voided as their origin. */
+  ownVoids(origin: string): number[] {
+    const rows = this.db.prepare("SELECT lsn, body FROM entries WHERE state = 'voided'").all() as Array<{ lsn: number; body: string }>;
+    return rows.filter((r) => (JSON.parse(r.body) as LogEntry).origin === origin).map((r) => r.lsn);
+  }
+
+  /** Voids LSNs that have no entry here; an LSN with an entry is never voided. Returns the voided ones. */
+  voidUnrecorded(lsns: number[], origin: string): LogEntry[] {
+    return this.addEntries(lsns.map((lsn) => voidEntry(lsn, origin)));
+  }
+
+  /** ATTACH is about to run for `lsn` with this block floor: a retry may find the part already attached. */
+  markAttaching(lsn: number, floor: number): void {
+    this.db.prepare('UPDATE entries SET attach_floor = ? WHERE lsn = ?').run(floor, lsn);
+  }
+
+  attachFloor(lsn: number): number | null {
+    const row = this.db.prepare('SELECT attach_floor AS f FROM entries WHERE lsn = ?').get(lsn) as { f: number | null } | undefined;
+    return row?.f ?? null;
+  }
+
+  isBlockMapped(database: string, table: string, block: number): boolean {
+    return Boolean(this.db.prepare('SELECT 1 FROM block_map WHERE database = ? AND tbl = ? AND block_number = ?').get(database, table, block));
   }
 
   get(lsn: number): { entry: LogEntry; state: EntryState } | undefined {

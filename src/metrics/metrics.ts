@@ -69,6 +69,18 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly partStoreBytes = new Gauge({
+    name: 'chorus_part_store_bytes',
+    help: 'Bytes of part copies held in the part store',
+    registers: [this.registry],
+  });
+  readonly memberStates = new Gauge({
+    name: 'chorus_members',
+    help: 'Members of the shard by state, as this replica sees them',
+    labelNames: ['state'],
+    registers: [this.registry],
+  });
+
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
   }

@@ -3,6 +3,7 @@ import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
+import type { Faults } from '../faults/faults.js';
 import type { LogEntry } from '../log/entry.js';
 import { fsyncFd, fsyncPath } from './files.js';
 import type { PartStore } from './store.js';
@@ -19,7 +20,7 @@ export function partUrl(base: string, entry: Pick<LogEntry, 'lsn' | 'partName'>)
  * as computed by the origin), fsyncs, and renames the directory into the store. Any mismatch
  * throws PART_VERIFICATION_FAILED and leaves nothing behind.
  */
-export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: string, timeoutMs: number): Promise<number> {
+export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: string, timeoutMs: number, faults?: Faults): Promise<number> {
   const tempDir = store.newTempDir();
   mkdirSync(tempDir, { recursive: true });
   try {
@@ -28,7 +29,7 @@ export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: str
       res.resume();
       throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `peer ${peerBase} answered ${res.statusCode} for LSN ${entry.lsn}`);
     }
-    const bytes = await receiveFiles(res, entry, tempDir, peerBase);
+    const bytes = await receiveFiles(res, entry, tempDir, peerBase, () => faults?.crashPoint('fetch.mid-transfer'));
     await fsyncPath(tempDir);
     await store.commit(tempDir, entry.lsn);
     return bytes;
@@ -43,7 +44,7 @@ export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: str
  * Writes are synchronous (parts are mostly small files, for which a thread-pool round trip
  * costs more than the write); each file's fsync runs in the pool while the next arrives.
  */
-async function receiveFiles(body: AsyncIterable<Buffer>, entry: LogEntry, dir: string, peer: string): Promise<number> {
+async function receiveFiles(body: AsyncIterable<Buffer>, entry: LogEntry, dir: string, peer: string, onFirstFile: () => void): Promise<number> {
   const files = entry.files;
   let index = -1;
   let remaining = 0;
@@ -64,6 +65,7 @@ async function receiveFiles(body: AsyncIterable<Buffer>, entry: LogEntry, dir: s
       throw refuse(`file ${file.name} has sha256 ${sha.slice(0, 12)}, the manifest says ${file.sha256.slice(0, 12)}`);
     }
     synced.push(fsyncFd(done).finally(() => closeSync(done)));
+    if (synced.length === 1) onFirstFile();
   };
   // Moves to the next file that still expects bytes, finishing the ones before it.
   const advance = () => {

@@ -14,14 +14,18 @@ import { fsyncPath, manifestOf, sha256File } from './files.js';
 export class PartStore {
   readonly partsDir: string;
   readonly tmpDir: string;
+  /** Copies waiting for their LSN, by allocation nonce; kept across restarts for recovery. */
+  readonly pendingDir: string;
 
   constructor(dataDir: string) {
     this.partsDir = join(dataDir, 'parts');
     this.tmpDir = join(dataDir, 'tmp');
+    this.pendingDir = join(dataDir, 'pending');
   }
 
   async init(): Promise<void> {
     await mkdir(this.partsDir, { recursive: true });
+    await mkdir(this.pendingDir, { recursive: true });
     // Whatever is left in tmp/ is from an interrupted copy or fetch; it was never renamed in.
     await rm(this.tmpDir, { recursive: true, force: true });
     await mkdir(this.tmpDir, { recursive: true });
@@ -43,10 +47,14 @@ export class PartStore {
     return join(this.tmpDir, randomUUID());
   }
 
-  /** Hardlinks a part directory into a new temp dir and describes it. */
-  async linkFrom(partDir: string): Promise<{ tempDir: string; files: FileInfo[] }> {
-    const tempDir = this.newTempDir();
-    mkdirSync(tempDir);
+  pendingPath(nonce: string, index: number): string {
+    return join(this.pendingDir, nonce, String(index));
+  }
+
+  /** Hardlinks a part directory into `target` (a temp or pending dir) and describes it. */
+  async linkFrom(partDir: string, target: string = this.newTempDir()): Promise<{ tempDir: string; files: FileInfo[] }> {
+    const tempDir = target;
+    mkdirSync(tempDir, { recursive: true });
     for (const name of readdirSync(partDir)) linkSync(join(partDir, name), join(tempDir, name));
     return { tempDir, files: await manifestOf(tempDir) };
   }
@@ -64,6 +72,10 @@ export class PartStore {
 
   async discard(tempDir: string): Promise<void> {
     await rm(tempDir, { recursive: true, force: true });
+  }
+
+  async discardPending(nonce: string): Promise<void> {
+    await rm(join(this.pendingDir, nonce), { recursive: true, force: true });
   }
 
   /** True when every file of the copy matches the manifest. */

@@ -8,6 +8,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { fetchPart } from '../parts/fetch.js';
 import type { PartStore } from '../parts/store.js';
 import type { Peer } from '../gossip/peers.js';
+import type { Faults } from '../faults/faults.js';
 
 export interface ApplierOptions {
   self: string;
@@ -38,6 +39,7 @@ export class Applier {
     private readonly peers: Peer[],
     private readonly metrics: Metrics,
     private readonly logger: Logger,
+    private readonly faults?: Faults,
   ) {
     this.slots = new Semaphore(opts.fetchConcurrency);
   }
@@ -126,7 +128,7 @@ export class Applier {
     for (const peer of sources) {
       try {
         const started = Date.now();
-        const bytes = await fetchPart(this.store, entry, peer.config.interserver, this.opts.fetchTimeoutMs);
+        const bytes = await fetchPart(this.store, entry, peer.config.interserver, this.opts.fetchTimeoutMs, this.faults);
         this.metrics.fetchBytes.inc(bytes);
         this.logger.debug({ lsn: entry.lsn, peer: peer.name, bytes, ms: Date.now() - started }, 'fetched part');
         return;

@@ -18,8 +18,10 @@ import { StagingPool } from '../insert/staging.js';
 import { LocalLog } from '../log/store.js';
 import { Metrics } from '../metrics/metrics.js';
 import { createInterserverServer } from '../parts/server.js';
+import { PartStoreGc } from '../parts/gc.js';
 import { assertSameFilesystem, PartStore } from '../parts/store.js';
 import { Applier } from '../replication/applier.js';
+import { Recovery } from '../replication/recovery.js';
 import { sleep } from '../core/async.js';
 
 export interface ListeningPorts {
@@ -41,6 +43,9 @@ export class Sidecar {
   readonly peers: Peer[];
   readonly gossip: Gossip;
   readonly applier: Applier;
+  readonly recovery: Recovery;
+  readonly gc: PartStoreGc;
+  private readonly inFlightAllocations = new Set<string>();
   private readonly staging: StagingPool;
   private readonly http: FastifyInstance;
   private readonly interserver: FastifyInstance;
@@ -84,7 +89,7 @@ export class Sidecar {
     );
     this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
     this.staging = new StagingPool(this.ch, config.staging.poolSize);
-    const attacher = new Attacher(this.ch, this.catalog, this.store);
+    const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults);
     this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p));
     this.applier = new Applier(
       {
@@ -99,6 +104,7 @@ export class Sidecar {
       this.peers,
       this.metrics,
       logger.child({ component: 'applier' }),
+      this.faults,
     );
     this.gossip = new Gossip(
       {
@@ -107,6 +113,12 @@ export class Sidecar {
         rpcTimeoutMs: config.gossip.rpcTimeoutMs,
         allocateTimeoutMs: config.gossip.allocateTimeoutMs,
         maxEntriesPerMessage: 500,
+        swim: {
+          probeIntervalMs: config.gossip.probeIntervalMs,
+          probeTimeoutMs: config.gossip.probeTimeoutMs,
+          suspicionTimeoutMs: config.gossip.suspicionTimeoutMs,
+          indirectProbes: config.gossip.indirectProbes,
+        },
       },
       this.peers,
       this.log,
@@ -126,18 +138,48 @@ export class Sidecar {
       allocate: (request) => this.gossip.allocate(request),
       announce: (entries) => this.gossip.broadcast(entries),
       hold: (lsns) => this.applier.hold(lsns),
+      voidLsns: (lsns) => this.recovery.voidLsns(lsns),
+      inFlight: this.inFlightAllocations,
+      faults: this.faults,
       metrics: this.metrics,
       logger: logger.child({ component: 'insert' }),
+      duplicateWaitMs: config.gossip.allocateTimeoutMs,
     });
+    this.recovery = new Recovery({
+      self: config.replica,
+      log: this.log,
+      store: this.store,
+      allocator: this.allocator,
+      announce: (entries) => this.gossip.broadcast(entries),
+      inFlight: this.inFlightAllocations,
+      intentGraceMs: 2 * config.gossip.allocateTimeoutMs,
+      logger: logger.child({ component: 'recovery' }),
+    });
+    this.gc = new PartStoreGc(this.store, this.log, () => this.appliedEverywhere(), config.partStore, logger.child({ component: 'gc' }));
     this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting });
     registerOperationalRoutes(this.http, {
       metrics: this.metrics,
       readiness: () => this.readiness(),
       faults: this.faults,
       status: () => this.status(),
+      beforeScrape: () => {
+        this.metrics.partStoreBytes.set(this.gc.bytesHeld);
+        this.metrics.memberStates.reset();
+        for (const m of this.gossip.swim.members.list()) this.metrics.memberStates.inc({ state: m.state });
+      },
     });
     this.interserver = createInterserverServer({ log: this.log, store: this.store, faults: this.faults, logger });
     this.gossip.register(this.grpcServer);
+  }
+
+  /** The lowest applied watermark among members that count (not decommissioned); 0 when one is unknown. */
+  appliedEverywhere(): number {
+    const progress = new Map(this.log.peerProgress().map((p) => [p.name, p.appliedWatermark]));
+    let low = this.log.watermarks().applied;
+    for (const m of this.gossip.swim.members.active()) {
+      if (m.name !== this.config.replica) low = Math.min(low, progress.get(m.name) ?? 0);
+    }
+    return low;
   }
 
   async readiness(): Promise<Readiness> {
@@ -161,7 +203,18 @@ export class Sidecar {
       knownWatermark: known,
       appliedWatermark: applied,
       unapplied: this.log.countUnapplied(),
-      peers: this.log.peerProgress().map((p) => ({ ...p, healthy: this.peers.find((x) => x.name === p.name)?.healthy ?? false })),
+      allocatingMember: this.gossip.allocatingMember(),
+      partStore: { bytes: this.gc.bytesHeld, parts: this.gc.partsHeld },
+      members: this.gossip.swim.members.list().map((m) => {
+        const progress = this.log.peerProgress().find((p) => p.name === m.name);
+        return {
+          name: m.name,
+          state: m.state,
+          incarnation: m.incarnation,
+          appliedWatermark: m.name === this.config.replica ? applied : (progress?.appliedWatermark ?? 0),
+          maxLsn: m.name === this.config.replica ? this.log.maxLsn() : (progress?.maxLsn ?? 0),
+        };
+      }),
     };
   }
 
@@ -172,6 +225,7 @@ export class Sidecar {
     await this.staging.init();
     assertSameFilesystem(this.store.partsDir, await this.staging.probeDataPath());
     await this.allocator.init();
+    await this.recovery.recover();
     // Only the allocating member needs a session; the others open one if they ever must allocate.
     if (this.gossip.allocatingMember() !== this.config.replica) this.zk.close();
     const grpcPort = await new Promise<number>((resolve, reject) =>
@@ -183,6 +237,8 @@ export class Sidecar {
     await this.http.listen({ host: this.config.http.host, port: this.config.http.port });
     this.applier.start();
     this.gossip.start();
+    this.recovery.start(2000);
+    this.gc.start(this.config.partStore.gcIntervalMs);
     this.accepting = true;
     const ports = {
       http: portOf(this.http),
@@ -204,6 +260,8 @@ export class Sidecar {
   async stop(): Promise<void> {
     this.accepting = false;
     this.gossip.stop();
+    this.recovery.stop();
+    this.gc.stop();
     await this.http.close();
     await this.applier.stop();
     await this.interserver.close();

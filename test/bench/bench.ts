@@ -83,11 +83,17 @@ function rng(seed: number): () => number {
   };
 }
 
-function tsvRows(firstId: number, count: number): string {
+/**
+ * `count` rows in one month (one partition, so one part per insert). Small inserts rotate over
+ * six months: hundreds of single-part inserts into one partition would trip ClickHouse's
+ * "too many parts" guard (300) on ReplicatedMergeTree before merges catch up.
+ */
+function tsvRows(firstId: number, count: number, month = 11): string {
   let out = '';
+  const prefix = `2026-${String(month).padStart(2, '0')}-`;
   for (let i = 0; i < count; i++) {
     const id = firstId + i;
-    out += `2026-11-${String(1 + (id % 28)).padStart(2, '0')}\t${id}\tpayload-${id}-${(id * 2654435761) % 1_000_000}\n`;
+    out += `${prefix}${String(1 + (id % 28)).padStart(2, '0')}\t${id}\tpayload-${id}-${(id * 2654435761) % 1_000_000}\n`;
   }
   return out;
 }
@@ -184,7 +190,7 @@ class System {
 
 /** Runs `plan` inserts (replica, table, rows) at a concurrency and measures it, convergence included. */
 async function insertRun(sys: System, plan: Array<{ replica: number; table: string; rows: number }>, concurrency: number): Promise<InsertRun> {
-  const bodies = plan.map((p) => tsvRows(sys.ids(p.rows), p.rows));
+  const bodies = plan.map((p, i) => tsvRows(sys.ids(p.rows), p.rows, 6 + (i % 6)));
   const expected: Record<string, number> = {};
   for (const t of new Set(plan.map((p) => p.table))) expected[t] = (await sys.counts(t))[0]!;
   for (const p of plan) expected[p.table]! += p.rows;

@@ -101,7 +101,7 @@ Everything ran on this one machine, on loopback: 1 ZooKeeper, 3 ClickHouse serve
   RMT: tables \`ReplicatedMergeTree('/clickhouse/tables/{shard}/<t>', '{replica}')\`, inserts sent to ClickHouse's HTTP port.
   Chorus: tables \`MergeTree\`, inserts sent to the sidecar's HTTP port. Both: \`PARTITION BY toYYYYMM(day) ORDER BY id\`, TSV bodies,
   inserts round-robin over the 3 replicas, the very same rows (seeded generator).
-- **W1** small inserts of 1 to 100 rows at concurrency 1, 8 and 32 (${c.w1.c1.inserts}, ${c.w1.c8.inserts} and ${c.w1.c32.inserts} inserts).
+- **W1** small inserts of 1 to 100 rows (each into one of six monthly partitions, in turn) at concurrency 1, 8 and 32 (${c.w1.c1.inserts}, ${c.w1.c8.inserts} and ${c.w1.c32.inserts} inserts).
   **W2** ${c.w2.inserts} inserts of ${num(c.w2.rows / c.w2.inserts, 0)} rows each, one at a time, each timed from send to acknowledgement,
   replication let settle between them (not timed); interleaved with them, the same volume is sent to a plain MergeTree table on one
   server (no replication) and timed the same way. **W3** ${c.w3.inserts} inserts spread over ${c.w3.tables} tables at concurrency 4.

@@ -1,0 +1,114 @@
+import { existsSync } from 'node:fs';
+import type { Allocator } from '../allocator/allocator.js';
+import type { Logger } from '../core/logger.js';
+import type { LogEntry } from '../log/entry.js';
+import type { LocalLog } from '../log/store.js';
+import type { PartStore } from '../parts/store.js';
+
+export interface RecoveryDeps {
+  self: string;
+  log: LocalLog;
+  store: PartStore;
+  allocator: Allocator;
+  announce: (entries: LogEntry[]) => void;
+  /** Nonces of allocations still running in this process. */
+  inFlight: Set<string>;
+  /** An intent whose nonce is not in the window is given up only after this long: its allocation may still land. */
+  intentGraceMs: number;
+  logger: Logger;
+}
+
+/**
+ * Finishes what a crash interrupted between allocating and recording. An intent (recorded
+ * before allocating) is looked up in the allocator's window by its nonce: what was allocated
+ * to it becomes log entries (the part copies wait under pending/), an LSN whose copy is gone is
+ * voided, and an intent nothing was allocated to is dropped. Only this replica, the origin,
+ * voids its LSNs.
+ */
+export class Recovery {
+  private timer: NodeJS.Timeout | null = null;
+  private running = false;
+  /** Voided here, not yet taken out of the allocator's window (ZooKeeper was unavailable). */
+  private unreleased = new Set<number>();
+
+  constructor(private readonly deps: RecoveryDeps) {}
+
+  /** At start-up: what the window says about our intents and voids. */
+  async recover(): Promise<void> {
+    const window = (await this.deps.allocator.read()).window;
+    const voided = new Set(this.deps.log.ownVoids(this.deps.self));
+    for (const [, lsn, origin] of window) if (origin === this.deps.self && voided.has(lsn)) this.unreleased.add(lsn);
+    await this.resolveIntents();
+  }
+
+  start(periodMs: number): void {
+    this.timer = setInterval(() => void this.tick(), periodMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  private async tick(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      await this.resolveIntents();
+      if (this.unreleased.size) await this.release([...this.unreleased]);
+    } catch (err) {
+      this.deps.logger.warn({ err: (err as Error).message }, 'recovery round failed; will retry');
+    } finally {
+      this.running = false;
+    }
+  }
+
+  async resolveIntents(): Promise<void> {
+    const { log, store } = this.deps;
+    const intents = log.intents().filter((i) => !this.deps.inFlight.has(i.nonce));
+    if (intents.length === 0) return;
+    const window = (await this.deps.allocator.read()).window;
+    for (const intent of intents) {
+      const own = new Map(window.filter((e) => e[3] === intent.nonce).map((e) => [e[0], e[1]]));
+      if (own.size === 0) {
+        if (Date.now() - intent.createdAt < this.deps.intentGraceMs) continue;
+        log.dropIntent(intent.nonce);
+        await store.discardPending(intent.nonce);
+        this.deps.logger.info({ nonce: intent.nonce }, 'recovery: nothing was allocated to an interrupted insert; dropped');
+        continue;
+      }
+      const entries: LogEntry[] = [];
+      const lost: number[] = [];
+      for (const draft of intent.drafts) {
+        const lsn = own.get(draft.entry.blockId);
+        if (lsn === undefined || log.get(lsn)) continue;
+        if (existsSync(draft.dir)) await store.commit(draft.dir, lsn);
+        if (await store.has(lsn)) entries.push({ ...draft.entry, lsn, allocatedAtMs: Date.now() });
+        else lost.push(lsn);
+      }
+      const added = log.resolveIntent(intent.nonce, entries);
+      await store.discardPending(intent.nonce);
+      if (added.length) {
+        this.deps.announce(added);
+        this.deps.logger.info({ lsns: added.map((e) => e.lsn) }, 'recovery: recorded entries allocated before a crash');
+      }
+      if (lost.length) await this.voidLsns(lost);
+    }
+  }
+
+  /** Voids LSNs this replica allocated and has no entry for, here, in the window and at the peers. */
+  async voidLsns(lsns: number[]): Promise<void> {
+    const voided = this.deps.log.voidUnrecorded(lsns, this.deps.self);
+    if (voided.length === 0) return;
+    this.deps.logger.warn({ lsns: voided.map((e) => e.lsn) }, 'voided LSNs allocated here but never recorded');
+    this.deps.announce(voided);
+    for (const e of voided) this.unreleased.add(e.lsn);
+    await this.release(voided.map((e) => e.lsn));
+  }
+
+  private async release(lsns: number[]): Promise<void> {
+    await this.deps.allocator.release(lsns);
+    for (const lsn of lsns) this.unreleased.delete(lsn);
+  }
+}

@@ -1,0 +1,73 @@
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sleep } from '../../src/core/async.js';
+import { devKill } from '../../src/dev/cluster.js';
+import { TestCluster } from '../support/cluster.js';
+
+interface Status {
+  members: Array<{ name: string; state: string }>;
+  partStore: { bytes: number; parts: number };
+}
+
+/** Failure detection and part-store GC on real processes. */
+describe('membership and part-store GC', () => {
+  let cluster: TestCluster;
+
+  beforeAll(async () => {
+    cluster = await TestCluster.start({
+      replicas: 3,
+      sidecarConfig: {
+        'gossip.probeIntervalMs': 200,
+        'gossip.probeTimeoutMs': 200,
+        'gossip.suspicionTimeoutMs': 2000,
+        'partStore.minRetentionMs': 3000,
+        'partStore.gcIntervalMs': 300,
+      },
+    });
+    await cluster.onEvery('CREATE TABLE default.gc (day Date, id UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id');
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  const status = async (i: number): Promise<Status> => (await fetch(`${cluster.replica(i).http}/_chorus/status`)).json() as Promise<Status>;
+  const stateOf = async (viewer: number, member: string) => (await status(viewer)).members.find((m) => m.name === member)?.state;
+
+  it('a sidecar stopped longer than the suspicion timeout is suspect, then dead; SIGCONT brings it back alive', async () => {
+    expect(await stateOf(0, 'r3')).toBe('alive');
+    await devKill(cluster.info.dir, 'r3', 'sidecar', 'STOP');
+    const seen = new Set<string>();
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline && !seen.has('dead')) {
+      seen.add((await stateOf(0, 'r3'))!);
+      await sleep(100);
+    }
+    expect(seen.has('suspect')).toBe(true);
+    expect(seen.has('dead')).toBe(true);
+    expect(await stateOf(1, 'r3')).toBe('dead');
+    await devKill(cluster.info.dir, 'r3', 'sidecar', 'CONT');
+    await expect.poll(() => stateOf(0, 'r3'), { timeout: 15_000, interval: 200 }).toBe('alive');
+    await expect.poll(() => stateOf(1, 'r3'), { timeout: 15_000, interval: 200 }).toBe('alive');
+  });
+
+  it('once every member has applied everything, every part store holds 0 bytes on disk', async () => {
+    for (let i = 0; i < 30; i++) {
+      const res = await cluster.chorus(i % 3, { query: 'INSERT INTO default.gc FORMAT TabSeparated', body: `2026-11-01\t${i}\n` });
+      expect(res.status).toBe(200);
+    }
+    expect((await cluster.waitConverged('default.gc', 'cityHash64(day, id)', 30, 10_000)).map((f) => f.count)).toEqual([30, 30, 30]);
+    // Bytes of every file under the part store, as find sees them on disk.
+    const onDisk = (i: number) =>
+      execFileSync('find', [join(cluster.replica(i).dir, 'chorus', 'parts'), '-type', 'f', '-printf', '%s\n'], { encoding: 'utf8' })
+        .split('\n')
+        .filter(Boolean)
+        .reduce((sum, n) => sum + Number(n), 0);
+    expect(onDisk(0)).toBeGreaterThan(0);
+    for (let i = 0; i < 3; i++) {
+      await expect.poll(() => onDisk(i), { timeout: 20_000, interval: 300 }).toBe(0);
+      await expect.poll(async () => (await status(i)).partStore.bytes, { timeout: 5000, interval: 300 }).toBe(0);
+    }
+  });
+});
