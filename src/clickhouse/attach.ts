@@ -81,6 +81,16 @@ export class Attacher {
     return block;
   }
 
+  /** Applies a DROP PARTITION or TRUNCATE entry, under the same per-table lock as attaches. */
+  applyTableOp(entry: LogEntry): Promise<void> {
+    return this.perTable.run(`${entry.database}.${entry.table}`, async () => {
+      const table = `${quoteIdent(entry.database)}.${quoteIdent(entry.table)}`;
+      if (entry.kind === 'truncate') await this.ch.exec(`TRUNCATE TABLE ${table}`);
+      else if (entry.kind === 'drop_partition') await this.ch.exec(`ALTER TABLE ${table} DROP PARTITION ${entry.partition}`);
+      else throw new ChorusError('INTERNAL', `LSN ${entry.lsn} is not a table operation`);
+    });
+  }
+
   /**
    * A part with the entry's content, made of one block above `floor` and not mapped to any
    * LSN here: what an interrupted attach of this entry left. Parts merged away since stay

@@ -3,7 +3,7 @@ import type { Allocator } from '../allocator/allocator.js';
 import type { Allocation, AllocationRequest } from '../allocator/window.js';
 import type { Logger } from '../core/logger.js';
 import { ChorusError } from '../core/errors.js';
-import type { Digest, LogEntry } from '../log/entry.js';
+import { ENTRY_KINDS, type Digest, type LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Peer } from './peers.js';
@@ -64,10 +64,10 @@ export class Gossip {
           cb(toGrpcError(err));
         }
       },
-      allocate: (call: grpc.ServerUnaryCall<{ from: string; nonce: string; blockIds: string[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-        const { from, nonce, blockIds } = call.request;
+      allocate: (call: grpc.ServerUnaryCall<{ from: string; nonce: string; blockIds: string[]; tables: string[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        const { from, nonce, blockIds, tables } = call.request;
         this.allocator
-          .allocate({ origin: from, nonce, blockIds: blockIds.map((b) => b || null) })
+          .allocate({ origin: from, nonce, blockIds: blockIds.map((b) => b || null), tables: tables.length ? tables : undefined })
           .then((allocations) => cb(null, { allocations }))
           .catch((err: unknown) => cb(toGrpcError(err)));
       },
@@ -185,7 +185,7 @@ export class Gossip {
       if (!member.peer) return this.allocator.allocate(request);
       if (!this.usable(member.peer)) continue;
       try {
-        return await member.peer.allocate(request.origin, request.nonce, request.blockIds, this.opts.allocateTimeoutMs);
+        return await member.peer.allocate(request, this.opts.allocateTimeoutMs);
       } catch (err) {
         this.logger.warn({ peer: member.name, err: (err as Error).message }, 'allocation via peer failed; trying the next member');
       }
@@ -197,7 +197,7 @@ export class Gossip {
 function normaliseEntry(e: LogEntry): LogEntry {
   return {
     lsn: Number(e.lsn),
-    kind: e.kind === 'void' ? 'void' : 'insert',
+    kind: ENTRY_KINDS.includes(e.kind) ? e.kind : 'void',
     database: e.database,
     table: e.table,
     partitionId: e.partitionId,
@@ -209,6 +209,8 @@ function normaliseEntry(e: LogEntry): LogEntry {
     files: e.files.map((f) => ({ name: f.name, size: Number(f.size), sha256: f.sha256 })),
     origin: e.origin,
     allocatedAtMs: Number(e.allocatedAtMs),
+    barrier: Number(e.barrier ?? 0),
+    partition: e.partition ?? '',
   };
 }
 

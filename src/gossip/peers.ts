@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { PeerConfig } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
-import type { Allocation } from '../allocator/window.js';
+import type { Allocation, AllocationRequest } from '../allocator/window.js';
 import type { Digest, LogEntry } from '../log/entry.js';
 import type { MemberUpdate } from './members.js';
 import { chorusV1 } from './proto.js';
@@ -79,9 +79,10 @@ export class Peer {
     return this.call('exchange', digest, timeoutMs);
   }
 
-  allocate(from: string, nonce: string, blockIds: Array<string | null>, timeoutMs: number): Promise<Allocation[]> {
-    return this.call<{ allocations: Allocation[] }>('allocate', { from, nonce, blockIds: blockIds.map((b) => b ?? '') }, timeoutMs).then(
-      (r) => r.allocations,
+  allocate(request: AllocationRequest, timeoutMs: number): Promise<Allocation[]> {
+    const wire = { from: request.origin, nonce: request.nonce, blockIds: request.blockIds.map((b) => b ?? ''), tables: request.tables ?? [] };
+    return this.call<{ allocations: Allocation[] }>('allocate', wire, timeoutMs).then((r) =>
+      r.allocations.map((a) => ({ lsn: Number(a.lsn), duplicate: a.duplicate, barrier: Number(a.barrier ?? 0) })),
     );
   }
 

@@ -142,3 +142,81 @@ function scanInsert(text: string, final: boolean): ParseResult {
   }
   return { kind: 'insert', target: { database, table, span: [start, s.pos] } };
 }
+
+export type TableOp =
+  | { kind: 'drop_partition'; database: string | undefined; table: string; partition: string }
+  | { kind: 'truncate'; database: string | undefined; table: string };
+
+/**
+ * The statements Chorus turns into log entries besides inserts, because they do not commute
+ * with inserts: `ALTER TABLE [db.]t DROP PARTITION expr` and `TRUNCATE TABLE [db.]t`.
+ * Returns undefined for anything else. An ALTER that drops a partition among other commands is
+ * refused: its parts would be applied in different orders.
+ */
+export function parseTableOp(text: string): TableOp | undefined {
+  const s = new Scanner(text, true);
+  if (!s.skip()) return undefined;
+  const first = s.word()?.toUpperCase();
+  if (first !== 'ALTER' && first !== 'TRUNCATE') return undefined;
+  if (!s.skip() || s.word()?.toUpperCase() !== 'TABLE') return undefined;
+  if (first === 'TRUNCATE') {
+    // TRUNCATE TABLE [IF EXISTS] [db.]t
+    s.skip();
+    const save = s.pos;
+    if (s.word()?.toUpperCase() === 'IF') {
+      s.skip();
+      s.word();
+      s.skip();
+    } else s.pos = save;
+    const ref = tableRef(s);
+    if (!ref) return undefined;
+    s.skip();
+    if (!s.atEnd && !/^;\s*$/.test(text.slice(s.pos))) return undefined;
+    return { kind: 'truncate', ...ref };
+  }
+  s.skip();
+  const ref = tableRef(s);
+  if (!ref) return undefined;
+  s.skip();
+  const save = s.pos;
+  if (s.word()?.toUpperCase() !== 'DROP') return undefined;
+  s.skip();
+  if (s.word()?.toUpperCase() !== 'PARTITION') {
+    s.pos = save;
+    return undefined;
+  }
+  s.skip();
+  const partition = text.slice(s.pos).replace(/;?\s*$/, '').trim();
+  if (!partition) throw new ChorusError('BAD_QUERY', 'DROP PARTITION needs a partition expression');
+  if (hasTopLevelComma(partition)) {
+    throw new ChorusError('BAD_QUERY', 'an ALTER that drops a partition must do nothing else: send its other commands as separate statements');
+  }
+  return { kind: 'drop_partition', ...ref, partition };
+}
+
+function tableRef(s: Scanner): { database: string | undefined; table: string } | undefined {
+  const name = s.identifier();
+  if (!name) return undefined;
+  if (s.text[s.pos] === '.') {
+    s.pos++;
+    const table = s.identifier();
+    return table ? { database: name, table } : undefined;
+  }
+  return { database: undefined, table: name };
+}
+
+function hasTopLevelComma(text: string): boolean {
+  let depth = 0;
+  let quote: string | null = null;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (quote) {
+      if (c === '\\') i++;
+      else if (c === quote) quote = null;
+    } else if (c === "'" || c === '"' || c === '`') quote = c;
+    else if (c === '(') depth++;
+    else if (c === ')') depth--;
+    else if (c === ',' && depth === 0) return true;
+  }
+  return false;
+}

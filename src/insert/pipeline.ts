@@ -12,6 +12,7 @@ import type { EntryDraft, LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { PartStore } from '../parts/store.js';
+import { barrierMarker } from '../allocator/window.js';
 import { blockIdOf, type StagingPool } from './staging.js';
 
 export interface InsertRequest {
@@ -47,6 +48,7 @@ export interface InsertDeps {
   allocate: (request: AllocationRequest) => Promise<Allocation[]>;
   announce: (entries: LogEntry[]) => void;
   hold: (lsns: number[]) => () => void;
+  notifyApplier: () => void;
   /** Voids LSNs this replica allocated and could not record. */
   voidLsns: (lsns: number[]) => Promise<void>;
   /** Nonces of allocations in progress here, which recovery must leave alone. */
@@ -113,6 +115,7 @@ export class InsertPipeline {
             bytes: files.reduce((sum, f) => sum + f.size, 0),
             files,
             origin: this.deps.self,
+            partition: '',
           },
         });
       }
@@ -121,7 +124,12 @@ export class InsertPipeline {
       this.deps.inFlight.add(nonce);
       log.recordIntent(nonce, drafts);
       intentOpen = true;
-      const allocations = await this.deps.allocate({ nonce, origin: this.deps.self, blockIds: drafts.map((d) => d.entry.blockId) });
+      const allocations = await this.deps.allocate({
+        nonce,
+        origin: this.deps.self,
+        blockIds: drafts.map((d) => d.entry.blockId),
+        tables: drafts.map(() => label),
+      });
       faults.crashPoint('insert.after-allocate');
       const allocatedAtMs = Date.now();
       const fresh: LogEntry[] = [];
@@ -132,7 +140,7 @@ export class InsertPipeline {
           duplicates.push(allocation.lsn);
           metrics.dedupHits.inc({ table: label });
         } else {
-          fresh.push({ ...d.entry, lsn: allocation.lsn, allocatedAtMs });
+          fresh.push({ ...d.entry, lsn: allocation.lsn, allocatedAtMs, barrier: allocation.barrier });
         }
       }
       try {
@@ -152,6 +160,7 @@ export class InsertPipeline {
         this.deps.announce(fresh);
         for (const entry of fresh) {
           try {
+            await this.awaitUnblocked(entry);
             log.markApplied(entry, await attacher.attach(entry));
           } catch (err) {
             const e = ChorusError.from(err);
@@ -175,6 +184,87 @@ export class InsertPipeline {
       // only once it is empty.
       void staging.release(table, stage).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
     }
+  }
+
+  /** Whether Chorus replicates this table (otherwise statements on it go to ClickHouse as they are). */
+  async replicates(database: string, table: string): Promise<boolean> {
+    try {
+      await this.deps.catalog.resolve(database, table);
+      return true;
+    } catch (err) {
+      const e = ChorusError.from(err);
+      if (e.code === 'UNKNOWN_TABLE' || e.code === 'NOT_REPLICATED_TABLE') return false;
+      throw err;
+    }
+  }
+
+  /** Waits (bounded) until nothing orders before `entry`: a drop of its table with a lower LSN. */
+  private async awaitUnblocked(entry: LogEntry): Promise<void> {
+    const deadline = Date.now() + this.deps.duplicateWaitMs;
+    for (let reason = this.deps.log.blockedBy(entry); reason; reason = this.deps.log.blockedBy(entry)) {
+      if (Date.now() > deadline) throw new ChorusError('ORDERING_PENDING', reason);
+      await sleep(10);
+    }
+  }
+
+  /**
+   * DROP PARTITION and TRUNCATE become log entries: allocated, recorded, and applied on every
+   * replica in LSN order relative to the table's inserts. Answered once applied here.
+   */
+  async tableOp(op: { kind: 'drop_partition' | 'truncate'; database: string; table: string; partition: string }): Promise<number> {
+    const { catalog, staging, log } = this.deps;
+    const table = await catalog.resolve(op.database, op.table);
+    const label = `${table.database}.${table.name}`;
+    if (op.kind === 'drop_partition') {
+      // The expression is checked on an (empty) staging table of the same structure first:
+      // a bad one is refused before any LSN is allocated.
+      const stage = await staging.acquire(table);
+      try {
+        await this.deps.ch.exec(`ALTER TABLE ${stage.qualified} DROP PARTITION ${op.partition}`);
+      } catch (err) {
+        throw new ChorusError('BAD_QUERY', `bad partition expression for ${label}: ${(err as Error).message}`, err);
+      } finally {
+        void staging.release(table, stage).catch(() => undefined);
+      }
+    }
+    const nonce = newNonce();
+    const draft: EntryDraft = {
+      dir: '',
+      entry: {
+        kind: op.kind,
+        database: table.database,
+        table: table.name,
+        partitionId: '',
+        blockId: barrierMarker(label),
+        partName: '',
+        checksumsSha256: '',
+        rows: 0,
+        bytes: 0,
+        files: [],
+        origin: this.deps.self,
+        partition: op.kind === 'drop_partition' ? op.partition : '',
+      },
+    };
+    this.deps.inFlight.add(nonce);
+    let entry: LogEntry;
+    try {
+      log.recordIntent(nonce, [draft]);
+      const [allocation] = await this.deps.allocate({ nonce, origin: this.deps.self, blockIds: [draft.entry.blockId], tables: [label] });
+      entry = { ...draft.entry, lsn: allocation!.lsn, allocatedAtMs: Date.now(), barrier: 0 };
+      log.resolveIntent(nonce, [entry], 'pending');
+    } finally {
+      this.deps.inFlight.delete(nonce);
+    }
+    this.deps.announce([entry]);
+    this.deps.notifyApplier();
+    const deadline = Date.now() + this.deps.duplicateWaitMs * 2;
+    while (log.get(entry.lsn)?.state !== 'applied') {
+      if (Date.now() > deadline) {
+        throw new ChorusError('ORDERING_PENDING', `recorded as LSN ${entry.lsn}; every replica applies it after the entries before it, which have not all reached this replica yet (${log.blockedBy(entry) ?? 'applying'})`);
+      }
+      await sleep(10);
+    }
+    return entry.lsn;
   }
 
   /**

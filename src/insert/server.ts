@@ -5,7 +5,7 @@ import type { Config } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { parseInsert, type InsertTarget } from './parse.js';
+import { parseInsert, parseTableOp, type InsertTarget } from './parse.js';
 import type { InsertPipeline } from './pipeline.js';
 
 /** URL parameters that are Chorus's to honour, or about the client's session, not the staging insert's. */
@@ -134,6 +134,19 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     return sendError(reply, e);
   });
 
+  /** DROP PARTITION / TRUNCATE of a replicated table become log entries; true when handled. */
+  const tableOp = async (req: FastifyRequest, reply: FastifyReply, statement: string): Promise<boolean> => {
+    const op = parseTableOp(statement);
+    if (!op) return false;
+    const params = new URL(req.url, 'http://x').searchParams;
+    const database = op.database ?? params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
+    if (!(await deps.pipeline.replicates(database, op.table))) return false;
+    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down; send it to another replica');
+    const lsn = await deps.pipeline.tableOp({ kind: op.kind, database, table: op.table, partition: op.kind === 'drop_partition' ? op.partition : '' });
+    await reply.header('X-Chorus-LSN', String(lsn)).send('');
+    return true;
+  };
+
   const root = async (req: FastifyRequest, reply: FastifyReply) => {
     const query = new URL(req.url, 'http://x').searchParams.get('query');
     const contentLength = Number(req.headers['content-length'] ?? 0);
@@ -142,7 +155,10 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     }
     if (query !== null) {
       const parsed = parseInsert(query, { final: true });
-      if (parsed.kind !== 'insert') return proxy(req, reply, req.method === 'GET' ? null : req.raw);
+      if (parsed.kind !== 'insert') {
+        if (await tableOp(req, reply, query)) return;
+        return proxy(req, reply, req.method === 'GET' ? null : req.raw);
+      }
       const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
       return insert(req, reply, parsed.target, query, bodyState.stream, bodyState);
     }
@@ -153,7 +169,10 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const text = head.toString('latin1');
     const parsed = parseInsert(text, { final: ended || head.length >= config.http.maxQueryBytes });
     const rest = (prefix: Buffer) => Readable.from(concatStreams(prefix, ended ? null : bodyState.stream));
-    if (parsed.kind !== 'insert') return proxy(req, reply, rest(head));
+    if (parsed.kind !== 'insert') {
+      if (ended && (await tableOp(req, reply, head.toString('utf8')))) return;
+      return proxy(req, reply, rest(head));
+    }
     // The latin1 scan gives byte offsets into `head`; names are read again from the UTF-8 text.
     const end = parsed.target.span[1];
     const statement = head.subarray(0, end).toString('utf8');

@@ -4,8 +4,12 @@ export interface FileInfo {
   sha256: string;
 }
 
-/** 'void': an LSN its origin allocated but could not record; nobody applies anything for it. */
-export type EntryKind = 'insert' | 'void';
+/**
+ * 'insert': a part to attach. 'drop_partition' and 'truncate': applied in LSN order relative to
+ * the table's inserts. 'void': an LSN its origin allocated but could not record.
+ */
+export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void';
+export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void'];
 
 /** A replication log entry: what every replica must apply. Immutable once allocated. */
 export interface LogEntry {
@@ -24,6 +28,10 @@ export interface LogEntry {
   files: FileInfo[];
   origin: string;
   allocatedAtMs: number;
+  /** Inserts: a DROP PARTITION / TRUNCATE of the same table to apply first (0: none). */
+  barrier: number;
+  /** drop_partition: the partition expression as the client wrote it. */
+  partition: string;
 }
 
 export function voidEntry(lsn: number, origin: string): LogEntry {
@@ -41,13 +49,15 @@ export function voidEntry(lsn: number, origin: string): LogEntry {
     files: [],
     origin,
     allocatedAtMs: Date.now(),
+    barrier: 0,
+    partition: '',
   };
 }
 
 /** An insert's entry before its LSN is known: what recovery needs to finish or drop it. */
 export interface EntryDraft {
-  entry: Omit<LogEntry, 'lsn' | 'allocatedAtMs'>;
-  /** The part's copy, waiting under pending/ for its LSN. */
+  entry: Omit<LogEntry, 'lsn' | 'allocatedAtMs' | 'barrier'>;
+  /** The part's copy, waiting under pending/ for its LSN ('' for entries without a part). */
   dir: string;
 }
 

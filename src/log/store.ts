@@ -32,6 +32,7 @@ export class LocalLog {
         database TEXT NOT NULL,
         tbl TEXT NOT NULL,
         block_id TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'insert',
         bytes INTEGER NOT NULL DEFAULT 0,
         body TEXT NOT NULL,
         state TEXT NOT NULL,
@@ -61,6 +62,9 @@ export class LocalLog {
         updated_at INTEGER NOT NULL
       );
     `);
+    // Logs written before entries had a kind column get one.
+    const columns = this.db.prepare('PRAGMA table_info(entries)').all() as Array<{ name: string }>;
+    if (!columns.some((c) => c.name === 'kind')) this.db.exec("ALTER TABLE entries ADD COLUMN kind TEXT NOT NULL DEFAULT 'insert'");
     this.advanceWatermarks();
   }
 
@@ -77,11 +81,11 @@ export class LocalLog {
 
   private insertEntries(entries: LogEntry[], state: EntryState): LogEntry[] {
     const insert = this.db.prepare(
-      'INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, bytes, body, state) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      'INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, kind, bytes, body, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
     );
     const added: LogEntry[] = [];
     for (const e of entries) {
-      const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.bytes, JSON.stringify(e), e.kind === 'void' ? 'voided' : state);
+      const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.kind, e.bytes, JSON.stringify(e), e.kind === 'void' ? 'voided' : state);
       if (r.changes > 0) added.push(e);
     }
     return added;
@@ -134,6 +138,41 @@ export class LocalLog {
   attachFloor(lsn: number): number | null {
     const row = this.db.prepare('SELECT attach_floor AS f FROM entries WHERE lsn = ?').get(lsn) as { f: number | null } | undefined;
     return row?.f ?? null;
+  }
+
+  /**
+   * Why `entry` may not be applied yet, in LSN order relative to the table's drops:
+   * an insert waits for its barrier and for every known drop of its table below it; a drop
+   * waits until every LSN below it is known and every entry of its table below it is applied.
+   * Undefined when it may be applied now.
+   */
+  blockedBy(entry: LogEntry): string | undefined {
+    const unappliedBelow = (kinds: string) =>
+      (this.db
+        .prepare(`SELECT MIN(lsn) AS lsn FROM entries WHERE database = ? AND tbl = ? AND lsn < ? AND state IN ('pending', 'stored') AND kind IN (${kinds})`)
+        .get(entry.database, entry.table, entry.lsn) as { lsn: number | null }).lsn;
+    if (entry.kind === 'insert') {
+      if (entry.barrier > 0) {
+        const state = this.get(entry.barrier)?.state;
+        if (state !== 'applied' && state !== 'voided') return `waits for LSN ${entry.barrier} (a drop of its table) to be applied`;
+      }
+      const drop = unappliedBelow("'drop_partition', 'truncate'");
+      return drop === null ? undefined : `waits for LSN ${drop} (a drop of its table) to be applied`;
+    }
+    if (entry.kind === 'drop_partition' || entry.kind === 'truncate') {
+      if (this.knownWatermark < entry.lsn - 1) return `waits for LSN ${this.knownWatermark + 1} to be known (it may write to this table)`;
+      const before = unappliedBelow("'insert', 'drop_partition', 'truncate'");
+      return before === null ? undefined : `waits for LSN ${before} of the same table to be applied`;
+    }
+    return undefined;
+  }
+
+  /** Tables ("db.t") with a DROP PARTITION or TRUNCATE not yet applied here. */
+  tablesWithPendingOps(): Set<string> {
+    const rows = this.db
+      .prepare("SELECT DISTINCT database, tbl FROM entries WHERE state IN ('pending', 'stored') AND kind IN ('drop_partition', 'truncate')")
+      .all() as Array<{ database: string; tbl: string }>;
+    return new Set(rows.map((r) => `${r.database}.${r.tbl}`));
   }
 
   isBlockMapped(database: string, table: string, block: number): boolean {

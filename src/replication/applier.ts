@@ -77,10 +77,15 @@ export class Applier {
       const now = Date.now();
       const pending = this.log.unappliedLsns(2000);
       this.metrics.lagEntries.set(pending.length);
+      const withOps = this.log.tablesWithPendingOps();
       for (const lsn of pending) {
         if (this.inFlight.has(lsn) || (this.retryAt.get(lsn) ?? 0) > now) continue;
         const entry = this.log.get(lsn)?.entry;
         if (!entry) continue;
+        // Inserts commute with each other but not with drops of their table: order is only
+        // checked where a drop is involved.
+        const ordered = entry.kind !== 'insert' || entry.barrier > 0 || withOps.has(`${entry.database}.${entry.table}`);
+        if (ordered && this.log.blockedBy(entry)) continue;
         this.inFlight.add(lsn);
         void this.slots.run(() => this.applyOne(entry)).finally(() => {
           this.inFlight.delete(entry.lsn);
@@ -101,6 +106,12 @@ export class Applier {
   private async applyOne(entry: LogEntry): Promise<void> {
     const log = this.logger.child({ lsn: entry.lsn });
     try {
+      if (entry.kind === 'drop_partition' || entry.kind === 'truncate') {
+        await this.attacher.applyTableOp(entry);
+        this.log.setState(entry.lsn, 'applied');
+        log.info({ table: `${entry.database}.${entry.table}`, kind: entry.kind }, 'applied');
+        return;
+      }
       if (!(await this.store.has(entry.lsn))) await this.fetch(entry);
       const block = await this.attacher.attach(entry);
       this.log.markApplied(entry, block);

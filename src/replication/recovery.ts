@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import type { Allocator } from '../allocator/allocator.js';
+import { barrierIn } from '../allocator/window.js';
 import type { Logger } from '../core/logger.js';
 import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
@@ -70,6 +71,8 @@ export class Recovery {
     if (intents.length === 0) return;
     const window = (await this.deps.allocator.read()).window;
     for (const intent of intents) {
+      const barrierOf = (d: { entry: { kind: string; database: string; table: string } }, lsn: number) =>
+        d.entry.kind === 'insert' ? barrierIn(window, `${d.entry.database}.${d.entry.table}`, lsn) : 0;
       const own = new Map(window.filter((e) => e[3] === intent.nonce).map((e) => [e[0], e[1]]));
       if (own.size === 0) {
         if (Date.now() - intent.createdAt < this.deps.intentGraceMs) continue;
@@ -83,8 +86,12 @@ export class Recovery {
       for (const draft of intent.drafts) {
         const lsn = own.get(draft.entry.blockId);
         if (lsn === undefined || log.get(lsn)) continue;
+        if (draft.entry.kind !== 'insert') {
+          entries.push({ ...draft.entry, lsn, allocatedAtMs: Date.now(), barrier: 0 });
+          continue;
+        }
         if (existsSync(draft.dir)) await store.commit(draft.dir, lsn);
-        if (await store.has(lsn)) entries.push({ ...draft.entry, lsn, allocatedAtMs: Date.now() });
+        if (await store.has(lsn)) entries.push({ ...draft.entry, lsn, allocatedAtMs: Date.now(), barrier: barrierOf(draft, lsn) });
         else lost.push(lsn);
       }
       const added = log.resolveIntent(intent.nonce, entries);

@@ -138,6 +138,7 @@ export class Sidecar {
       allocate: (request) => this.gossip.allocate(request),
       announce: (entries) => this.gossip.broadcast(entries),
       hold: (lsns) => this.applier.hold(lsns),
+      notifyApplier: () => this.applier.notify(),
       voidLsns: (lsns) => this.recovery.voidLsns(lsns),
       inFlight: this.inFlightAllocations,
       faults: this.faults,

@@ -73,12 +73,12 @@ describe('allocator on real ZooKeeper', () => {
     await retrying.init();
     const result = await retrying.allocate({ nonce: 'lost-1', origin: 'r2', blockIds: ['p_a', 'p_b'] });
     expect(result).toEqual([
-      { lsn: 1, duplicate: false },
-      { lsn: 2, duplicate: false },
+      { lsn: 1, duplicate: false, barrier: 0 },
+      { lsn: 2, duplicate: false, barrier: 0 },
     ]);
     expect(decodeState((await zk.getData(path)).data).next).toBe(3);
     // Another request with the same blocks is a duplicate.
-    expect(await retrying.allocate({ nonce: 'other', origin: 'r1', blockIds: ['p_a'] })).toEqual([{ lsn: 1, duplicate: true }]);
+    expect(await retrying.allocate({ nonce: 'other', origin: 'r1', blockIds: ['p_a'] })).toEqual([{ lsn: 1, duplicate: true, barrier: 0 }]);
   });
 
   it('refuses with ALLOCATOR_UNAVAILABLE, allocating nothing, when ZooKeeper cannot be reached', async () => {

@@ -65,3 +65,26 @@ describe('blockIdOf', () => {
     expect(blockIdOf(t, '202611', 'abc', { value: 'x', index: 0 })).toBe(blockIdOf(t, '202611', 'zzz', { value: 'x', index: 0 }));
   });
 });
+
+import { parseTableOp } from '../../src/insert/parse.js';
+
+describe('parseTableOp', () => {
+  it('reads DROP PARTITION and TRUNCATE', () => {
+    expect(parseTableOp("ALTER TABLE db.t DROP PARTITION '2026-11-01';")).toEqual({ kind: 'drop_partition', database: 'db', table: 't', partition: "'2026-11-01'" });
+    expect(parseTableOp('alter table t drop partition 202611')).toEqual({ kind: 'drop_partition', database: undefined, table: 't', partition: '202611' });
+    expect(parseTableOp("ALTER TABLE t DROP PARTITION ID '202611'")).toMatchObject({ partition: "ID '202611'" });
+    expect(parseTableOp('TRUNCATE TABLE `db`.t')).toEqual({ kind: 'truncate', database: 'db', table: 't' });
+    expect(parseTableOp('TRUNCATE TABLE IF EXISTS t')).toEqual({ kind: 'truncate', database: undefined, table: 't' });
+  });
+
+  it('leaves other statements alone', () => {
+    expect(parseTableOp('ALTER TABLE t ADD COLUMN x UInt8')).toBeUndefined();
+    expect(parseTableOp('SELECT 1')).toBeUndefined();
+    expect(parseTableOp('ALTER TABLE t DETACH PARTITION 1')).toBeUndefined();
+  });
+
+  it('refuses a drop mixed with other commands', () => {
+    expect(() => parseTableOp('ALTER TABLE t DROP PARTITION 1, DROP COLUMN x')).toThrow(expect.objectContaining({ code: 'BAD_QUERY' }));
+    expect(parseTableOp("ALTER TABLE t DROP PARTITION tuple(1, 'a')")).toMatchObject({ partition: "tuple(1, 'a')" });
+  });
+});

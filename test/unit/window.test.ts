@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { applyBatch, decodeState, encodeState, EMPTY_STATE } from '../../src/allocator/window.js';
+import { applyBatch, barrierMarker, decodeState, encodeState, EMPTY_STATE } from '../../src/allocator/window.js';
 
 const req = (nonce: string, ...blockIds: Array<string | null>) => ({ nonce, origin: 'r1', blockIds });
 
@@ -8,19 +8,19 @@ describe('allocator window', () => {
     const { state, results } = applyBatch(EMPTY_STATE, [req('a', 'p_1', 'p_2'), req('b', 'p_3')], 10);
     expect(results).toEqual([
       [
-        { lsn: 1, duplicate: false },
-        { lsn: 2, duplicate: false },
+        { lsn: 1, duplicate: false, barrier: 0 },
+        { lsn: 2, duplicate: false, barrier: 0 },
       ],
-      [{ lsn: 3, duplicate: false }],
+      [{ lsn: 3, duplicate: false, barrier: 0 }],
     ]);
     expect(state.next).toBe(4);
   });
 
   it('answers a block already in the window with its first LSN, in the same batch or a later one', () => {
     const first = applyBatch(EMPTY_STATE, [req('a', 'p_1'), req('b', 'p_1')], 10);
-    expect(first.results[1]).toEqual([{ lsn: 1, duplicate: true }]);
+    expect(first.results[1]).toEqual([{ lsn: 1, duplicate: true, barrier: 0 }]);
     const second = applyBatch(first.state, [req('c', 'p_1')], 10);
-    expect(second.results[0]).toEqual([{ lsn: 1, duplicate: true }]);
+    expect(second.results[0]).toEqual([{ lsn: 1, duplicate: true, barrier: 0 }]);
     expect(second.changed).toBe(false);
     expect(second.state.next).toBe(2);
   });
@@ -29,9 +29,9 @@ describe('allocator window', () => {
     const landed = applyBatch(EMPTY_STATE, [req('n1', 'p_1', null, 'p_2')], 10).state;
     const retry = applyBatch(landed, [req('n1', 'p_1', null, 'p_2')], 10);
     expect(retry.results[0]).toEqual([
-      { lsn: 1, duplicate: false },
-      { lsn: 2, duplicate: false },
-      { lsn: 3, duplicate: false },
+      { lsn: 1, duplicate: false, barrier: 0 },
+      { lsn: 2, duplicate: false, barrier: 0 },
+      { lsn: 3, duplicate: false, barrier: 0 },
     ]);
     expect(retry.changed).toBe(false);
     expect(retry.state.next).toBe(4);
@@ -46,7 +46,24 @@ describe('allocator window', () => {
     let state = EMPTY_STATE;
     for (let i = 1; i <= 5; i++) state = applyBatch(state, [req(`n${i}`, `p_${i}`)], 3).state;
     expect(state.window.map((e) => e[0])).toEqual(['p_3', 'p_4', 'p_5']);
-    expect(applyBatch(state, [req('x', 'p_1')], 3).results[0]).toEqual([{ lsn: 6, duplicate: false }]);
+    expect(applyBatch(state, [req('x', 'p_1')], 3).results[0]).toEqual([{ lsn: 6, duplicate: false, barrier: 0 }]);
+  });
+
+  it("gives every entry of a table the newest drop of that table below it as its barrier", () => {
+    const r = (nonce: string, blockId: string | null, table: string) => ({ nonce, origin: 'r1', blockIds: [blockId], tables: [table] });
+    let state = EMPTY_STATE;
+    const step = (request: ReturnType<typeof r>) => {
+      const out = applyBatch(state, [request], 100);
+      state = out.state;
+      return out.results[0]![0]!;
+    };
+    expect(step(r('a', 'p_1', 'db.t'))).toEqual({ lsn: 1, duplicate: false, barrier: 0 });
+    expect(step(r('b', barrierMarker('db.t'), 'db.t'))).toEqual({ lsn: 2, duplicate: false, barrier: 0 });
+    expect(step(r('c', 'p_2', 'db.t'))).toEqual({ lsn: 3, duplicate: false, barrier: 2 });
+    expect(step(r('d', 'p_3', 'db.u'))).toEqual({ lsn: 4, duplicate: false, barrier: 0 });
+    // Markers are never answered as duplicates of each other.
+    expect(step(r('e', barrierMarker('db.t'), 'db.t'))).toEqual({ lsn: 5, duplicate: false, barrier: 2 });
+    expect(step(r('f', 'p_4', 'db.t'))).toEqual({ lsn: 6, duplicate: false, barrier: 5 });
   });
 
   it('round-trips through the znode encoding and refuses unknown versions', () => {
