@@ -34,18 +34,31 @@ export class Attacher {
     private readonly faults: Faults,
   ) {}
 
-  /** Attaches `entry`'s part; returns the local block number it was given. */
+  /** Attaches `entry`'s part from the part store; returns the local block number it was given. */
   attach(entry: LogEntry): Promise<number> {
     // One attach at a time per table: the new part is found as "above the previous maximum".
-    return this.perTable.run(`${entry.database}.${entry.table}`, () => this.attachLocked(entry));
+    return this.perTable.run(`${entry.database}.${entry.table}`, () => this.attachLocked(entry, this.store.pathOf(entry.lsn), true));
   }
 
-  private async attachLocked(entry: LogEntry): Promise<number> {
+  /** Attaches a part from any directory (a clone's download); no LSN of its own. */
+  attachCopy(source: string, part: Pick<LogEntry, 'database' | 'table' | 'partitionId' | 'partName' | 'checksumsSha256'>): Promise<number> {
+    const entry = { ...part, lsn: 0 } as LogEntry;
+    return this.perTable.run(`${part.database}.${part.table}`, () => this.attachLocked(entry, source, false));
+  }
+
+  /** Runs `fn` while no attach or drop runs on any of `tables` ("db.t"): what a consistent snapshot needs. */
+  async withTablesLocked<T>(tables: string[], fn: () => Promise<T>): Promise<T> {
+    const [first, ...rest] = [...tables].sort();
+    if (first === undefined) return fn();
+    return this.perTable.run(first, () => this.withTablesLocked(rest, fn));
+  }
+
+  private async attachLocked(entry: LogEntry, source: string, tracked: boolean): Promise<number> {
     const table = await this.catalog.resolve(entry.database, entry.table);
     const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
     // An earlier attempt got as far as ATTACH (then the sidecar died, or the answer was lost):
     // the part may be in the table already. Adopt it rather than attach it a second time.
-    const priorFloor = this.log.attachFloor(entry.lsn);
+    const priorFloor = tracked ? this.log.attachFloor(entry.lsn) : null;
     if (priorFloor !== null) {
       const adopted = await this.findUnmapped(entry, where, priorFloor);
       if (adopted !== undefined) return adopted;
@@ -55,10 +68,10 @@ export class Attacher {
     if (maxBlock === undefined) {
       [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(`SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`);
     }
-    this.log.markAttaching(entry.lsn, maxBlock);
+    if (tracked) this.log.markAttaching(entry.lsn, maxBlock);
     const owner = await stat(table.dataPath);
     const detachedDir = join(table.dataPath, 'detached');
-    const linked = await this.store.linkInto(entry.lsn, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
+    const linked = await this.store.linkInto(source, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
     try {
       await this.ch.exec(`ALTER TABLE ${quoteIdent(entry.database)}.${quoteIdent(entry.table)} ATTACH PART ${quoteString(entry.partName)}`);
     } catch (err) {

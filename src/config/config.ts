@@ -82,6 +82,7 @@ export const configSchema = z
       .object({
         fetchConcurrency: z.number().int().min(1).default(4),
         retryDelayMs: z.number().int().min(1).default(500),
+        autoClone: z.boolean().default(true),
       })
       .strict()
       .prefault({}),

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { toRanges, voidEntry, type Digest, type EntryDraft, type EntryState, type LogEntry } from './entry.js';
+import { inRanges, toRanges, voidEntry, type Digest, type EntryDraft, type EntryState, type LogEntry, type Range } from './entry.js';
 
 interface EntryRow {
   lsn: number;
@@ -53,7 +53,11 @@ export class LocalLog {
         partition_id TEXT NOT NULL,
         block_number INTEGER NOT NULL,
         lsn INTEGER NOT NULL,
-        PRIMARY KEY (database, tbl, block_number)
+        PRIMARY KEY (database, tbl, block_number, lsn)
+      );
+      CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
       );
       CREATE TABLE IF NOT EXISTS peers (
         name TEXT PRIMARY KEY,
@@ -113,6 +117,51 @@ export class LocalLog {
     })();
     if (added.length) this.advanceWatermarks();
     return added;
+  }
+
+  getMeta(key: string): string | undefined {
+    return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  /** Every LSN applied or voided here (for a snapshot), as ranges. */
+  appliedRanges(): Range[] {
+    const rows = this.db.prepare("SELECT lsn FROM entries WHERE state IN ('applied', 'voided') ORDER BY lsn").all() as Array<{ lsn: number }>;
+    return toRanges(rows.map((r) => r.lsn));
+  }
+
+  /** Every entry with an LSN up to `maxLsn`, oldest first. */
+  *entriesUpTo(maxLsn: number): IterableIterator<LogEntry> {
+    for (const row of this.db.prepare('SELECT body FROM entries WHERE lsn <= ? ORDER BY lsn').iterate(maxLsn) as IterableIterator<{ body: string }>) {
+      yield JSON.parse(row.body) as LogEntry;
+    }
+  }
+
+  /** A clone's block map: local block -> every LSN the attached part covers. */
+  mapBlock(database: string, table: string, partitionId: string, block: number, lsns: number[]): void {
+    const insert = this.db.prepare('INSERT OR IGNORE INTO block_map (database, tbl, partition_id, block_number, lsn) VALUES (?, ?, ?, ?, ?)');
+    this.db.transaction(() => {
+      for (const lsn of lsns) insert.run(database, table, partitionId, block, lsn);
+    })();
+  }
+
+  /**
+   * A clone's log: the snapshot's entries, applied where the snapshot covers them (whatever
+   * state gossip may have given them meanwhile), pending otherwise.
+   */
+  loadSnapshotEntries(entries: LogEntry[], applied: Range[]): void {
+    const covered = (lsn: number) => inRanges(applied, lsn);
+    this.db.transaction(() => {
+      this.insertEntries(entries.filter((e) => !covered(e.lsn)), 'pending');
+      this.insertEntries(entries.filter((e) => covered(e.lsn) && e.kind !== 'void'), 'applied');
+      this.insertEntries(entries.filter((e) => e.kind === 'void'), 'voided');
+      const mark = this.db.prepare("UPDATE entries SET state = 'applied' WHERE lsn = ? AND state IN ('pending', 'stored')");
+      for (const e of entries) if (covered(e.lsn) && e.kind !== 'void') mark.run(e.lsn);
+    })();
+    this.advanceWatermarks();
   }
 
   dropIntent(nonce: string): void {

@@ -4,7 +4,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { Faults } from '../faults/faults.js';
-import type { LogEntry } from '../log/entry.js';
+import type { FileInfo, LogEntry } from '../log/entry.js';
 import { fsyncFd, fsyncPath } from './files.js';
 import type { PartStore } from './store.js';
 
@@ -22,15 +22,10 @@ export function partUrl(base: string, entry: Pick<LogEntry, 'lsn' | 'partName'>)
  */
 export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: string, timeoutMs: number, faults?: Faults): Promise<number> {
   const tempDir = store.newTempDir();
-  mkdirSync(tempDir, { recursive: true });
   try {
-    const res = await get(partUrl(peerBase, entry), timeoutMs);
-    if (res.statusCode !== 200) {
-      res.resume();
-      throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `peer ${peerBase} answered ${res.statusCode} for LSN ${entry.lsn}`);
-    }
-    const bytes = await receiveFiles(res, entry, tempDir, peerBase, () => faults?.crashPoint('fetch.mid-transfer'));
-    await fsyncPath(tempDir);
+    const bytes = await downloadPart(partUrl(peerBase, entry), entry.files, tempDir, `LSN ${entry.lsn} from ${peerBase}`, timeoutMs, () =>
+      faults?.crashPoint('fetch.mid-transfer'),
+    );
     await store.commit(tempDir, entry.lsn);
     return bytes;
   } catch (err) {
@@ -40,19 +35,34 @@ export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: str
 }
 
 /**
+ * GETs a part (its files concatenated in manifest order) into `dir`, each file verified against
+ * `files` and fsynced, the directory too. Throws PART_VERIFICATION_FAILED on any mismatch.
+ */
+export async function downloadPart(url: string, files: FileInfo[], dir: string, label: string, timeoutMs: number, onFirstFile: () => void = () => undefined): Promise<number> {
+  mkdirSync(dir, { recursive: true });
+  const res = await get(url, timeoutMs);
+  if (res.statusCode !== 200) {
+    res.resume();
+    throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `${label}: answered ${res.statusCode}`);
+  }
+  const bytes = await receiveFiles(res, files, dir, label, onFirstFile);
+  await fsyncPath(dir);
+  return bytes;
+}
+
+/**
  * Splits the concatenated files by the manifest's sizes, hashing and writing each as it comes.
  * Writes are synchronous (parts are mostly small files, for which a thread-pool round trip
  * costs more than the write); each file's fsync runs in the pool while the next arrives.
  */
-async function receiveFiles(body: AsyncIterable<Buffer>, entry: LogEntry, dir: string, peer: string, onFirstFile: () => void): Promise<number> {
-  const files = entry.files;
+async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir: string, label: string, onFirstFile: () => void): Promise<number> {
   let index = -1;
   let remaining = 0;
   let fd: number | null = null;
   let hash = createHash('sha256');
   let total = 0;
   const synced: Array<Promise<void>> = [];
-  const refuse = (what: string) => new ChorusError('PART_VERIFICATION_FAILED', `LSN ${entry.lsn} from ${peer}: ${what}; the part is refused`);
+  const refuse = (what: string) => new ChorusError('PART_VERIFICATION_FAILED', `${label}: ${what}; the part is refused`);
 
   const finishFile = () => {
     if (fd === null) return;

@@ -9,13 +9,14 @@ import type { Faults } from '../faults/faults.js';
 import type { LocalLog } from '../log/store.js';
 import { assertSafeName, SMALL_FILE_BYTES } from './files.js';
 import type { PartStore } from './store.js';
+import type { SnapshotManifest, Snapshots } from '../replication/clone.js';
 
 /**
  * Chorus's interserver HTTP: peers download the files of parts held in this replica's part
  * store. Paths are built only from validated names and the LSN's own entry, never from the
  * raw URL.
  */
-export function createInterserverServer(deps: { log: LocalLog; store: PartStore; faults: Faults; logger: Logger }): FastifyInstance {
+export function createInterserverServer(deps: { self: string; log: LocalLog; store: PartStore; faults: Faults; logger: Logger; snapshots: Snapshots }): FastifyInstance {
   const app = Fastify({ loggerInstance: deps.logger.child({ component: 'interserver' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
 
   app.setErrorHandler((err, _req, reply) => {
@@ -81,6 +82,43 @@ export function createInterserverServer(deps: { log: LocalLog; store: PartStore;
       body = body.pipe(flipOneByte(Math.floor(file.size / 2)));
     }
     return reply.header('Content-Type', 'application/octet-stream').header('Content-Length', file.size).send(body);
+  });
+
+  app.get('/v1/digest', async () => ({ replica: deps.self, maxLsn: deps.log.maxLsn(), appliedWatermark: deps.log.watermarks().applied }));
+
+  // Clone: a consistent snapshot of every replicated table, then its parts and the log.
+  const manifests = new Map<string, SnapshotManifest>();
+  app.post('/v1/snapshots', async () => {
+    const manifest = await deps.snapshots.create();
+    manifests.set(manifest.id, manifest);
+    return manifest;
+  });
+  const snapshotOf = (id: string) => {
+    const m = manifests.get(id);
+    if (!m) throw new ChorusError('PART_NOT_FOUND', `no snapshot ${JSON.stringify(id)} here`);
+    return m;
+  };
+  app.get<{ Params: { id: string } }>('/v1/snapshots/:id/entries', async (req, reply) => {
+    const manifest = snapshotOf(req.params.id);
+    const lines = Readable.from(
+      (function* () {
+        for (const e of deps.log.entriesUpTo(manifest.maxLsn)) yield JSON.stringify(e) + '\n';
+      })(),
+    );
+    return reply.header('Content-Type', 'application/x-ndjson').send(lines);
+  });
+  app.get<{ Params: { id: string; db: string; table: string; part: string } }>('/v1/snapshots/:id/:db/:table/:part', async (req, reply) => {
+    const { id, db, table, part } = req.params;
+    for (const [kind, name] of [['database', db], ['table', table], ['part', part]] as const) assertSafeName(kind, name);
+    const manifest = snapshotOf(id);
+    const found = manifest.tables.find((t) => t.database === db && t.table === table)?.parts.find((p) => p.name === part);
+    if (!found) throw new ChorusError('PART_NOT_FOUND', `snapshot ${id} has no part ${db}.${table}/${part}`);
+    const dir = deps.snapshots.partDir(id, db, table, part);
+    const total = found.files.reduce((s, f) => s + f.size, 0);
+    return reply
+      .header('Content-Type', 'application/octet-stream')
+      .header('Content-Length', total)
+      .send(Readable.from(concatFiles(found.files.map((f) => join(dir, f.name)))));
   });
 
   return app;

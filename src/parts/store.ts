@@ -94,15 +94,14 @@ export class PartStore {
   }
 
   /**
-   * Hardlinks the copy of `lsn` into `detachedDir/name`, owned like the table's directory
+   * Hardlinks a part copy (the store's, or a clone's download) into `detachedDir/name`, owned like the table's directory
    * so that ClickHouse (another user in production) can rename and later delete it.
    */
-  async linkInto(lsn: number, detachedDir: string, name: string, owner: { uid: number; gid: number }): Promise<string> {
+  async linkInto(source: string, detachedDir: string, name: string, owner: { uid: number; gid: number }): Promise<string> {
     mkdirSync(detachedDir, { recursive: true });
     const target = join(detachedDir, name);
     rmSync(target, { recursive: true, force: true });
     mkdirSync(target);
-    const source = this.pathOf(lsn);
     for (const file of readdirSync(source)) linkSync(join(source, file), join(target, file));
     chownTree(target, owner);
     return target;

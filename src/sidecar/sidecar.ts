@@ -5,7 +5,7 @@ import { ZkSession } from '../allocator/zk.js';
 import { registerOperationalRoutes, type Readiness } from '../api/http-routes.js';
 import { Attacher } from '../clickhouse/attach.js';
 import { TableCatalog } from '../clickhouse/catalog.js';
-import { ClickHouseHttp } from '../clickhouse/http.js';
+import { ClickHouseHttp, quoteString } from '../clickhouse/http.js';
 import { zookeeperRoot, type Config } from '../config/config.js';
 import type { Logger } from '../core/logger.js';
 import { ChorusError } from '../core/errors.js';
@@ -22,6 +22,7 @@ import { PartStoreGc } from '../parts/gc.js';
 import { assertSameFilesystem, PartStore } from '../parts/store.js';
 import { Applier } from '../replication/applier.js';
 import { Recovery } from '../replication/recovery.js';
+import { Cloner, Snapshots } from '../replication/clone.js';
 import { sleep } from '../core/async.js';
 
 export interface ListeningPorts {
@@ -45,12 +46,15 @@ export class Sidecar {
   readonly applier: Applier;
   readonly recovery: Recovery;
   readonly gc: PartStoreGc;
+  readonly cloner: Cloner;
+  private readonly snapshots: Snapshots;
   private readonly inFlightAllocations = new Set<string>();
   private readonly staging: StagingPool;
   private readonly http: FastifyInstance;
   private readonly interserver: FastifyInstance;
   private readonly grpcServer = new grpc.Server();
   private accepting = false;
+  private snapshotSweep: NodeJS.Timeout | null = null;
 
   constructor(
     readonly config: Config,
@@ -169,7 +173,25 @@ export class Sidecar {
         for (const m of this.gossip.swim.members.list()) this.metrics.memberStates.inc({ state: m.state });
       },
     });
-    this.interserver = createInterserverServer({ log: this.log, store: this.store, faults: this.faults, logger });
+    this.snapshots = new Snapshots(config.dataDir, {
+      self: config.replica,
+      ch: this.ch,
+      catalog: this.catalog,
+      attacher,
+      log: this.log,
+      databases: config.clickhouse.databases,
+      logger: logger.child({ component: 'snapshot' }),
+    });
+    this.cloner = new Cloner({
+      ch: this.ch,
+      catalog: this.catalog,
+      attacher,
+      log: this.log,
+      store: this.store,
+      logger: logger.child({ component: 'clone' }),
+      timeoutMs: config.clickhouse.requestTimeoutMs,
+    });
+    this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots });
     this.gossip.register(this.grpcServer);
   }
 
@@ -206,6 +228,7 @@ export class Sidecar {
       unapplied: this.log.countUnapplied(),
       allocatingMember: this.gossip.allocatingMember(),
       partStore: { bytes: this.gc.bytesHeld, parts: this.gc.partsHeld },
+      clone: this.cloner.progress,
       members: this.gossip.swim.members.list().map((m) => {
         const progress = this.log.peerProgress().find((p) => p.name === m.name);
         return {
@@ -236,10 +259,13 @@ export class Sidecar {
     );
     await this.interserver.listen({ host: this.config.interserver.host, port: this.config.interserver.port });
     await this.http.listen({ host: this.config.http.host, port: this.config.http.port });
+    await this.cloneIfNew();
     this.applier.start();
     this.gossip.start();
     this.recovery.start(2000);
     this.gc.start(this.config.partStore.gcIntervalMs);
+    this.snapshotSweep = setInterval(() => this.snapshots.sweep(3600_000), 60_000);
+    this.snapshotSweep.unref();
     this.accepting = true;
     const ports = {
       http: portOf(this.http),
@@ -248,6 +274,40 @@ export class Sidecar {
     };
     this.logger.info({ ports }, 'chorus sidecar started');
     return ports;
+  }
+
+  /**
+   * A replica with an empty log and no data, in a shard whose peers have a history (a new pod, a
+   * lost volume), copies a consistent snapshot from a live peer before it applies anything.
+   */
+  private async cloneIfNew(): Promise<void> {
+    const previous = this.log.getMeta('clone');
+    if (previous?.startsWith('in-progress')) {
+      throw new ChorusError(
+        'CLONE_INTERRUPTED',
+        `a clone (${previous}) was interrupted and left this replica half-copied: empty its ClickHouse data and Chorus state (chorus dev wipe, or new volumes) and start it again`,
+      );
+    }
+    if (!this.config.replication.autoClone || this.log.maxLsn() > 0 || previous) return;
+    const dbs = this.config.clickhouse.databases.map(quoteString).join(', ');
+    const [{ n } = { n: 0 }] = await this.ch.rows<{ n: number }>(`SELECT count() AS n FROM system.parts WHERE active AND database IN (${dbs})`);
+    if (Number(n) > 0) {
+      this.logger.warn('the local log is empty but the tables hold data: not cloning; this replica applies the log from the start');
+      return;
+    }
+    for (const peer of this.peers.map((p) => p.config).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      try {
+        const res = await fetch(`${peer.interserver.replace(/\/$/, '')}/v1/digest`, { signal: AbortSignal.timeout(this.config.gossip.rpcTimeoutMs) });
+        const digest = (await res.json()) as { maxLsn: number };
+        if (digest.maxLsn > 0) {
+          await this.cloner.clone(peer);
+          return;
+        }
+      } catch (err) {
+        if (this.cloner.progress.state === 'failed') throw err;
+        this.logger.debug({ peer: peer.name, err: (err as Error).message }, 'peer not reachable while looking for a clone source');
+      }
+    }
   }
 
   private async waitForClickHouse(timeoutMs = 60_000): Promise<void> {
@@ -263,6 +323,7 @@ export class Sidecar {
     this.gossip.stop();
     this.recovery.stop();
     this.gc.stop();
+    if (this.snapshotSweep) clearInterval(this.snapshotSweep);
     await this.http.close();
     await this.applier.stop();
     await this.interserver.close();

@@ -218,4 +218,39 @@ describe('replicas that die or fall behind converge', () => {
     console.log(`r3 caught up on 1,000 entries in ${seconds.toFixed(1)} s from its start: ${(1000 / seconds).toFixed(0)} entries/s`);
     expect(seconds).toBeLessThanOrEqual(30);
   });
+
+  it('a wiped replica clones a snapshot from a peer and converges; parts written around Chorus are reported, not copied', async () => {
+    await cluster.onEvery(DDL('default.direct'));
+    await cluster.onEvery(DDL('default.bulk'));
+    // Enough data for the clone's rate to mean something: 200,000 rows through Chorus.
+    let bulk = '';
+    for (let i = 0; i < 200_000; i++) bulk += `2026-11-${String(1 + (i % 28)).padStart(2, '0')}\t${i}\tbulk row ${i} ${(i * 2654435761) % 1_000_000}\n`;
+    expect((await cluster.chorus(0, { query: 'INSERT INTO default.bulk FORMAT TabSeparated', body: bulk })).status).toBe(200);
+    expect((await cluster.waitConverged('default.bulk', ROW_HASH, 200_000, 30_000)).map((f) => f.count)).toEqual([200_000, 200_000, 200_000]);
+    // Written straight to r1's ClickHouse, bypassing Chorus.
+    await cluster.clickhouse(0, "INSERT INTO default.direct VALUES ('2026-11-01', 1, 'around chorus')");
+    await devKill(cluster.info.dir, 'r3', 'sidecar', 'TERM');
+    const { devWipe } = await import('../../src/dev/cluster.js');
+    await devWipe(cluster.info.dir, 'r3');
+    const started = Date.now();
+    await devStart(cluster.info.dir, 'r3', 'all');
+    await expectConverged(60_000);
+    const seconds = (Date.now() - started) / 1000;
+    const status = (await (await fetch(`${cluster.replica(2).http}/_chorus/status`)).json()) as {
+      clone: { state: string; source: string; bytesDone: number; bytesPerSec: number; parts: number; unreplicated: number };
+    };
+    console.log(
+      `r3 cloned ${status.clone.parts} parts, ${(status.clone.bytesDone / 1024 / 1024).toFixed(1)} MB from ${status.clone.source} at ` +
+        `${(status.clone.bytesPerSec / 1024 / 1024).toFixed(1)} MB/s; identical to its peers ${seconds.toFixed(1)} s after its start`,
+    );
+    expect(status.clone.state).toBe('done');
+    expect(status.clone.unreplicated).toBeGreaterThanOrEqual(1);
+    expect((await cluster.clickhouse(2, 'SELECT count() FROM default.direct')).trim()).toBe('0');
+    expect((await cluster.waitConverged('default.bulk', ROW_HASH, 200_000, 10_000)).map((f) => f.count)).toEqual([200_000, 200_000, 200_000]);
+    // The clone takes new inserts like any replica.
+    const res = await insert(2, rows(4));
+    expect(res.status).toBe(200);
+    expected += 4;
+    await expectConverged();
+  });
 });
