@@ -5,6 +5,7 @@ import { createLogger } from '../core/logger.js';
 import { devDown, devKill, devStart, devUp, devWipe, type Component } from '../dev/cluster.js';
 import { Sidecar } from '../sidecar/sidecar.js';
 import { runDemo } from './demo.js';
+import { runAdminCommand, UsageError } from './admin-commands.js';
 
 const USAGE = `chorus: replication coordinator sidecar for ClickHouse
 
@@ -17,13 +18,18 @@ Usage:
   chorus dev wipe NAME --dir DIR                stop a replica and empty its ClickHouse data and Chorus state
   chorus demo [--dir DIR]                       dev up 3 replicas, insert, show the result, serve until Ctrl-C
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration.
-`;
+Operating a running shard (gRPC Admin API; --grpc or CHORUS_GRPC, --token or CHORUS_ADMIN_TOKEN):
+  chorus status --grpc HOST:PORT [--json]       every member: state, applied LSN, lag, part store, ready
+  chorus entries | entry LSN | resync | clone --from R | decommission R | pause | resume
+  chorus COMMAND --help                         details of one command
 
-class UsageError extends Error {}
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration, 3 (status) the shard is degraded.
+`;
 
 async function serve(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: 'string' }, help: { type: 'boolean' } } });
+  // Hard stop, should a graceful shutdown hang past its grace period.
+  const forceExit = (graceMs: number) => setTimeout(() => process.exit(1), graceMs + 5000).unref();
   if (values.help) return void process.stdout.write('chorus serve [--config FILE]\n');
   const config = loadConfig({ file: values.config ?? process.env.CHORUS_CONFIG });
   const logger = createLogger({ level: config.logLevel, replica: config.replica, shard: config.shard });
@@ -32,6 +38,7 @@ async function serve(args: string[]): Promise<void> {
   const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    forceExit(config.shutdownGraceMs);
     logger.info({ signal }, 'shutting down');
     sidecar.stop().then(
       () => process.exit(0),
@@ -77,11 +84,12 @@ async function dev(args: string[]): Promise<void> {
       process.stdout.write(
         JSON.stringify({
           zookeeper: info.zookeeper,
+          adminToken: info.adminToken,
           replicas: info.replicas.map((r) => ({ name: r.name, http: r.http, clickhouse: r.clickhouse, grpc: r.grpc, interserver: r.interserver, pids: r.pids })),
         }) + '\n',
       );
     } else {
-      process.stdout.write(`ZooKeeper ${info.zookeeper}\n`);
+      process.stdout.write(`ZooKeeper ${info.zookeeper}; admin token ${info.adminToken} (export CHORUS_ADMIN_TOKEN=${info.adminToken})\n`);
       for (const r of info.replicas) process.stdout.write(`${r.name}: chorus ${r.http}  clickhouse ${r.clickhouse}  grpc ${r.grpc}\n`);
     }
     return;
@@ -115,6 +123,18 @@ async function main(argv: string[]): Promise<void> {
       return dev(args);
     case 'demo':
       return runDemo(args);
+    case 'status':
+    case 'entries':
+    case 'entry':
+    case 'resync':
+    case 'clone':
+    case 'decommission':
+    case 'pause':
+    case 'resume': {
+      const code = await runAdminCommand(command, args, (s) => process.stdout.write(s));
+      if (code !== 0) process.exitCode = code;
+      return;
+    }
     case undefined:
     case '--help':
     case '-h':

@@ -100,6 +100,21 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    admin: z
+      .object({
+        /** Bearer token every admin call must carry; empty leaves the admin API open. */
+        token: z.string().default(''),
+      })
+      .strict()
+      .prefault({}),
+    health: z
+      .object({
+        /** /readyz answers not ready while more entries than this wait to be applied here. */
+        maxReadyLagEntries: z.number().int().min(0).default(1000),
+      })
+      .strict()
+      .prefault({}),
+    shutdownGraceMs: z.number().int().min(0).default(15_000),
     testFaults: z.boolean().default(false),
   })
   .strict();

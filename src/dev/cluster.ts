@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -36,6 +37,8 @@ export interface ClusterInfo {
   zookeeperPid: number;
   shard: string;
   cluster: string;
+  /** The bearer token of every sidecar's Admin API (CHORUS_ADMIN_TOKEN for the CLI). */
+  adminToken: string;
   replicas: ReplicaInfo[];
 }
 
@@ -78,6 +81,7 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     zookeeperPid: 0,
     shard: 'shard1',
     cluster: 'dev',
+    adminToken: randomBytes(16).toString('hex'),
     replicas: [],
   };
   const save = () => writeFileSync(stateFile(dir), JSON.stringify(info, null, 2));
@@ -146,6 +150,7 @@ function writeSidecarConfig(info: ClusterInfo, r: ReplicaInfo, extra: Record<str
     interserver: { host: '127.0.0.1', port: r.ports.interserver },
     grpc: { host: '127.0.0.1', port: r.ports.grpc },
     peers: info.replicas.map((p) => ({ name: p.name, grpc: p.grpc, interserver: p.interserver })),
+    admin: { token: info.adminToken },
   };
   for (const [key, value] of Object.entries(extra)) {
     const path = key.split('.');

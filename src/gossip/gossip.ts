@@ -217,7 +217,11 @@ function normaliseEntry(e: LogEntry): LogEntry {
 export function toGrpcError(err: unknown): grpc.ServiceError {
   const e = ChorusError.from(err);
   const status =
-    e.code === 'ALLOCATOR_UNAVAILABLE' || e.code === 'SHUTTING_DOWN' || e.code === 'PEER_UNAVAILABLE'
+    e.code === 'UNAUTHENTICATED'
+      ? grpc.status.UNAUTHENTICATED
+      : e.code === 'FAILED_PRECONDITION'
+        ? grpc.status.FAILED_PRECONDITION
+        : e.httpStatus === 503
       ? grpc.status.UNAVAILABLE
       : e.httpStatus === 404
         ? grpc.status.NOT_FOUND

@@ -67,9 +67,21 @@ export interface InsertDeps {
  * A crash at any step is recovered at start-up (see Recovery).
  */
 export class InsertPipeline {
+  /** Inserts and table operations running now; shutdown waits for them. */
+  inFlight = 0;
+
   constructor(private readonly deps: InsertDeps) {}
 
   async insert(req: InsertRequest): Promise<InsertResult> {
+    this.inFlight++;
+    try {
+      return await this.insertCounted(req);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  private async insertCounted(req: InsertRequest): Promise<InsertResult> {
     const { ch, catalog, staging, store, log, attacher, metrics, faults } = this.deps;
     const table = await catalog.resolve(req.database, req.table);
     const label = `${table.database}.${table.name}`;
@@ -212,6 +224,15 @@ export class InsertPipeline {
    * replica in LSN order relative to the table's inserts. Answered once applied here.
    */
   async tableOp(op: { kind: 'drop_partition' | 'truncate'; database: string; table: string; partition: string }): Promise<number> {
+    this.inFlight++;
+    try {
+      return await this.tableOpCounted(op);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  private async tableOpCounted(op: { kind: 'drop_partition' | 'truncate'; database: string; table: string; partition: string }): Promise<number> {
     const { catalog, staging, log } = this.deps;
     const table = await catalog.resolve(op.database, op.table);
     const label = `${table.database}.${table.name}`;

@@ -119,6 +119,34 @@ export class LocalLog {
     return added;
   }
 
+  listEntries(q: { fromLsn: number; toLsn: number; table: string; state: string; limit: number }): Array<{ entry: LogEntry; state: EntryState; attempts: number; lastError: string }> {
+    const where = ['lsn >= ?'];
+    const args: Array<string | number> = [q.fromLsn];
+    if (q.toLsn > 0) {
+      where.push('lsn <= ?');
+      args.push(q.toLsn);
+    }
+    if (q.table) {
+      const dot = q.table.indexOf('.');
+      where.push('database = ? AND tbl = ?');
+      args.push(dot > 0 ? q.table.slice(0, dot) : 'default', dot > 0 ? q.table.slice(dot + 1) : q.table);
+    }
+    if (q.state) {
+      where.push('state = ?');
+      args.push(q.state);
+    }
+    const rows = this.db
+      .prepare(`SELECT body, state, attempts, last_error AS lastError FROM entries WHERE ${where.join(' AND ')} ORDER BY lsn LIMIT ?`)
+      .all(...args, q.limit) as Array<{ body: string; state: EntryState; attempts: number; lastError: string | null }>;
+    return rows.map((r) => ({ entry: JSON.parse(r.body) as LogEntry, state: r.state, attempts: r.attempts, lastError: r.lastError ?? '' }));
+  }
+
+  /** When the oldest entry not applied here was allocated (ms), if any. */
+  oldestUnappliedAt(): number | undefined {
+    const row = this.db.prepare("SELECT body FROM entries WHERE state IN ('pending', 'stored') ORDER BY lsn LIMIT 1").get() as { body: string } | undefined;
+    return row ? (JSON.parse(row.body) as LogEntry).allocatedAtMs : undefined;
+  }
+
   getMeta(key: string): string | undefined {
     return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
   }

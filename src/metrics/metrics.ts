@@ -69,6 +69,11 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly lagSeconds = new Gauge({
+    name: 'chorus_lag_seconds',
+    help: 'Age of the oldest entry not yet applied on this replica (0 when caught up)',
+    registers: [this.registry],
+  });
   readonly partStoreBytes = new Gauge({
     name: 'chorus_part_store_bytes',
     help: 'Bytes of part copies held in the part store',

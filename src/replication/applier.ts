@@ -28,6 +28,8 @@ export class Applier {
   private attempts = new Map<number, number>();
   private wake: (() => void) | null = null;
   private stopped = false;
+  /** Set by the admin Pause call: nothing new is applied; gossip and inserts go on. */
+  paused = false;
   private loop: Promise<void> | null = null;
   private readonly slots: Semaphore;
 
@@ -68,6 +70,19 @@ export class Applier {
     };
   }
 
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  /** Forgets backoff for these LSNs and wakes up (resync). */
+  retryNow(lsns: number[]): void {
+    for (const lsn of lsns) {
+      this.retryAt.delete(lsn);
+      this.attempts.delete(lsn);
+    }
+    this.notify();
+  }
+
   notify(): void {
     this.wake?.();
   }
@@ -75,7 +90,7 @@ export class Applier {
   private async run(): Promise<void> {
     while (!this.stopped) {
       const now = Date.now();
-      const pending = this.log.unappliedLsns(2000);
+      const pending = this.paused ? [] : this.log.unappliedLsns(2000);
       this.metrics.lagEntries.set(pending.length);
       const withOps = this.log.tablesWithPendingOps();
       for (const lsn of pending) {

@@ -2,7 +2,13 @@ import * as grpc from '@grpc/grpc-js';
 import type { FastifyInstance } from 'fastify';
 import { Allocator } from '../allocator/allocator.js';
 import { ZkSession } from '../allocator/zk.js';
+import { registerAdmin, type AdminBackend, type AdminStatus, type EntryInfo } from '../api/admin.js';
 import { registerOperationalRoutes, type Readiness } from '../api/http-routes.js';
+import { ReflectionService } from '@grpc/reflection';
+import * as protoLoader from '@grpc/proto-loader';
+import { LOADER_OPTIONS } from '../gossip/proto.js';
+import { CHORUS_VERSION } from '../core/version.js';
+import type { CloneProgress } from '../replication/clone.js';
 import { Attacher } from '../clickhouse/attach.js';
 import { TableCatalog } from '../clickhouse/catalog.js';
 import { ClickHouseHttp, quoteString } from '../clickhouse/http.js';
@@ -32,7 +38,7 @@ export interface ListeningPorts {
 }
 
 /** One replica's sidecar: every box of DESIGN.md, wired together and started in order. */
-export class Sidecar {
+export class Sidecar implements AdminBackend {
   readonly metrics = new Metrics();
   readonly faults: Faults;
   readonly ch: ClickHouseHttp;
@@ -54,6 +60,7 @@ export class Sidecar {
   private readonly interserver: FastifyInstance;
   private readonly grpcServer = new grpc.Server();
   private accepting = false;
+  private readonly pipeline: InsertPipeline;
   private snapshotSweep: NodeJS.Timeout | null = null;
 
   constructor(
@@ -131,7 +138,7 @@ export class Sidecar {
       this.metrics,
       logger.child({ component: 'gossip' }),
     );
-    const pipeline = new InsertPipeline({
+    const pipeline = (this.pipeline = new InsertPipeline({
       self: config.replica,
       ch: this.ch,
       catalog: this.catalog,
@@ -149,7 +156,7 @@ export class Sidecar {
       metrics: this.metrics,
       logger: logger.child({ component: 'insert' }),
       duplicateWaitMs: config.gossip.allocateTimeoutMs,
-    });
+    }));
     this.recovery = new Recovery({
       self: config.replica,
       log: this.log,
@@ -169,6 +176,8 @@ export class Sidecar {
       status: () => this.status(),
       beforeScrape: () => {
         this.metrics.partStoreBytes.set(this.gc.bytesHeld);
+        const oldest = this.log.oldestUnappliedAt();
+        this.metrics.lagSeconds.set(oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000));
         this.metrics.memberStates.reset();
         for (const m of this.gossip.swim.members.list()) this.metrics.memberStates.inc({ state: m.state });
       },
@@ -193,6 +202,10 @@ export class Sidecar {
     });
     this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots });
     this.gossip.register(this.grpcServer);
+    registerAdmin(this.grpcServer, this, config.admin.token);
+    // grpcurl and other tools list and call the services without the proto files.
+    new ReflectionService(protoLoader.loadSync(['chorus/v1/gossip.proto', 'chorus/v1/admin.proto'], LOADER_OPTIONS)).addToServer(this.grpcServer);
+    for (const name of JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]) this.gossip.swim.members.decommission(name);
   }
 
   /** The lowest applied watermark among members that count (not decommissioned); 0 when one is unknown. */
@@ -207,6 +220,9 @@ export class Sidecar {
 
   async readiness(): Promise<Readiness> {
     const reasons: string[] = [];
+    const lag = this.log.countUnapplied().entries;
+    if (lag > this.config.health.maxReadyLagEntries) reasons.push(`${lag} entries wait to be applied here (more than health.maxReadyLagEntries = ${this.config.health.maxReadyLagEntries})`);
+    if (this.cloner.progress.state === 'cloning') reasons.push('cloning from a peer');
     if (!(await this.ch.ping())) reasons.push(`ClickHouse at ${this.config.clickhouse.url} is not reachable`);
     const allocating = this.gossip.allocatingMember();
     if (allocating === this.config.replica && !this.allocator.usable) {
@@ -216,30 +232,117 @@ export class Sidecar {
     return { ready: reasons.length === 0, reasons };
   }
 
-  status() {
-    const { known, applied } = this.log.watermarks();
+  /** The Admin service's GetStatus, also served as JSON at /_chorus/status. */
+  async status(): Promise<AdminStatus> {
+    const { applied } = this.log.watermarks();
+    const readiness = await this.readiness();
+    const versionRows = await this.ch.rows<{ v: string }>('SELECT version() AS v').catch(() => []);
+    const unapplied = this.log.countUnapplied();
+    const oldest = this.log.oldestUnappliedAt();
+    const progress = new Map(this.log.peerProgress().map((p) => [p.name, p]));
+    const grpcOf = new Map(this.config.peers.map((p) => [p.name, p.grpc]));
     return {
       replica: this.config.replica,
       shard: this.config.shard,
       cluster: this.config.cluster,
+      version: CHORUS_VERSION,
+      clickhouseReachable: versionRows.length > 0,
+      clickhouseVersion: versionRows[0]?.v ?? '',
+      zookeeperSession: this.zk.isConnected ? 'connected' : this.zk.isOpen ? 'connecting' : 'closed (only the allocating member keeps one)',
       maxLsn: this.log.maxLsn(),
-      knownWatermark: known,
       appliedWatermark: applied,
-      unapplied: this.log.countUnapplied(),
-      allocatingMember: this.gossip.allocatingMember(),
-      partStore: { bytes: this.gc.bytesHeld, parts: this.gc.partsHeld },
-      clone: this.cloner.progress,
+      lag: { entries: unapplied.entries, bytes: unapplied.bytes, seconds: oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000) },
+      fetchesInFlight: this.applier.inFlightCount,
+      partStoreBytes: this.gc.bytesHeld,
       members: this.gossip.swim.members.list().map((m) => {
-        const progress = this.log.peerProgress().find((p) => p.name === m.name);
+        const self = m.name === this.config.replica;
         return {
           name: m.name,
           state: m.state,
           incarnation: m.incarnation,
-          appliedWatermark: m.name === this.config.replica ? applied : (progress?.appliedWatermark ?? 0),
-          maxLsn: m.name === this.config.replica ? this.log.maxLsn() : (progress?.maxLsn ?? 0),
+          appliedWatermark: self ? applied : (progress.get(m.name)?.appliedWatermark ?? 0),
+          maxLsn: self ? this.log.maxLsn() : (progress.get(m.name)?.maxLsn ?? 0),
+          grpc: self ? `${this.config.grpc.host}:${this.config.grpc.port}` : (grpcOf.get(m.name) ?? ''),
         };
       }),
+      ready: readiness.ready,
+      notReadyReasons: readiness.reasons,
+      paused: this.applier.paused,
+      allocatingMember: this.gossip.allocatingMember(),
+      clone: this.cloner.progress,
     };
+  }
+
+  listEntries(q: { fromLsn: number; toLsn: number; table: string; state: string; limit: number }): EntryInfo[] {
+    return this.log.listEntries(q);
+  }
+
+  getEntry(lsn: number): EntryInfo | undefined {
+    return this.log.listEntries({ fromLsn: lsn, toLsn: lsn, table: '', state: '', limit: 1 })[0];
+  }
+
+  async resync(q: { fromLsn: number; toLsn: number; table: string }): Promise<number> {
+    const todo = this.log
+      .listEntries({ ...q, state: '', limit: 1_000_000 })
+      .filter((e) => e.state === 'pending' || e.state === 'stored')
+      .map((e) => e.entry);
+    for (const e of todo) {
+      // A copy that may be bad is fetched again; the origin's own copy is the only one it has.
+      if (e.origin !== this.config.replica && e.kind === 'insert' && this.log.attachFloor(e.lsn) === null) {
+        await this.store.remove(e.lsn);
+        this.log.setState(e.lsn, 'pending');
+      }
+    }
+    this.applier.retryNow(todo.map((e) => e.lsn));
+    return todo.length;
+  }
+
+  async clone(from: string): Promise<CloneProgress> {
+    const peer = this.config.peers.find((p) => p.name === from && p.name !== this.config.replica);
+    if (!peer) throw new ChorusError('NOT_FOUND', `no peer named ${from}`);
+    if (this.log.maxLsn() > 0 || this.log.getMeta('clone')) {
+      throw new ChorusError('FAILED_PRECONDITION', 'this replica already has a log; a clone goes only into an empty replica (wipe it first)');
+    }
+    const wasPaused = this.applier.paused;
+    this.applier.paused = true;
+    try {
+      return await this.cloner.clone(peer);
+    } finally {
+      this.applier.paused = wasPaused;
+      this.applier.notify();
+    }
+  }
+
+  /**
+   * Removes a member for good. Before voiding anything, everything the live members hold is
+   * pulled here: an LSN is voided only when no live replica has its entry.
+   */
+  async decommission(replica: string): Promise<number[]> {
+    if (replica === this.config.replica) throw new ChorusError('FAILED_PRECONDITION', 'a replica cannot decommission itself: ask another member');
+    if (!this.gossip.swim.members.get(replica)) throw new ChorusError('NOT_FOUND', `no member named ${replica}`);
+    this.gossip.swim.members.decommission(replica);
+    const names = new Set(JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]);
+    names.add(replica);
+    this.log.setMeta('decommissioned', JSON.stringify([...names]));
+    for (const peer of this.peers) {
+      if (peer.name !== replica && this.gossip.swim.isAlive(peer.name)) await this.gossip.exchangeOnce(peer);
+    }
+    const window = (await this.allocator.read()).window;
+    const orphans = window.filter((e) => e[2] === replica && !this.log.get(e[1])).map((e) => e[1]);
+    const voided = this.log.voidUnrecorded(orphans, replica);
+    if (voided.length) {
+      this.gossip.broadcast(voided);
+      await this.allocator.release(voided.map((e) => e.lsn));
+    }
+    this.logger.warn({ replica, voided: voided.map((e) => e.lsn) }, 'member decommissioned');
+    return voided.map((e) => e.lsn);
+  }
+
+  setPaused(paused: boolean): boolean {
+    this.applier.paused = paused;
+    this.applier.notify();
+    this.logger.info({ paused }, paused ? 'applying paused' : 'applying resumed');
+    return paused;
   }
 
   /** Starts in dependency order; returns the ports bound (useful when configured as 0). */
@@ -318,8 +421,15 @@ export class Sidecar {
     }
   }
 
+  /**
+   * SIGTERM: new inserts get 503 SHUTTING_DOWN at once, the ones in flight finish (up to
+   * shutdownGraceMs), then everything closes: the local log is flushed, the ZooKeeper session
+   * closed.
+   */
   async stop(): Promise<void> {
     this.accepting = false;
+    const deadline = Date.now() + this.config.shutdownGraceMs;
+    while (this.pipeline.inFlight > 0 && Date.now() < deadline) await sleep(20);
     this.gossip.stop();
     this.recovery.stop();
     this.gc.stop();

@@ -1,0 +1,174 @@
+import { parseArgs } from 'node:util';
+import type { AdminStatus } from '../api/admin.js';
+import { ChorusError } from '../core/errors.js';
+import { AdminClient } from './admin-client.js';
+
+export class UsageError extends Error {}
+
+/** Exit codes scripts can rely on. */
+export const EXIT = { ok: 0, failed: 1, usage: 2, degraded: 3 } as const;
+
+const COMMON = {
+  grpc: { type: 'string' },
+  token: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean' },
+} as const;
+
+const HELP: Record<string, string> = {
+  status: 'chorus status --grpc HOST:PORT [--token T] [--json]\n  The whole shard as seen from one replica, each member asked for its own figures.\n  Exit 0 when every member is alive and ready, 3 when not, 1 when the replica cannot be asked.\n',
+  entries: 'chorus entries --grpc HOST:PORT [--from LSN] [--to LSN] [--table db.t] [--state pending|stored|applied|voided] [--limit N] [--json]\n',
+  entry: 'chorus entry LSN --grpc HOST:PORT [--json]\n',
+  resync: 'chorus resync --grpc HOST:PORT [--from LSN] [--to LSN] [--table db.t]\n  Fetches again what is not applied yet; an applied LSN is never attached twice.\n',
+  clone: 'chorus clone --grpc HOST:PORT --from REPLICA\n  Copies a consistent snapshot from REPLICA into the (empty) replica at HOST:PORT.\n',
+  decommission: 'chorus decommission REPLICA --grpc HOST:PORT\n  Removes REPLICA from the shard for good (asked of another member); voids LSNs it allocated that nobody holds.\n',
+  pause: 'chorus pause --grpc HOST:PORT\n  Stops applying entries on that replica (gossip and inserts go on).\n',
+  resume: 'chorus resume --grpc HOST:PORT\n',
+};
+
+export const ADMIN_COMMANDS = Object.keys(HELP);
+
+const bytes = (n: number) => (n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(1)} GiB` : n >= 1024 ** 2 ? `${(n / 1024 ** 2).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+export async function runAdminCommand(command: string, args: string[], out: (s: string) => void): Promise<number> {
+  const extra = {
+    from: { type: 'string' },
+    to: { type: 'string' },
+    table: { type: 'string' },
+    state: { type: 'string' },
+    limit: { type: 'string' },
+  } as const;
+  const { values, positionals } = parseArgs({ args, options: { ...COMMON, ...extra }, allowPositionals: true });
+  if (values.help) {
+    out(HELP[command]!);
+    return EXIT.ok;
+  }
+  const address = values.grpc ?? process.env.CHORUS_GRPC;
+  if (!address) throw new UsageError(`--grpc HOST:PORT is required (or CHORUS_GRPC)\n${HELP[command]}`);
+  const token = values.token ?? process.env.CHORUS_ADMIN_TOKEN ?? '';
+  const num = (v: string | undefined, name: string) => {
+    if (v === undefined) return 0;
+    if (!/^\d+$/.test(v)) throw new UsageError(`--${name} must be a non-negative integer`);
+    return Number(v);
+  };
+  const client = new AdminClient(address, token);
+  try {
+    switch (command) {
+      case 'status':
+        return await status(client, token, values.json ?? false, out);
+      case 'entries': {
+        const reply = await client.call<{ entries: unknown[] }>('listEntries', {
+          fromLsn: num(values.from, 'from'),
+          toLsn: num(values.to, 'to'),
+          table: values.table ?? '',
+          state: values.state ?? '',
+          limit: num(values.limit, 'limit') || 100,
+        });
+        if (values.json) out(JSON.stringify(reply.entries, null, 2) + '\n');
+        else {
+          const rows = [['LSN', 'KIND', 'TABLE', 'STATE', 'ROWS', 'BYTES', 'ORIGIN', 'LAST ERROR']];
+          for (const e of reply.entries as Array<{ entry: { lsn: number; kind: string; database: string; table: string; rows: number; bytes: number; origin: string }; state: string; lastError: string }>) {
+            rows.push([String(e.entry.lsn), e.entry.kind, e.entry.table ? `${e.entry.database}.${e.entry.table}` : '-', e.state, String(e.entry.rows), bytes(Number(e.entry.bytes)), e.entry.origin, e.lastError]);
+          }
+          out(table(rows));
+        }
+        return EXIT.ok;
+      }
+      case 'entry': {
+        const lsn = num(positionals[0], 'LSN');
+        if (!lsn) throw new UsageError(HELP.entry!);
+        out(JSON.stringify(await client.call('getEntry', { lsn }), null, 2) + '\n');
+        return EXIT.ok;
+      }
+      case 'resync': {
+        const r = await client.call<{ entries: number }>('resync', { fromLsn: num(values.from, 'from'), toLsn: num(values.to, 'to'), table: values.table ?? '' });
+        out(values.json ? JSON.stringify(r) + '\n' : `${r.entries} entries will be fetched and applied again\n`);
+        return EXIT.ok;
+      }
+      case 'clone': {
+        if (!values.from) throw new UsageError(HELP.clone!);
+        const r = await client.call<{ clone: unknown }>('clone', { from: values.from }, 3_600_000);
+        out(JSON.stringify(r.clone, null, 2) + '\n');
+        return EXIT.ok;
+      }
+      case 'decommission': {
+        const replica = positionals[0];
+        if (!replica) throw new UsageError(HELP.decommission!);
+        const r = await client.call<{ voided: number[] }>('decommission', { replica }, 60_000);
+        out(values.json ? JSON.stringify(r) + '\n' : `${replica} decommissioned; voided LSNs: ${r.voided.length ? r.voided.join(', ') : 'none'}\n`);
+        return EXIT.ok;
+      }
+      case 'pause':
+      case 'resume': {
+        const r = await client.call<{ paused: boolean }>(command);
+        out(`applying ${r.paused ? 'paused' : 'running'}\n`);
+        return EXIT.ok;
+      }
+      default:
+        throw new UsageError(`unknown command ${command}`);
+    }
+  } finally {
+    client.close();
+  }
+}
+
+async function status(client: AdminClient, token: string, json: boolean, out: (s: string) => void): Promise<number> {
+  const asked = await client.call<AdminStatus>('getStatus');
+  // Each member is asked for its own figures; one that does not answer is shown as seen from here.
+  const own = await Promise.all(
+    asked.members.map(async (m) => {
+      if (m.name === asked.replica) return asked;
+      if (!m.grpc) return undefined;
+      const c = new AdminClient(m.grpc, token, 2000);
+      try {
+        return await c.call<AdminStatus>('getStatus');
+      } catch {
+        return undefined;
+      } finally {
+        c.close();
+      }
+    }),
+  );
+  const members = asked.members.map((m, i) => {
+    const s = own[i];
+    return {
+      name: m.name,
+      state: m.state,
+      appliedWatermark: Number(s?.appliedWatermark ?? m.appliedWatermark),
+      lagEntries: s ? Number(s.lag.entries) : Math.max(0, Number(asked.maxLsn) - Number(m.appliedWatermark)),
+      lagSeconds: s ? Number(s.lag.seconds) : null,
+      partStoreBytes: s ? Number(s.partStoreBytes) : null,
+      ready: s ? s.ready : false,
+      notReadyReasons: s ? s.notReadyReasons : ['did not answer'],
+      reachable: s !== undefined,
+    };
+  });
+  const healthy = members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready));
+  if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members }, null, 2) + '\n');
+  else {
+    out(`shard ${asked.shard} (cluster ${asked.cluster}): asked ${asked.replica}, highest LSN ${asked.maxLsn}, allocating member ${asked.allocatingMember}, ZooKeeper ${asked.zookeeperSession}\n\n`);
+    const rows = [['MEMBER', 'STATE', 'APPLIED LSN', 'LAG', 'LAG (s)', 'PART STORE', 'READY']];
+    for (const m of members) {
+      rows.push([
+        m.name,
+        m.state,
+        String(m.appliedWatermark),
+        String(m.lagEntries),
+        m.lagSeconds === null ? '-' : m.lagSeconds.toFixed(1),
+        m.partStoreBytes === null ? '-' : bytes(m.partStoreBytes),
+        m.reachable ? (m.ready ? 'yes' : `no: ${m.notReadyReasons.join('; ')}`) : 'unreachable',
+      ]);
+    }
+    out(table(rows));
+  }
+  return healthy ? EXIT.ok : EXIT.degraded;
+}
+
+export function isChorusError(err: unknown): err is ChorusError {
+  return err instanceof ChorusError;
+}
