@@ -2,12 +2,12 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
-import { devKill } from '../../src/dev/cluster.js';
+import { devKill, PACKAGE_ROOT } from '../../src/dev/cluster.js';
 import { TestCluster } from '../support/cluster.js';
 
 interface Status {
   members: Array<{ name: string; state: string }>;
-  partStore: { bytes: number; parts: number };
+  partStoreBytes: number;
 }
 
 /** Failure detection and part-store GC on real processes. */
@@ -67,7 +67,32 @@ describe('membership and part-store GC', () => {
     expect(onDisk(0)).toBeGreaterThan(0);
     for (let i = 0; i < 3; i++) {
       await expect.poll(() => onDisk(i), { timeout: 20_000, interval: 300 }).toBe(0);
-      await expect.poll(async () => (await status(i)).partStore.bytes, { timeout: 5000, interval: 300 }).toBe(0);
+      await expect.poll(async () => (await status(i)).partStoreBytes, { timeout: 5000, interval: 300 }).toBe(0);
     }
+  });
+
+  it('a member that is gone holds part copies back until it is decommissioned; then GC frees them', async () => {
+    const onDisk = (i: number) =>
+      execFileSync('find', [join(cluster.replica(i).dir, 'chorus', 'parts'), '-type', 'f', '-printf', '%s\n'], { encoding: 'utf8' })
+        .split('\n')
+        .filter(Boolean)
+        .reduce((sum, n) => sum + Number(n), 0);
+    await devKill(cluster.info.dir, 'r3', 'sidecar', 'KILL');
+    for (let i = 100; i < 110; i++) {
+      const res = await cluster.chorus(i % 2, { query: 'INSERT INTO default.gc FORMAT TabSeparated', body: `2026-11-02\t${i}\n` });
+      expect(res.status).toBe(200);
+    }
+    await expect.poll(() => stateOf(0, 'r3'), { timeout: 15_000, interval: 200 }).toBe('dead');
+    // Past the minimum retention, r3 has not applied them: the copies stay.
+    await sleep(4000);
+    expect(onDisk(0)).toBeGreaterThan(0);
+    const out = execFileSync(process.execPath, [join(PACKAGE_ROOT, 'bin', 'chorus.js'), 'decommission', 'r3', '--grpc', cluster.replica(0).grpc], {
+      encoding: 'utf8',
+      env: { ...process.env, CHORUS_ADMIN_TOKEN: cluster.info.adminToken },
+    });
+    expect(out).toContain('r3 decommissioned');
+    expect(await stateOf(0, 'r3')).toBe('decommissioned');
+    await expect.poll(() => stateOf(1, 'r3'), { timeout: 10_000, interval: 200 }).toBe('decommissioned');
+    for (const i of [0, 1]) await expect.poll(() => onDisk(i), { timeout: 20_000, interval: 300 }).toBe(0);
   });
 });
