@@ -52,10 +52,18 @@ export class PartStoreGc {
       if (!Number.isSafeInteger(lsn)) continue;
       const dir = join(this.store.partsDir, name);
       const found = this.log.get(lsn);
-      const state = found?.state;
-      const age = now - (found?.entry.allocatedAtMs ?? statSync(dir).mtimeMs);
+      if (!found) {
+        // A copy with no entry yet (being recorded, or an interrupted insert's leftover that
+        // recovery did not claim) is only removed after the maximum retention.
+        if (now - statSync(dir).mtimeMs >= this.opts.maxRetentionMs) {
+          await this.store.remove(lsn);
+          deleted++;
+        }
+        continue;
+      }
+      const age = now - found.entry.allocatedAtMs;
       // Never before this replica has it attached: the copy is what ATTACH links from.
-      const appliedHere = state === 'applied' || state === 'voided' || state === undefined;
+      const appliedHere = found.state === 'applied' || found.state === 'voided';
       const everyoneHasIt = lsn <= everywhere && age >= this.opts.minRetentionMs;
       if (appliedHere && (everyoneHasIt || age >= this.opts.maxRetentionMs)) {
         await this.store.remove(lsn);
@@ -63,7 +71,9 @@ export class PartStoreGc {
         continue;
       }
       parts++;
-      for (const file of readdirSync(dir)) bytes += statSync(join(dir, file)).size;
+      // Sizes come from the entry: a stat of every file of every held part, every few seconds,
+      // blocked the event loop for tens of milliseconds on a slow disk.
+      bytes += found.entry.bytes;
     }
     this.bytesHeld = bytes;
     this.partsHeld = parts;

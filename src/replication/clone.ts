@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { linkSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Attacher } from '../clickhouse/attach.js';
-import type { TableCatalog } from '../clickhouse/catalog.js';
+import { isReplicableEngine, type TableCatalog } from '../clickhouse/catalog.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -64,7 +64,7 @@ export class Snapshots {
     const tables = await ch.rows<{ database: string; name: string; engine: string; create_table_query: string }>(
       `SELECT database, name, engine, create_table_query FROM system.tables WHERE database IN (${dbs})`,
     );
-    const replicated = tables.filter((t) => /MergeTree$/.test(t.engine) && !t.engine.startsWith('Replicated'));
+    const replicated = tables.filter((t) => isReplicableEngine(t.engine));
     const manifest: SnapshotManifest = { id, source: this.deps.self, maxLsn: 0, applied: [], tables: [], unreplicated: [] };
     await this.deps.attacher.withTablesLocked(
       replicated.map((t) => `${t.database}.${t.name}`),

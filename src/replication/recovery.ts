@@ -104,14 +104,18 @@ export class Recovery {
     }
   }
 
-  /** Voids LSNs this replica allocated and has no entry for, here, in the window and at the peers. */
-  async voidLsns(lsns: number[]): Promise<void> {
-    const voided = this.deps.log.voidUnrecorded(lsns, this.deps.self);
-    if (voided.length === 0) return;
-    this.deps.logger.warn({ lsns: voided.map((e) => e.lsn) }, 'voided LSNs allocated here but never recorded');
+  /**
+   * Voids LSNs that have no entry here, here, in the window and at the peers. Only their origin
+   * (the default) or the member decommissioning that origin may call it.
+   */
+  async voidLsns(lsns: number[], origin = this.deps.self): Promise<number[]> {
+    const voided = this.deps.log.voidUnrecorded(lsns, origin);
+    if (voided.length === 0) return [];
+    this.deps.logger.warn({ lsns: voided.map((e) => e.lsn), origin }, 'voided LSNs that were allocated but never recorded');
     this.deps.announce(voided);
     for (const e of voided) this.unreleased.add(e.lsn);
     await this.release(voided.map((e) => e.lsn));
+    return voided.map((e) => e.lsn);
   }
 
   private async release(lsns: number[]): Promise<void> {

@@ -150,7 +150,7 @@ export class Sidecar implements AdminBackend {
       announce: (entries) => this.gossip.broadcast(entries),
       hold: (lsns) => this.applier.hold(lsns),
       notifyApplier: () => this.applier.notify(),
-      voidLsns: (lsns) => this.recovery.voidLsns(lsns),
+      voidLsns: async (lsns) => void (await this.recovery.voidLsns(lsns)),
       inFlight: this.inFlightAllocations,
       faults: this.faults,
       metrics: this.metrics,
@@ -329,13 +329,9 @@ export class Sidecar implements AdminBackend {
     }
     const window = (await this.allocator.read()).window;
     const orphans = window.filter((e) => e[2] === replica && !this.log.get(e[1])).map((e) => e[1]);
-    const voided = this.log.voidUnrecorded(orphans, replica);
-    if (voided.length) {
-      this.gossip.broadcast(voided);
-      await this.allocator.release(voided.map((e) => e.lsn));
-    }
-    this.logger.warn({ replica, voided: voided.map((e) => e.lsn) }, 'member decommissioned');
-    return voided.map((e) => e.lsn);
+    const voided = await this.recovery.voidLsns(orphans, replica);
+    this.logger.warn({ replica, voided }, 'member decommissioned');
+    return voided;
   }
 
   setPaused(paused: boolean): boolean {

@@ -33,6 +33,12 @@ describe('membership and part-store GC', () => {
   });
 
   const status = async (i: number): Promise<Status> => (await fetch(`${cluster.replica(i).http}/_chorus/status`)).json() as Promise<Status>;
+  /** Bytes of every file under a replica's part store, as find sees them on disk. */
+  const onDisk = (i: number) =>
+    execFileSync('find', [join(cluster.replica(i).dir, 'chorus', 'parts'), '-type', 'f', '-printf', '%s\n'], { encoding: 'utf8' })
+      .split('\n')
+      .filter(Boolean)
+      .reduce((sum, n) => sum + Number(n), 0);
   const stateOf = async (viewer: number, member: string) => (await status(viewer)).members.find((m) => m.name === member)?.state;
 
   it('a sidecar stopped longer than the suspicion timeout is suspect, then dead; SIGCONT brings it back alive', async () => {
@@ -58,12 +64,6 @@ describe('membership and part-store GC', () => {
       expect(res.status).toBe(200);
     }
     expect((await cluster.waitConverged('default.gc', 'cityHash64(day, id)', 30, 10_000)).map((f) => f.count)).toEqual([30, 30, 30]);
-    // Bytes of every file under the part store, as find sees them on disk.
-    const onDisk = (i: number) =>
-      execFileSync('find', [join(cluster.replica(i).dir, 'chorus', 'parts'), '-type', 'f', '-printf', '%s\n'], { encoding: 'utf8' })
-        .split('\n')
-        .filter(Boolean)
-        .reduce((sum, n) => sum + Number(n), 0);
     expect(onDisk(0)).toBeGreaterThan(0);
     for (let i = 0; i < 3; i++) {
       await expect.poll(() => onDisk(i), { timeout: 20_000, interval: 300 }).toBe(0);
@@ -72,11 +72,6 @@ describe('membership and part-store GC', () => {
   });
 
   it('a member that is gone holds part copies back until it is decommissioned; then GC frees them', async () => {
-    const onDisk = (i: number) =>
-      execFileSync('find', [join(cluster.replica(i).dir, 'chorus', 'parts'), '-type', 'f', '-printf', '%s\n'], { encoding: 'utf8' })
-        .split('\n')
-        .filter(Boolean)
-        .reduce((sum, n) => sum + Number(n), 0);
     await devKill(cluster.info.dir, 'r3', 'sidecar', 'KILL');
     for (let i = 100; i < 110; i++) {
       const res = await cluster.chorus(i % 2, { query: 'INSERT INTO default.gc FORMAT TabSeparated', body: `2026-11-02\t${i}\n` });
