@@ -145,13 +145,17 @@ export class ZkSession {
     return this.call('exists', (c, cb) => c.exists(path, (err, stat) => cb(err, Boolean(stat))));
   }
 
-  /** Counts `path` and every znode below it. */
+  /** Counts `path` and every znode below it; a znode deleted while it is walked counts as gone. */
   async countZnodes(path: string): Promise<number> {
-    if (!(await this.exists(path))) return 0;
-    let count = 1;
-    for (const child of await this.getChildren(path)) {
-      count += await this.countZnodes(`${path === '/' ? '' : path}/${child}`);
+    let children: string[];
+    try {
+      children = await this.getChildren(path);
+    } catch (err) {
+      if (isZkError(err, ZK_NO_NODE)) return 0;
+      throw err;
     }
+    let count = 1;
+    for (const child of children) count += await this.countZnodes(`${path === '/' ? '' : path}/${child}`);
     return count;
   }
 

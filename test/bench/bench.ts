@@ -380,6 +380,9 @@ async function benchSystem(name: SystemName, sizes: Sizes, log: (msg: string) =>
 
     const w2 = await measureLargeInserts(sys, sizes);
     log(`${name} W2: ${w2.rowsPerSec.toFixed(0)} rows/s (plain ${w2.plainRowsPerSec.toFixed(0)})`);
+    // Right after W2, while its large parts are still in the part store (GC removes copies
+    // everyone has applied once partStore.minRetentionMs has passed).
+    const transfer = name === 'chorus' ? await measureTransfer(cluster) : null;
 
     const tables = Array.from({ length: sizes.w3Tables }, (_, i) => `w3_${i}`);
     for (const t of tables) await sys.createTable(t);
@@ -400,7 +403,6 @@ async function benchSystem(name: SystemName, sizes: Sizes, log: (msg: string) =>
     const w4 = { seconds: idleSeconds, zkRequestsPerSec: ((await sys.zkPackets()) - idleBefore) / idleSeconds };
     log(`${name} W4 idle: ${w4.zkRequestsPerSec.toFixed(2)} ZK requests/s`);
 
-    const transfer = name === 'chorus' ? await measureTransfer(cluster) : null;
     const rss = {
       sidecarMax: name === 'chorus' ? Math.max(...cluster.replicas.map((r) => rssMb(r.pids.sidecar))) : null,
       clickhouseMax: Math.max(...cluster.replicas.map((r) => rssMb(r.pids.clickhouse))),
