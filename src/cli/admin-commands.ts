@@ -1,6 +1,5 @@
 import { parseArgs } from 'node:util';
 import type { AdminStatus } from '../api/admin.js';
-import { ChorusError } from '../core/errors.js';
 import { AdminClient } from './admin-client.js';
 
 export class UsageError extends Error {}
@@ -167,8 +166,4 @@ async function status(client: AdminClient, token: string, json: boolean, out: (s
     out(table(rows));
   }
   return healthy ? EXIT.ok : EXIT.degraded;
-}
-
-export function isChorusError(err: unknown): err is ChorusError {
-  return err instanceof ChorusError;
 }

@@ -70,8 +70,4 @@ export class TableCatalog {
     }
     throw new ChorusError('UNKNOWN_TABLE', `table ${key} does not exist`);
   }
-
-  async dataPath(database: string, table: string): Promise<string> {
-    return (await this.resolve(database, table)).dataPath;
-  }
 }

@@ -27,7 +27,6 @@ export interface PingReply {
 export class Peer {
   readonly client: GossipClient;
   private failingSince: number | null = null;
-  lastOkAt = 0;
 
   constructor(readonly config: PeerConfig) {
     const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
@@ -50,7 +49,6 @@ export class Peer {
     return promise.then(
       (value) => {
         this.failingSince = null;
-        this.lastOkAt = Date.now();
         return value;
       },
       (err: unknown) => {

@@ -72,13 +72,17 @@ export class InsertPipeline {
 
   constructor(private readonly deps: InsertDeps) {}
 
-  async insert(req: InsertRequest): Promise<InsertResult> {
+  private async counted<T>(fn: () => Promise<T>): Promise<T> {
     this.inFlight++;
     try {
-      return await this.insertCounted(req);
+      return await fn();
     } finally {
       this.inFlight--;
     }
+  }
+
+  insert(req: InsertRequest): Promise<InsertResult> {
+    return this.counted(() => this.insertCounted(req));
   }
 
   private async insertCounted(req: InsertRequest): Promise<InsertResult> {
@@ -223,13 +227,8 @@ export class InsertPipeline {
    * DROP PARTITION and TRUNCATE become log entries: allocated, recorded, and applied on every
    * replica in LSN order relative to the table's inserts. Answered once applied here.
    */
-  async tableOp(op: { kind: 'drop_partition' | 'truncate'; database: string; table: string; partition: string }): Promise<number> {
-    this.inFlight++;
-    try {
-      return await this.tableOpCounted(op);
-    } finally {
-      this.inFlight--;
-    }
+  tableOp(op: { kind: 'drop_partition' | 'truncate'; database: string; table: string; partition: string }): Promise<number> {
+    return this.counted(() => this.tableOpCounted(op));
   }
 
   private async tableOpCounted(op: { kind: 'drop_partition' | 'truncate'; database: string; table: string; partition: string }): Promise<number> {

@@ -4,7 +4,7 @@ import { chownSync, linkSync, mkdirSync, readdirSync, renameSync, rmSync, statSy
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { FileInfo } from '../log/entry.js';
-import { fsyncPath, manifestOf, sha256File } from './files.js';
+import { fsyncPath, manifestOf } from './files.js';
 
 /**
  * Immutable copies of parts, one directory per LSN, made of hardlinks into ClickHouse's
@@ -76,21 +76,6 @@ export class PartStore {
 
   async discardPending(nonce: string): Promise<void> {
     await rm(join(this.pendingDir, nonce), { recursive: true, force: true });
-  }
-
-  /** True when every file of the copy matches the manifest. */
-  async verify(lsn: number, files: FileInfo[]): Promise<boolean> {
-    try {
-      const ok = await Promise.all(
-        files.map(async (f) => {
-          const path = join(this.pathOf(lsn), f.name);
-          return (await stat(path)).size === f.size && (await sha256File(path, f.size)) === f.sha256;
-        }),
-      );
-      return ok.every(Boolean);
-    } catch {
-      return false;
-    }
   }
 
   /**
