@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
+import { CLICKHOUSE_BACKENDS, type ClickHouseBackend } from '../dev/clickhouse.js';
 import { devDown, devKill, devStart, devUp, devWipe, type Component } from '../dev/cluster.js';
 import { Sidecar } from '../sidecar/sidecar.js';
 import { runDemo } from './demo.js';
@@ -11,12 +12,15 @@ const USAGE = `chorus: replication coordinator sidecar for ClickHouse
 
 Usage:
   chorus serve [--config FILE]                  run the sidecar (config also from CHORUS_* env)
-  chorus dev up --replicas N --dir DIR [--json] start ZooKeeper, N ClickHouse servers and N sidecars
+  chorus dev up --replicas N --dir DIR [--clickhouse server|chdb] [--json]
+                                                start ZooKeeper, N ClickHouse (Debian's server, or
+                                                ClickHouse 26 from chdb) and N sidecars
   chorus dev down --dir DIR                     stop everything dev up started in DIR
   chorus dev kill NAME --dir DIR [--component sidecar|clickhouse|zookeeper] [--signal KILL|TERM|STOP|CONT]
   chorus dev start NAME --dir DIR [--component sidecar|clickhouse|zookeeper|all]
   chorus dev wipe NAME --dir DIR                stop a replica and empty its ClickHouse data and Chorus state
-  chorus demo [--dir DIR]                       dev up 3 replicas, insert, show the result, serve until Ctrl-C
+  chorus demo [--dir DIR] [--clickhouse server|chdb]
+                                                dev up 3 replicas, insert, show the result, serve until Ctrl-C
 
 Operating a running shard (gRPC Admin API; --grpc or CHORUS_GRPC, --token or CHORUS_ADMIN_TOKEN):
   chorus status --grpc HOST:PORT [--json]       every member: state, applied LSN, lag, part store, ready
@@ -72,6 +76,7 @@ async function dev(args: string[]): Promise<void> {
       help: { type: 'boolean' },
       component: { type: 'string' },
       signal: { type: 'string', default: 'KILL' },
+      clickhouse: { type: 'string', default: 'server' },
     },
   });
   if (values.help || !sub) return void process.stdout.write(USAGE);
@@ -79,11 +84,14 @@ async function dev(args: string[]): Promise<void> {
   if (sub === 'up') {
     const replicas = Number(values.replicas);
     if (!Number.isInteger(replicas) || replicas < 1 || replicas > 9) throw new UsageError('--replicas must be an integer from 1 to 9');
-    const info = await devUp({ replicas, dir: values.dir });
+    const backend = values.clickhouse as ClickHouseBackend;
+    if (!CLICKHOUSE_BACKENDS.includes(backend)) throw new UsageError(`--clickhouse must be one of ${CLICKHOUSE_BACKENDS.join(', ')}`);
+    const info = await devUp({ replicas, dir: values.dir, clickhouse: backend });
     if (values.json) {
       process.stdout.write(
         JSON.stringify({
           zookeeper: info.zookeeper,
+          clickhouseBackend: info.clickhouseBackend,
           adminToken: info.adminToken,
           replicas: info.replicas.map((r) => ({ name: r.name, http: r.http, clickhouse: r.clickhouse, grpc: r.grpc, interserver: r.interserver, pids: r.pids })),
         }) + '\n',

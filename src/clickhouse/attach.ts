@@ -9,7 +9,8 @@ import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import { sha256File } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
-import type { TableCatalog } from './catalog.js';
+import type { TableCatalog, TableInfo } from './catalog.js';
+import { parsePartName } from './dialect.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
 
 /**
@@ -69,8 +70,9 @@ export class Attacher {
       [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(`SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`);
     }
     if (tracked) this.log.markAttaching(entry.lsn, maxBlock);
-    const owner = await stat(table.dataPath);
-    const detachedDir = join(table.dataPath, 'detached');
+    const dataPath = await dataPathBeside(table, this.store.partsDir);
+    const owner = await stat(dataPath);
+    const detachedDir = join(dataPath, 'detached');
     const linked = await this.store.linkInto(source, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
     try {
       await this.ch.exec(`ALTER TABLE ${quoteIdent(entry.database)}.${quoteIdent(entry.table)} ATTACH PART ${quoteString(entry.partName)}`);
@@ -83,7 +85,7 @@ export class Attacher {
     // the floor: look there on disk first. A floor from before the table was dropped and
     // re-created would hide the part: then the newest matching block in the partition is it.
     const block =
-      this.findOnDisk(entry, table.dataPath, maxBlock + 1) ??
+      this.findOnDisk(entry, dataPath, maxBlock + 1) ??
       (await this.findAttached(entry, where, maxBlock)) ??
       (maxBlock > 0 ? await this.findAttached(entry, where, 0, 'newest') : undefined);
     if (block === undefined) {
@@ -127,7 +129,7 @@ export class Attacher {
 
   /** The part at `block`, if its directory is there and its checksums.txt is the entry's. */
   private findOnDisk(entry: LogEntry, dataPath: string, block: number): number | undefined {
-    const level = /_(\d+)$/.exec(entry.partName)?.[1] ?? '0';
+    const level = parsePartName(entry.partName)?.level ?? 0;
     try {
       const checksums = readFileSync(join(dataPath, `${entry.partitionId}_${block}_${block}_${level}`, 'checksums.txt'));
       return createHash('sha256').update(checksums).digest('hex') === entry.checksumsSha256 ? block : undefined;
@@ -154,4 +156,24 @@ export class Attacher {
     }
     return undefined;
   }
+}
+
+/**
+ * The table's data directory on the filesystem of `partsDir` (the part store): the one whose
+ * detached/ a hardlink can reach. A table on several local disks has one per disk, and ATTACH
+ * PART looks in the detached/ of every disk of the table.
+ */
+export async function dataPathBeside(table: TableInfo, partsDir: string): Promise<string> {
+  const storeDev = (await stat(partsDir)).dev;
+  for (const path of table.dataPaths) {
+    try {
+      if ((await stat(path)).dev === storeDev) return path;
+    } catch {
+      // a disk directory that does not exist yet
+    }
+  }
+  throw new ChorusError(
+    'FILESYSTEM_MISMATCH',
+    `no data directory of ${table.database}.${table.name} (${table.dataPaths.join(', ')}) is on the filesystem of the part store ${partsDir}; hardlinks need one volume`,
+  );
 }

@@ -6,7 +6,10 @@ export interface TableInfo {
   database: string;
   name: string;
   engine: string;
-  dataPath: string;
+  /** The table's data directories, one per disk that may hold its parts (`system.tables.data_paths`). */
+  dataPaths: string[];
+  /** Disks of the table's storage policy that are not local (S3, HDFS, web, ...): Chorus cannot copy their parts. */
+  remoteDisks: string[];
   /** Changes whenever the table is re-created or altered: staging tables are keyed on it. */
   schemaKey: string;
 }
@@ -14,6 +17,19 @@ export interface TableInfo {
 /** Plain MergeTree family engines; Replicated* tables replicate themselves and are refused. */
 export function isReplicableEngine(engine: string): boolean {
   return /MergeTree$/.test(engine) && !engine.startsWith('Replicated');
+}
+
+/** Disk types whose parts are ordinary files on a local filesystem, which hardlinks can copy. */
+export function isLocalDiskType(type: string): boolean {
+  return type.toLowerCase() === 'local';
+}
+
+/** The refusal of a table whose parts live (partly) on an object-storage disk. */
+export function remoteStorageError(table: Pick<TableInfo, 'database' | 'name' | 'remoteDisks'>): ChorusError {
+  return new ChorusError(
+    'STORAGE_UNSUPPORTED',
+    `table ${table.database}.${table.name} uses the non-local disk(s) ${table.remoteDisks.join(', ')}: Chorus copies parts as files on a local disk, and an object-storage disk keeps only metadata stubs there; keep replicated tables on local disks`,
+  );
 }
 
 /**
@@ -32,10 +48,24 @@ export class TableCatalog {
   ) {}
 
   private async reload(): Promise<void> {
+    const dialect = this.ch.dialect;
     const list = this.databases.map(quoteString).join(', ');
-    const rows = await this.ch.rows<{ database: string; name: string; engine: string; data_path: string; create_table_query: string }>(
-      `SELECT database, name, engine, data_path, create_table_query FROM system.tables WHERE database IN (${list})`,
+    const rows = await this.ch.rows<{ database: string; name: string; engine: string; paths: string[]; create_table_query: string; policy: string }>(
+      `SELECT database, name, engine, ${dialect.tableDataPaths} AS paths, create_table_query, ${dialect.hasDisks ? 'storage_policy' : "''"} AS policy
+       FROM system.tables WHERE database IN (${list})`,
     );
+    const remoteByPolicy = new Map<string, string[]>();
+    if (dialect.hasDisks && rows.some((r) => r.policy)) {
+      const disks = await this.ch.rows<{ policy: string; disk: string; type: string }>(
+        `SELECT policy_name AS policy, disk, type FROM (SELECT policy_name, arrayJoin(disks) AS disk FROM system.storage_policies) AS p
+         INNER JOIN (SELECT name, toString(type) AS type FROM system.disks) AS d ON p.disk = d.name`,
+      );
+      for (const d of disks) {
+        const remote = remoteByPolicy.get(d.policy) ?? [];
+        if (!isLocalDiskType(d.type)) remote.push(`${d.disk} (${d.type})`);
+        remoteByPolicy.set(d.policy, remote);
+      }
+    }
     this.cache = new Map(
       rows.map((r) => [
         `${r.database}.${r.name}`,
@@ -43,7 +73,8 @@ export class TableCatalog {
           database: r.database,
           name: r.name,
           engine: r.engine,
-          dataPath: r.data_path,
+          dataPaths: r.paths,
+          remoteDisks: remoteByPolicy.get(r.policy) ?? [],
           schemaKey: createHash('sha256').update(`${r.database}.${r.name}\n${r.create_table_query}`).digest('hex').slice(0, 12),
         },
       ]),
@@ -51,12 +82,21 @@ export class TableCatalog {
     this.loadedAt = Date.now();
   }
 
+  /** Every table Chorus replicates now (fresh from ClickHouse). */
+  async replicated(): Promise<TableInfo[]> {
+    await this.reload();
+    return [...this.cache.values()].filter((t) => isReplicableEngine(t.engine));
+  }
+
   /** The table if Chorus replicates it; a ChorusError naming why not otherwise. */
   async resolve(database: string, table: string): Promise<TableInfo> {
     const key = `${database}.${table}`;
     if (!this.cache.has(key) || Date.now() - this.loadedAt > this.ttlMs) await this.reload();
     const info = this.cache.get(key);
-    if (info && isReplicableEngine(info.engine)) return info;
+    if (info && isReplicableEngine(info.engine)) {
+      if (info.remoteDisks.length > 0) throw remoteStorageError(info);
+      return info;
+    }
     if (info) {
       throw new ChorusError('NOT_REPLICATED_TABLE', `table ${key} has engine ${info.engine}; Chorus replicates only non-replicated MergeTree-family tables`);
     }

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import { Readable } from 'node:stream';
 import { ChorusError } from '../core/errors.js';
+import { Dialect } from './dialect.js';
 
 export interface ClickHouseTarget {
   url: string;
@@ -13,16 +14,41 @@ export class ClickHouseQueryError extends ChorusError {
   constructor(
     readonly clickhouseCode: number | undefined,
     message: string,
+    /** The exception's name (`UNKNOWN_TABLE`), which releases since 21.11 put in the message. */
+    readonly clickhouseName?: string,
   ) {
     super('CLICKHOUSE_ERROR', message);
   }
 }
 
-/** ClickHouse answers errors as text beginning `Code: N, e.displayText() = DB::Exception: ...`. */
-export function parseClickHouseError(body: string): { code?: number; message: string } {
-  const m = /Code: (\d+)/.exec(body);
-  const text = body.replace(/\s+$/, '').replace(/^Code: \d+, e\.displayText\(\) = /, '');
-  return { code: m ? Number(m[1]) : undefined, message: text.replace(/ \(version [^)]*\)$/, '') };
+/**
+ * ClickHouse's error text, in the formats of every supported release:
+ * 18.16 `Code: 60, e.displayText() = DB::Exception: Table x doesn't exist., e.what() = DB::Exception`,
+ * 21.11+ `Code: 60. DB::Exception: Table x does not exist. (UNKNOWN_TABLE) (version 23.8.1.1)`.
+ * The `X-ClickHouse-Exception-Code` header, when given, is the code.
+ */
+export function parseClickHouseError(body: string, headerCode?: string): { code?: number; name?: string; message: string } {
+  const text = body.replace(/\s+$/, '');
+  const m = /Code: (\d+)/.exec(text);
+  const code = headerCode && /^\d+$/.test(headerCode) ? Number(headerCode) : m ? Number(m[1]) : undefined;
+  const message = text
+    .replace(/^Code: \d+, e\.displayText\(\) = /, '')
+    .replace(/^Code: \d+\. /, '')
+    .replace(/, e\.what\(\) = [\w:]+$/, '')
+    .replace(/ \(version [^)]*\)$/, '');
+  const name = /\(([A-Z][A-Z0-9_]+)\)$/.exec(message)?.[1];
+  return { code, name, message };
+}
+
+/**
+ * An exception ClickHouse wrote into a 200 response after the first rows (the status was sent
+ * already): a line starting `Code: N.` (every release) or the `__exception__` block of 24.11+.
+ */
+export function exceptionInBody(text: string): string | undefined {
+  const tagged = /__exception__\r?\n(?:[^\n]*\r?\n)?(Code: \d+[^\n]*)/.exec(text);
+  if (tagged) return tagged[1];
+  const plain = /(?:^|\n)(Code: \d+[.,] [^\n]*DB::Exception[^\n]*)\s*$/.exec(text);
+  return plain?.[1];
 }
 
 export const quoteIdent = (name: string) => '`' + name.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
@@ -36,6 +62,7 @@ export const quoteString = (value: string) => "'" + value.replace(/\\/g, '\\\\')
 export class ClickHouseHttp {
   private agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   private base: URL;
+  private detected: Dialect | undefined;
 
   constructor(private readonly target: ClickHouseTarget) {
     this.base = new URL(target.url);
@@ -43,6 +70,19 @@ export class ClickHouseHttp {
 
   get url(): string {
     return this.target.url;
+  }
+
+  /** What this ClickHouse's version calls things; known once `detect()` has run (at start). */
+  get dialect(): Dialect {
+    if (!this.detected) throw new ChorusError('INTERNAL', 'the ClickHouse version is not known yet (detect() runs at start)');
+    return this.detected;
+  }
+
+  /** Reads `version()` and keeps the dialect of that release. */
+  async detect(): Promise<Dialect> {
+    const version = (await this.request('SELECT version()')).trim();
+    this.detected = new Dialect(version);
+    return this.detected;
   }
 
   private authHeaders(): Record<string, string> {
@@ -67,10 +107,12 @@ export class ClickHouseHttp {
           res.on('error', reject);
           res.on('end', () => {
             const text = Buffer.concat(chunks).toString('utf8');
-            if (res.statusCode === 200) resolve(text);
+            const headerCode = res.headers['x-clickhouse-exception-code'];
+            const late = res.statusCode === 200 ? exceptionInBody(text) : undefined;
+            if (res.statusCode === 200 && !late) resolve(text);
             else {
-              const { code, message } = parseClickHouseError(text);
-              reject(new ClickHouseQueryError(code, message || `ClickHouse answered HTTP ${res.statusCode}`));
+              const { code, name, message } = parseClickHouseError(late ?? text, Array.isArray(headerCode) ? headerCode[0] : headerCode);
+              reject(new ClickHouseQueryError(code, message || `ClickHouse answered HTTP ${res.statusCode}`, name));
             }
           });
         },

@@ -1,8 +1,32 @@
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { httpOk, spawnDetached, waitFor } from './processes.js';
 
-export const CLICKHOUSE_SERVER = '/usr/sbin/clickhouse-server';
+/**
+ * What plays ClickHouse in a dev cluster: `server`, a clickhouse-server binary (Debian's 18.16
+ * by default; CHORUS_CLICKHOUSE_SERVER names another), or `chdb`, ClickHouse 26.7's engine from
+ * the npm package chdb behind an HTTP front of our own (src/dev/chdb), one process per replica.
+ */
+export type ClickHouseBackend = 'server' | 'chdb';
+export const CLICKHOUSE_BACKENDS: readonly ClickHouseBackend[] = ['server', 'chdb'];
+
+export function clickhouseServerBinary(): string {
+  return process.env.CHORUS_CLICKHOUSE_SERVER ?? '/usr/sbin/clickhouse-server';
+}
+
+const CHDB_FRONT_ENTRY = fileURLToPath(new URL('./chdb/main.js', import.meta.url));
+
+/** The config root element: `<yandex>` up to 21.x, `<clickhouse>` from 22 (which still reads the old one, but warns). */
+function configRoot(binary: string): string {
+  try {
+    const major = Number(/version (\d+)\./i.exec(execFileSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 }))?.[1] ?? 0);
+    return major >= 22 ? 'clickhouse' : 'yandex';
+  } catch {
+    return 'yandex';
+  }
+}
 
 export interface ClickHousePorts {
   http: number;
@@ -15,7 +39,8 @@ export const ping = (url: string) => httpOk(`${url}/ping`);
 const escapeXml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
 /** A ClickHouse server config of our own: loopback only, its data under `dir`. */
-export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zookeeper?: string; macros?: Record<string, string> } = {}): string {
+export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zookeeper?: string; macros?: Record<string, string>; root?: string } = {}): string {
+  const root = opts.root ?? 'yandex';
   const zk = opts.zookeeper
     ? `<zookeeper>${opts.zookeeper
         .split(',')
@@ -31,7 +56,7 @@ export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zo
         .join('')}</macros>`
     : '';
   return `<?xml version="1.0"?>
-<yandex>
+<${root}>
   <logger><level>warning</level><log>${escapeXml(join(dir, 'clickhouse-server.log'))}</log><errorlog>${escapeXml(join(dir, 'clickhouse-server.err.log'))}</errorlog><size>100M</size><count>2</count></logger>
   <http_port>${ports.http}</http_port>
   <tcp_port>${ports.tcp}</tcp_port>
@@ -50,19 +75,32 @@ export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zo
   <max_concurrent_queries>200</max_concurrent_queries>
   ${zk}
   ${macros}
-</yandex>
+</${root}>
 `;
 }
 
-export async function startClickHouse(dir: string, ports: ClickHousePorts, opts: { zookeeper?: string; macros?: Record<string, string> } = {}): Promise<number> {
-  if (!existsSync(CLICKHOUSE_SERVER)) {
-    throw new Error(`ClickHouse is not installed (${CLICKHOUSE_SERVER} missing): run \`bash scripts/setup.sh\` or apt-get install clickhouse-server`);
-  }
+/** Starts one replica's ClickHouse of the given backend, its data under `dir/data`; resolves with its pid once it answers /ping. */
+export async function startClickHouse(
+  backend: ClickHouseBackend,
+  dir: string,
+  ports: ClickHousePorts,
+  opts: { zookeeper?: string; macros?: Record<string, string> } = {},
+): Promise<number> {
   mkdirSync(dir, { recursive: true });
-  const configFile = join(dir, 'config.xml');
-  writeFileSync(configFile, clickhouseConfig(dir, ports, opts));
   const logFile = join(dir, 'stdout.log');
-  const pid = spawnDetached(CLICKHOUSE_SERVER, [`--config-file=${configFile}`], { logFile, cwd: dir });
+  if (backend === 'chdb') {
+    if (opts.zookeeper) throw new Error('the chdb backend has no ZooKeeper client: ReplicatedMergeTree baselines need --clickhouse server');
+    const pid = spawnDetached(process.execPath, [CHDB_FRONT_ENTRY, '--data', join(dir, 'data'), '--port', String(ports.http)], { logFile, cwd: dir });
+    await waitFor('ClickHouse (chdb)', () => ping(`http://127.0.0.1:${ports.http}`), { timeoutMs: 60_000, pid, logFile });
+    return pid;
+  }
+  const binary = clickhouseServerBinary();
+  if (!existsSync(binary)) {
+    throw new Error(`ClickHouse is not installed (${binary} missing): run \`bash scripts/setup.sh\` or apt-get install clickhouse-server`);
+  }
+  const configFile = join(dir, 'config.xml');
+  writeFileSync(configFile, clickhouseConfig(dir, ports, { ...opts, root: configRoot(binary) }));
+  const pid = spawnDetached(binary, [`--config-file=${configFile}`], { logFile, cwd: dir });
   await waitFor('ClickHouse', () => ping(`http://127.0.0.1:${ports.http}`), { timeoutMs: 60_000, pid, logFile: join(dir, 'clickhouse-server.err.log') });
   return pid;
 }

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toYaml } from 'yaml';
-import { startClickHouse } from './clickhouse.js';
+import { startClickHouse, type ClickHouseBackend } from './clickhouse.js';
 import { sleep } from '../core/async.js';
 import { freePort, httpOk, isAlive, signalGroup, spawnDetached, stopProcess, waitFor } from './processes.js';
 import { startZooKeeper } from './zookeeper.js';
@@ -37,6 +37,8 @@ export interface ClusterInfo {
   zookeeperPid: number;
   shard: string;
   cluster: string;
+  /** What plays ClickHouse: Debian's clickhouse-server, or ClickHouse 26's engine from chdb. */
+  clickhouseBackend: ClickHouseBackend;
   /** The bearer token of every sidecar's Admin API (CHORUS_ADMIN_TOKEN for the CLI). */
   adminToken: string;
   replicas: ReplicaInfo[];
@@ -45,6 +47,8 @@ export interface ClusterInfo {
 export interface DevUpOptions {
   replicas: number;
   dir: string;
+  /** `server` (default) or `chdb`. */
+  clickhouse?: ClickHouseBackend;
   /** Extra config keys for every sidecar (dotted paths), e.g. { testFaults: true }. */
   sidecarConfig?: Record<string, unknown>;
   /** Start ClickHouse with a <zookeeper> section (for ReplicatedMergeTree baselines). */
@@ -81,6 +85,7 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     zookeeperPid: 0,
     shard: 'shard1',
     cluster: 'dev',
+    clickhouseBackend: opts.clickhouse ?? 'server',
     adminToken: randomBytes(16).toString('hex'),
     replicas: [],
   };
@@ -113,6 +118,7 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     await Promise.all(
       info.replicas.map(async (r) => {
         r.pids.clickhouse = await startClickHouse(
+          info.clickhouseBackend,
           join(r.dir, 'clickhouse'),
           { http: r.ports.clickhouseHttp, tcp: r.ports.clickhouseTcp, interserver: r.ports.clickhouseInterserver },
           opts.clickhouseZookeeper ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } } : {},
@@ -214,6 +220,7 @@ export async function devStart(dir: string, name: string, component: Component |
   const r = replicaNamed(info, name);
   if ((component === 'all' || component === 'clickhouse') && !isAlive(r.pids.clickhouse)) {
     r.pids.clickhouse = await startClickHouse(
+      info.clickhouseBackend ?? 'server',
       join(r.dir, 'clickhouse'),
       { http: r.ports.clickhouseHttp, tcp: r.ports.clickhouseTcp, interserver: r.ports.clickhouseInterserver },
       existsSync(join(r.dir, 'clickhouse', 'config.xml')) && readFileSync(join(r.dir, 'clickhouse', 'config.xml'), 'utf8').includes('<zookeeper>')

@@ -97,7 +97,7 @@ export class InsertPipeline {
     let intentOpen = false;
     try {
       try {
-        await ch.request(req.buildQuery(stage.qualified), { body: req.body, params: req.params, headers: req.headers });
+        await ch.request(req.buildQuery(stage.qualified), { body: req.body, params: { ...req.params, ...ch.dialect.stagingSettings }, headers: req.headers });
       } catch (err) {
         const bodyFailure = req.bodyFailure();
         if (bodyFailure) throw bodyFailure;

@@ -2,6 +2,8 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TableInfo } from '../clickhouse/catalog.js';
+import { parsePartName } from '../clickhouse/dialect.js';
+import { ChorusError } from '../core/errors.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
 
 export const STAGING_DATABASE = '_chorus';
@@ -21,11 +23,9 @@ export interface StagingTable {
   parts(): Promise<StagedPart[]>;
 }
 
-// Partition IDs hold no underscore, so tmp_insert_..., delete_tmp_... and detached never match.
-const PART_NAME = /^([A-Za-z0-9-]+)_(\d+)_(\d+)_(\d+)$/;
-
 interface StagingState {
-  dataPath: string;
+  /** One per disk of the staging table's storage policy (copied from the target's). */
+  dataPaths: string[];
   /** Every part of an earlier insert had a block number at or below this. */
   blockFloor: number;
 }
@@ -57,10 +57,15 @@ export class StagingPool {
   async probeDataPath(): Promise<string> {
     const probe = `${quoteIdent(STAGING_DATABASE)}.${quoteIdent('probe')}`;
     await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${probe} (x UInt8) ENGINE = MergeTree ORDER BY x`);
-    const [row] = await this.ch.rows<{ p: string }>(
-      `SELECT data_path AS p FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)} AND name = 'probe'`,
+    return (await this.dataPathsOf('probe'))[0]!;
+  }
+
+  private async dataPathsOf(name: string): Promise<string[]> {
+    const [row] = await this.ch.rows<{ p: string[] }>(
+      `SELECT ${this.ch.dialect.tableDataPaths} AS p FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)} AND name = ${quoteString(name)}`,
     );
-    return row!.p;
+    if (!row || row.p.length === 0) throw new ChorusError('CLICKHOUSE_ERROR', `staging table ${STAGING_DATABASE}.${name} has no data directory`);
+    return row.p;
   }
 
   async acquire(table: TableInfo): Promise<StagingTable> {
@@ -85,10 +90,7 @@ export class StagingPool {
       try {
         await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${qualified} AS ${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
         await this.ch.exec(`SYSTEM STOP MERGES ${qualified}`);
-        const [row] = await this.ch.rows<{ p: string }>(
-          `SELECT data_path AS p FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)} AND name = ${quoteString(name)}`,
-        );
-        state = { dataPath: row!.p, blockFloor: 0 };
+        state = { dataPaths: await this.dataPathsOf(name), blockFloor: 0 };
         this.created.set(name, state);
       } catch (err) {
         // The slot goes back to the pool, or every slot would leak while ClickHouse is down.
@@ -111,7 +113,7 @@ export class StagingPool {
            WHERE database = ${quoteString(STAGING_DATABASE)} AND table = ${quoteString(stagingName)} AND active ORDER BY name`,
         );
         staging.blockFloor = 0;
-        for (const p of active) staging.blockFloor = Math.max(staging.blockFloor, Number(PART_NAME.exec(p.name)?.[3] ?? 0));
+        for (const p of active) staging.blockFloor = Math.max(staging.blockFloor, parsePartName(p.name)?.maxBlock ?? 0);
         return active;
       },
     };
@@ -148,24 +150,24 @@ export class StagingPool {
  */
 function listStagedParts(state: StagingState): StagedPart[] {
   const parts: StagedPart[] = [];
-  for (const name of readdirSync(state.dataPath)) {
-    const m = PART_NAME.exec(name);
-    if (!m || Number(m[2]) <= state.blockFloor) continue;
-    const path = join(state.dataPath, name);
-    parts.push({
-      name,
-      partitionId: m[1]!,
-      path,
-      rows: Number(readFileSync(join(path, 'count.txt'), 'utf8')),
-      level: Number(m[4]),
-    });
+  const ranges: Array<{ partition: string; min: number; max: number }> = [];
+  for (const dataPath of state.dataPaths) {
+    let names: string[];
+    try {
+      names = readdirSync(dataPath);
+    } catch {
+      continue; // a disk directory ClickHouse creates only when a part first lands there
+    }
+    for (const name of names) {
+      const parsed = parsePartName(name);
+      if (!parsed || parsed.minBlock <= state.blockFloor) continue;
+      const path = join(dataPath, name);
+      parts.push({ name, partitionId: parsed.partitionId, path, rows: Number(readFileSync(join(path, 'count.txt'), 'utf8')), level: parsed.level });
+      ranges.push({ partition: parsed.partitionId, min: parsed.minBlock, max: parsed.maxBlock });
+    }
   }
   // A merged part next to its sources (merges resume after a ClickHouse restart) cannot be told
   // apart on disk: overlapping block ranges send the caller to system.parts instead.
-  const ranges = parts.map((p) => {
-    const m = PART_NAME.exec(p.name)!;
-    return { partition: m[1]!, min: Number(m[2]), max: Number(m[3]) };
-  });
   const overlap = ranges.some((a, i) => ranges.some((b, j) => i !== j && a.partition === b.partition && a.min <= b.max && b.min <= a.max));
   if (overlap) return [];
   for (const r of ranges) state.blockFloor = Math.max(state.blockFloor, r.max);

@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import http from 'node:http';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { Faults } from '../faults/faults.js';
 import type { FileInfo, LogEntry } from '../log/entry.js';
-import { fsyncFd, fsyncPath } from './files.js';
+import { assertSafeFileName, fsyncFd, fsyncPath } from './files.js';
 import type { PartStore } from './store.js';
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
@@ -83,7 +83,10 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
       finishFile();
       index++;
       if (index >= files.length) return;
-      fd = openSync(join(dir, files[index]!.name), 'w');
+      const name = files[index]!.name;
+      assertSafeFileName(name);
+      if (name.includes('/')) mkdirSync(join(dir, dirname(name)), { recursive: true });
+      fd = openSync(join(dir, name), 'w');
       hash = createHash('sha256');
       remaining = files[index]!.size;
     }

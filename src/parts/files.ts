@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, fsync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, fsync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { promisify } from 'node:util';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { FileInfo } from '../log/entry.js';
 
@@ -28,16 +28,54 @@ export async function sha256File(path: string, size?: number): Promise<string> {
   return hash.digest('hex');
 }
 
-/** Name, size and SHA-256 of every file of a part directory (parts are flat in 18.16). */
+// A projection's part is a subdirectory `<projection>.proj/` of its parent part (21.6+).
+const PROJECTION_DIR = /\.proj$/;
+
+/**
+ * A file of a part as a manifest names it: `name`, or `<projection>.proj/name` for a file of a
+ * projection's part. One level only, every segment a safe name: nothing a path can escape by.
+ */
+export function assertSafeFileName(name: string): void {
+  const segments = name.split('/');
+  if (segments.length > 2 || (segments.length === 2 && !PROJECTION_DIR.test(segments[0]!))) {
+    throw new ChorusError('BAD_PART_NAME', `invalid file name ${JSON.stringify(name)}`);
+  }
+  for (const segment of segments) assertSafeName('file', segment);
+}
+
+/** The files of a part directory as relative names, sorted: its own, then its projections'. */
+export function partFiles(dir: string): string[] {
+  const names: string[] = [];
+  for (const name of readdirSync(dir).sort()) {
+    const st = statSync(join(dir, name));
+    if (st.isFile()) names.push(name);
+    else if (st.isDirectory() && PROJECTION_DIR.test(name)) {
+      for (const inner of readdirSync(join(dir, name)).sort()) {
+        if (!statSync(join(dir, name, inner)).isFile()) throw new ChorusError('INTERNAL', `projection directory ${join(dir, name)} holds ${inner}, which is not a file`);
+        names.push(`${name}/${inner}`);
+      }
+    } else throw new ChorusError('INTERNAL', `part directory ${dir} holds ${name}, which is neither a file nor a projection`);
+  }
+  for (const name of names) assertSafeFileName(name);
+  return names;
+}
+
+/** Hardlinks every file of part directory `source` into `target` (created), projections included. */
+export function linkPart(source: string, target: string): void {
+  mkdirSync(target, { recursive: true });
+  for (const name of partFiles(source)) {
+    if (name.includes('/')) mkdirSync(join(target, dirname(name)), { recursive: true });
+    linkSync(join(source, name), join(target, name));
+  }
+}
+
+/** Name, size and SHA-256 of every file of a part directory, projections' files included. */
 export async function manifestOf(dir: string): Promise<FileInfo[]> {
-  const names = readdirSync(dir).sort();
   return Promise.all(
-    names.map(async (name): Promise<FileInfo> => {
+    partFiles(dir).map(async (name): Promise<FileInfo> => {
       const path = join(dir, name);
-      const st = statSync(path);
-      if (!st.isFile()) throw new ChorusError('INTERNAL', `part directory ${dir} holds ${name}, which is not a file`);
-      assertSafeName('file', name);
-      return { name, size: st.size, sha256: await sha256File(path, st.size) };
+      const size = statSync(path).size;
+      return { name, size, sha256: await sha256File(path, size) };
     }),
   );
 }

@@ -7,7 +7,7 @@ import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
 import type { LocalLog } from '../log/store.js';
-import { assertSafeName, SMALL_FILE_BYTES } from './files.js';
+import { assertSafeFileName, assertSafeName, SMALL_FILE_BYTES } from './files.js';
 import type { PartStore } from './store.js';
 import type { SnapshotManifest, Snapshots } from '../replication/clone.js';
 
@@ -66,7 +66,7 @@ export function createInterserverServer(deps: { self: string; log: LocalLog; sto
   });
 
   app.get<{ Params: { lsn: string; part: string; file: string } }>('/v1/parts/:lsn/:part/:file', async (req, reply) => {
-    assertSafeName('file', req.params.file);
+    assertSafeFileName(req.params.file);
     const entry = locate(req.params);
     const file = entry.files.find((f) => f.name === req.params.file);
     if (!file) throw new ChorusError('PART_NOT_FOUND', `part ${entry.partName} has no file ${req.params.file}`);

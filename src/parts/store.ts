@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, rm, stat } from 'node:fs/promises';
-import { chownSync, linkSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chownSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { FileInfo } from '../log/entry.js';
-import { fsyncPath, manifestOf } from './files.js';
+import { fsyncPath, linkPart, manifestOf } from './files.js';
 
 /**
  * Immutable copies of parts, one directory per LSN, made of hardlinks into ClickHouse's
@@ -54,8 +54,14 @@ export class PartStore {
   /** Hardlinks a part directory into `target` (a temp or pending dir) and describes it. */
   async linkFrom(partDir: string, target: string = this.newTempDir()): Promise<{ tempDir: string; files: FileInfo[] }> {
     const tempDir = target;
-    mkdirSync(tempDir, { recursive: true });
-    for (const name of readdirSync(partDir)) linkSync(join(partDir, name), join(tempDir, name));
+    try {
+      linkPart(partDir, tempDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EXDEV') {
+        throw new ChorusError('FILESYSTEM_MISMATCH', `the part ${partDir} is on another filesystem than the part store ${this.partsDir}; hardlinks need one volume`, err);
+      }
+      throw err;
+    }
     return { tempDir, files: await manifestOf(tempDir) };
   }
 
@@ -86,8 +92,7 @@ export class PartStore {
     mkdirSync(detachedDir, { recursive: true });
     const target = join(detachedDir, name);
     rmSync(target, { recursive: true, force: true });
-    mkdirSync(target);
-    for (const file of readdirSync(source)) linkSync(join(source, file), join(target, file));
+    linkPart(source, target);
     chownTree(target, owner);
     return target;
   }
@@ -101,7 +106,11 @@ export function chownTree(dir: string, owner: { uid: number; gid: number }): voi
   // Only root can give files away; and when the owner is already us there is nothing to do.
   if (process.getuid?.() !== 0 || (owner.uid === 0 && owner.gid === (process.getgid?.() ?? 0))) return;
   chownSync(dir, owner.uid, owner.gid);
-  for (const name of readdirSync(dir)) chownSync(join(dir, name), owner.uid, owner.gid);
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) chownTree(path, owner);
+    else chownSync(path, owner.uid, owner.gid);
+  }
 }
 
 /** Hardlinks need one filesystem: refuse to start when the part store and ClickHouse's data differ. */

@@ -9,7 +9,7 @@ import type { Logger } from '../core/logger.js';
 import type { FileInfo, LogEntry, Range } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import { downloadPart } from '../parts/fetch.js';
-import { manifestOf } from '../parts/files.js';
+import { linkPart, manifestOf } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 
 export interface SnapshotPart {
@@ -86,7 +86,7 @@ export class Snapshots {
             }
             const target = join(root, t.database, t.name, p.name);
             mkdirSync(target, { recursive: true });
-            for (const f of readdirSync(p.path)) linkSync(join(p.path, f), join(target, f));
+            linkPart(p.path, target);
             const files = await manifestOf(target);
             entry.parts.push({
               name: p.name,

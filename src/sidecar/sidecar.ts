@@ -9,8 +9,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import { LOADER_OPTIONS } from '../gossip/proto.js';
 import { CHORUS_VERSION } from '../core/version.js';
 import type { CloneProgress } from '../replication/clone.js';
-import { Attacher } from '../clickhouse/attach.js';
-import { TableCatalog } from '../clickhouse/catalog.js';
+import { Attacher, dataPathBeside } from '../clickhouse/attach.js';
+import { remoteStorageError, TableCatalog } from '../clickhouse/catalog.js';
 import { ClickHouseHttp, quoteString } from '../clickhouse/http.js';
 import { zookeeperRoot, type Config } from '../config/config.js';
 import type { Logger } from '../core/logger.js';
@@ -345,8 +345,16 @@ export class Sidecar implements AdminBackend {
   async start(): Promise<ListeningPorts> {
     await this.store.init();
     await this.waitForClickHouse();
+    const dialect = await this.ch.detect();
+    this.logger.info({ clickhouse: dialect.version }, 'ClickHouse version detected');
     await this.staging.init();
     assertSameFilesystem(this.store.partsDir, await this.staging.probeDataPath());
+    // Refused at start rather than at the first insert: a table on object storage, or with no
+    // data directory on the part store's volume, cannot be replicated by hardlinks.
+    for (const table of await this.catalog.replicated()) {
+      if (table.remoteDisks.length > 0) throw remoteStorageError(table);
+      await dataPathBeside(table, this.store.partsDir);
+    }
     await this.allocator.init();
     await this.recovery.recover();
     // Only the allocating member needs a session; the others open one if they ever must allocate.

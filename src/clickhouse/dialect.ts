@@ -1,0 +1,82 @@
+import { ChorusError } from '../core/errors.js';
+
+/**
+ * Everything Chorus does differently by ClickHouse version, in one place. The rest of the code
+ * asks this object what to say (a column, a setting, a statement), never for a version number.
+ * Measured on 18.16 (Debian) and 26.7 (chdb); releases between are placed by the changelog
+ * entries of the features named below.
+ */
+export class Dialect {
+  readonly major: number;
+  readonly minor: number;
+
+  constructor(readonly version: string) {
+    const m = /^(\d+)\.(\d+)/.exec(version);
+    if (!m) throw new ChorusError('CLICKHOUSE_ERROR', `cannot read ClickHouse's version from ${JSON.stringify(version)}`);
+    this.major = Number(m[1]);
+    this.minor = Number(m[2]);
+  }
+
+  private atLeast(major: number, minor = 0): boolean {
+    return this.major > major || (this.major === major && this.minor >= minor);
+  }
+
+  /**
+   * `system.tables` as an `Array(String)` of the table's data directories: one per disk that
+   * holds it. 18.16 has a single `data_path`; 19.15 added `data_paths` and later releases
+   * dropped `data_path`.
+   */
+  get tableDataPaths(): string {
+    return this.atLeast(19, 15) ? 'data_paths' : '[data_path]';
+  }
+
+  /** Whether `system.disks` and storage policies exist (19.15 and later). */
+  get hasDisks(): boolean {
+    return this.atLeast(19, 15);
+  }
+
+  /**
+   * `ALTER TABLE t DETACH PART 'p'` / `DROP PART 'p'`: absent on 18.16 (a syntax error there),
+   * present on every release Chorus supports beyond it.
+   */
+  get hasDetachPart(): boolean {
+    return this.atLeast(19, 0);
+  }
+
+  /**
+   * Settings every staging insert carries, so that one insert makes exactly the parts of its
+   * rows: no asynchronous insert buffering them with other inserts (21.11+, and on by default
+   * in chdb) and no deduplication inside the staging table, which a `non_replicated_deduplication_window`
+   * copied from the target would otherwise apply (21.3+) and so leave a retried insert with no part.
+   */
+  get stagingSettings(): Record<string, string> {
+    const settings: Record<string, string> = {};
+    if (this.atLeast(21, 3)) settings.insert_deduplicate = '0';
+    if (this.atLeast(21, 11)) settings.async_insert = '0';
+    return settings;
+  }
+
+  /** The name ClickHouse gives a database engine that keeps table files under `store/<uuid>` (20.10+ default). */
+  get defaultDatabaseEngine(): 'Atomic' | 'Ordinary' {
+    return this.atLeast(20, 10) ? 'Atomic' : 'Ordinary';
+  }
+}
+
+/** A part's name: partition id, min block, max block, level, and a mutation version on newer releases. */
+export interface PartName {
+  partitionId: string;
+  minBlock: number;
+  maxBlock: number;
+  level: number;
+  mutation: number | undefined;
+}
+
+// Partition IDs hold no underscore, so tmp_insert_..., delete_tmp_... and detached never match.
+const PART_NAME = /^([A-Za-z0-9-]+)_(\d+)_(\d+)_(\d+)(?:_(\d+))?$/;
+
+/** Reads a MergeTree part name of any supported release (`p_1_1_0`, or `p_1_1_0_5` once mutated). */
+export function parsePartName(name: string): PartName | undefined {
+  const m = PART_NAME.exec(name);
+  if (!m) return undefined;
+  return { partitionId: m[1]!, minBlock: Number(m[2]), maxBlock: Number(m[3]), level: Number(m[4]), mutation: m[5] === undefined ? undefined : Number(m[5]) };
+}
