@@ -228,8 +228,16 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; overr
   return validateConfig(raw);
 }
 
-/** Variables that are not config keys but are read by other parts (the CLI, the test hooks). */
-const IGNORED_ENV = new Set(['CHORUS_CONFIG', 'CHORUS_GRPC', 'CHORUS_DEV_DIR']);
+/** Variables that are not config keys but are read by other parts (the CLI, the dev harness, the tests). */
+const IGNORED_ENV = new Set([
+  'CHORUS_CONFIG',
+  'CHORUS_GRPC',
+  'CHORUS_DEV_DIR',
+  'CHORUS_DEV_CLICKHOUSE_SERVER',
+  'CHORUS_TEST_CLICKHOUSE',
+  'CHORUS_KEEP_TEST_DIRS',
+  'CHORUS_SCRATCH_DIR',
+]);
 
 export function validateConfig(raw: unknown): Config {
   const result = configSchema.safeParse(raw);

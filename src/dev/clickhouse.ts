@@ -6,22 +6,23 @@ import { httpOk, spawnDetached, waitFor } from './processes.js';
 
 /**
  * What plays ClickHouse in a dev cluster: `server`, a clickhouse-server binary (Debian's 18.16
- * by default; CHORUS_CLICKHOUSE_SERVER names another), or `chdb`, ClickHouse 26.7's engine from
+ * by default; CHORUS_DEV_CLICKHOUSE_SERVER names another), or `chdb`, ClickHouse 26.7's engine from
  * the npm package chdb behind an HTTP front of our own (src/dev/chdb), one process per replica.
  */
 export type ClickHouseBackend = 'server' | 'chdb';
 export const CLICKHOUSE_BACKENDS: readonly ClickHouseBackend[] = ['server', 'chdb'];
 
 export function clickhouseServerBinary(): string {
-  return process.env.CHORUS_CLICKHOUSE_SERVER ?? '/usr/sbin/clickhouse-server';
+  return process.env.CHORUS_DEV_CLICKHOUSE_SERVER ?? '/usr/sbin/clickhouse-server';
 }
 
-const CHDB_FRONT_ENTRY = fileURLToPath(new URL('./chdb/main.js', import.meta.url));
+// From the build, also when this module runs from src/ (under vitest).
+const CHDB_FRONT_ENTRY = join(fileURLToPath(new URL('../../', import.meta.url)), 'dist', 'dev', 'chdb', 'main.js');
 
 /** The config root element: `<yandex>` up to 21.x, `<clickhouse>` from 22 (which still reads the old one, but warns). */
 function configRoot(binary: string): string {
   try {
-    const major = Number(/version (\d+)\./i.exec(execFileSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000 }))?.[1] ?? 0);
+    const major = Number(/version (\d+)\./i.exec(execFileSync(binary, ['--version'], { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'ignore'] }))?.[1] ?? 0);
     return major >= 22 ? 'clickhouse' : 'yandex';
   } catch {
     return 'yandex';

@@ -35,6 +35,8 @@ export interface InsertResult {
   deduplicated: number;
   blocks: number;
   rows: number;
+  /** Bytes of the new parts on disk (deduplicated blocks count nothing). */
+  bytes: number;
 }
 
 export interface InsertDeps {
@@ -135,7 +137,7 @@ export class InsertPipeline {
           },
         });
       }
-      if (drafts.length === 0) return { lsns: [], deduplicated: 0, blocks: 0, rows: 0 };
+      if (drafts.length === 0) return { lsns: [], deduplicated: 0, blocks: 0, rows: 0, bytes: 0 };
 
       this.deps.inFlight.add(nonce);
       log.recordIntent(nonce, drafts);
@@ -192,7 +194,13 @@ export class InsertPipeline {
       }
       await this.awaitOriginals(duplicates);
       metrics.insertedRows.inc({ table: label }, fresh.reduce((sum, e) => sum + e.rows, 0));
-      return { lsns: allocations.map((a) => a.lsn), deduplicated: duplicates.length, blocks: drafts.length, rows: fresh.reduce((s, e) => s + e.rows, 0) };
+      return {
+        lsns: allocations.map((a) => a.lsn),
+        deduplicated: duplicates.length,
+        blocks: drafts.length,
+        rows: fresh.reduce((s, e) => s + e.rows, 0),
+        bytes: fresh.reduce((s, e) => s + e.bytes, 0),
+      };
     } finally {
       this.deps.inFlight.delete(nonce);
       if (!intentOpen) void store.discardPending(nonce).catch(() => undefined);

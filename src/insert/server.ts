@@ -1,4 +1,5 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { Readable, Transform } from 'node:stream';
 import type { Config } from '../config/config.js';
@@ -55,6 +56,9 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     loggerInstance: logger.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.http.maxInsertBytes,
+    // While closing, requests still get Chorus's own answers (SHUTTING_DOWN with its code), not
+    // fastify's bare 503.
+    return503OnClosing: false,
   });
   // Bodies are streamed, never buffered: leave request.raw unread for the handlers.
   app.removeAllContentTypeParsers();
@@ -98,6 +102,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down and takes no more inserts; send it to another replica');
     const stagingParams = Object.fromEntries(Object.entries(params).filter(([k]) => !NOT_PASSED_TO_STAGING.has(k)));
     const encoding = header(req, 'content-encoding');
+    const started = process.hrtime.bigint();
     try {
       const result = await deps.pipeline.insert({
         database,
@@ -111,7 +116,20 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
       });
       const outcome = result.blocks > 0 && result.deduplicated === result.blocks ? 'deduplicated' : 'ok';
       deps.metrics.inserts.inc({ table: label, outcome });
+      // What ClickHouse answers an INSERT with, which clients such as @clickhouse/client read.
+      const summary = {
+        read_rows: String(result.rows),
+        read_bytes: String(result.bytes),
+        written_rows: String(result.rows),
+        written_bytes: String(result.bytes),
+        total_rows_to_read: '0',
+        result_rows: String(result.rows),
+        result_bytes: String(result.bytes),
+        elapsed_ns: String(process.hrtime.bigint() - started),
+      };
       return reply
+        .header('X-ClickHouse-Query-Id', params.query_id ?? randomUUID())
+        .header('X-ClickHouse-Summary', JSON.stringify(summary))
         .header('X-Chorus-LSN', result.lsns.join(','))
         .header('X-Chorus-Deduplicated', result.deduplicated === 0 ? '0' : result.deduplicated === result.blocks ? '1' : 'partial')
         .header('X-Chorus-Blocks', String(result.blocks))

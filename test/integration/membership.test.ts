@@ -42,7 +42,8 @@ describe('membership and part-store GC', () => {
   const stateOf = async (viewer: number, member: string) => (await status(viewer)).members.find((m) => m.name === member)?.state;
 
   it('a sidecar stopped longer than the suspicion timeout is suspect, then dead; SIGCONT brings it back alive', async () => {
-    expect(await stateOf(0, 'r3')).toBe('alive');
+    // Alive once the shard has settled (a probe may time out while the processes start).
+    await expect.poll(() => stateOf(0, 'r3'), { timeout: 15_000, interval: 200 }).toBe('alive');
     await devKill(cluster.info.dir, 'r3', 'sidecar', 'STOP');
     const seen = new Set<string>();
     const deadline = Date.now() + 15_000;

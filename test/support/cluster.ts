@@ -7,6 +7,18 @@ import { silentLogger } from '../../src/core/logger.js';
 import { sleep } from '../../src/core/async.js';
 import { devDown, devUp, scratchRoot, type ClusterInfo, type DevUpOptions, type ReplicaInfo } from '../../src/dev/cluster.js';
 import { mntr } from '../../src/dev/zookeeper.js';
+import { CLICKHOUSE_BACKENDS, type ClickHouseBackend } from '../../src/dev/clickhouse.js';
+
+/**
+ * The ClickHouse the integration tests run against: CHORUS_TEST_CLICKHOUSE=server (Debian's
+ * clickhouse-server, the default) or chdb (ClickHouse 26's engine). vitest.config.ts runs the
+ * integration files once per backend.
+ */
+export function testBackend(): ClickHouseBackend {
+  const value = process.env.CHORUS_TEST_CLICKHOUSE ?? 'server';
+  if (!(CLICKHOUSE_BACKENDS as readonly string[]).includes(value)) throw new Error(`CHORUS_TEST_CLICKHOUSE must be one of ${CLICKHOUSE_BACKENDS.join(', ')}, not ${value}`);
+  return value as ClickHouseBackend;
+}
 
 /**
  * A real dev cluster for one test file: the same devUp that `npm start` and `chorus dev up`
@@ -17,7 +29,7 @@ export class TestCluster {
 
   static async start(opts: Omit<DevUpOptions, 'dir'> & { keep?: boolean }): Promise<TestCluster> {
     const dir = mkdtempSync(join(scratchRoot(), 'test-'));
-    const info = await devUp({ ...opts, dir });
+    const info = await devUp({ clickhouse: testBackend(), ...opts, dir });
     return new TestCluster(info);
   }
 

@@ -1,0 +1,93 @@
+import { describe, expect, it } from 'vitest';
+import { Dialect, parsePartName } from '../../src/clickhouse/dialect.js';
+import { exceptionInBody, parseClickHouseError } from '../../src/clickhouse/http.js';
+import { isLocalDiskType } from '../../src/clickhouse/catalog.js';
+import { assertSafeFileName } from '../../src/parts/files.js';
+import { httpException } from '../../src/dev/chdb/errors.js';
+
+describe('Dialect', () => {
+  it('reads the version and answers per release', () => {
+    const old = new Dialect('18.16.1');
+    expect(old.tableDataPaths).toBe('[data_path]');
+    expect(old.hasDetachPart).toBe(false);
+    expect(old.hasDisks).toBe(false);
+    expect(old.stagingSettings).toEqual({});
+    const lts = new Dialect('23.8.16.40');
+    expect(lts.tableDataPaths).toBe('data_paths');
+    expect(lts.hasDetachPart).toBe(true);
+    expect(lts.stagingSettings).toEqual({ insert_deduplicate: '0', async_insert: '0' });
+    expect(new Dialect('26.7.2.1').defaultDatabaseEngine).toBe('Atomic');
+  });
+
+  it('refuses a version it cannot read', () => {
+    expect(() => new Dialect('garbage')).toThrow(/version/);
+  });
+});
+
+describe('parsePartName', () => {
+  it('reads four- and five-field names', () => {
+    expect(parsePartName('202611_1_3_1')).toEqual({ partitionId: '202611', minBlock: 1, maxBlock: 3, level: 1, mutation: undefined });
+    expect(parsePartName('all_2_2_0_5')).toEqual({ partitionId: 'all', minBlock: 2, maxBlock: 2, level: 0, mutation: 5 });
+    expect(parsePartName('-1_4_4_0')?.partitionId).toBe('-1');
+  });
+
+  it('ignores what is not a part', () => {
+    for (const name of ['detached', 'tmp_insert_202611_1_1_0', 'delete_tmp_all_1_1_0', 'format_version.txt', 'all_1_1']) {
+      expect(parsePartName(name)).toBeUndefined();
+    }
+  });
+});
+
+describe("ClickHouse's error text", () => {
+  it('reads the 18.16 format', () => {
+    const e = parseClickHouseError("Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist., e.what() = DB::Exception\n");
+    expect(e).toEqual({ code: 60, name: undefined, message: "DB::Exception: Table default.x doesn't exist." });
+  });
+
+  it('reads the 21.11+ format, with the name and without the version', () => {
+    const e = parseClickHouseError('Code: 60. DB::Exception: Table default.x does not exist. (UNKNOWN_TABLE) (version 23.8.1.1)\n');
+    expect(e).toEqual({ code: 60, name: 'UNKNOWN_TABLE', message: 'DB::Exception: Table default.x does not exist. (UNKNOWN_TABLE)' });
+  });
+
+  it('takes the code from X-ClickHouse-Exception-Code when there is one', () => {
+    expect(parseClickHouseError('something went wrong', '241').code).toBe(241);
+  });
+
+  it('finds an exception written after rows in a 200 response', () => {
+    expect(exceptionInBody('1\n2\nCode: 395. DB::Exception: Value passed to throwIf is non-zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO) (version 23.8.1.1)\n')).toMatch(/^Code: 395\./);
+    expect(exceptionInBody('1\n2\n__exception__\r\nabcdefgh\r\nCode: 395. DB::Exception: boom. (X) (version 25.1.1.1)\r\n60 abcdefgh\r\n__exception__\r\n')).toMatch(/^Code: 395\./);
+    expect(exceptionInBody('{"a":1}\n{"a":2}\n')).toBeUndefined();
+  });
+
+  it('is answered by the chdb front with the status ClickHouse gives the name', () => {
+    expect(httpException(60, 'Code: 60. DB::Exception: nope. (UNKNOWN_TABLE)', '26.7.2.1')).toEqual({
+      status: 404,
+      code: 60,
+      body: 'Code: 60. DB::Exception: nope. (UNKNOWN_TABLE) (version 26.7.2.1)\n',
+    });
+    expect(httpException(62, 'Syntax error. (SYNTAX_ERROR)', '26.7.2.1').status).toBe(400);
+    expect(httpException(1002, 'boom', '26.7.2.1').status).toBe(500);
+  });
+});
+
+describe('part file names', () => {
+  it("accept a part's own files and one level of projection", () => {
+    for (const name of ['checksums.txt', 'data.bin', 'minmax_day.idx', 'p1.proj/data.bin', 'p1.proj/checksums.txt']) {
+      expect(() => assertSafeFileName(name)).not.toThrow();
+    }
+  });
+
+  it('refuse anything a path could escape by', () => {
+    for (const name of ['../x', 'a/b', 'p.proj/../x', 'p.proj/q.proj/x', '/etc/passwd', '.hidden', 'p.proj/', '']) {
+      expect(() => assertSafeFileName(name), name).toThrow(/invalid file name|invalid file/);
+    }
+  });
+});
+
+describe('disk types', () => {
+  it('takes only local disks', () => {
+    expect(isLocalDiskType('local')).toBe(true);
+    expect(isLocalDiskType('Local')).toBe(true);
+    for (const t of ['s3', 'ObjectStorage', 'hdfs', 'web', 'encrypted', 'cache']) expect(isLocalDiskType(t)).toBe(false);
+  });
+});
