@@ -5,6 +5,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
+import { quoteIdent, quoteString } from '../../clickhouse/http.js';
 import { FRONT_ERRORS, httpException, type HttpException } from './errors.js';
 
 /** The part of chdb's Session this front uses (chdb is a dev dependency, loaded by main.ts). */
@@ -289,8 +290,5 @@ function readBody(req: http.IncomingMessage): Promise<Buffer> {
 
 /** A setting value as SQL: numbers as they are, anything else as a string literal. */
 function literal(value: string): string {
-  if (/^-?\d+(\.\d+)?$/.test(value)) return value;
-  return "'" + value.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
+  return /^-?\d+(\.\d+)?$/.test(value) ? value : quoteString(value);
 }
-
-const quoteIdent = (name: string) => '`' + name.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
