@@ -18,7 +18,7 @@ export default defineConfig({
       // The same requests to both backends, in one file: what Chorus relies on, and where they differ.
       { extends: true, test: { name: 'contract', include: ['test/contract/**/*.test.ts'] } },
       ...backends.map((backend) => ({
-        extends: true,
+        extends: true as const,
         test: {
           name: `clickhouse-${backend}`,
           include: ['test/integration/**/*.test.ts'],

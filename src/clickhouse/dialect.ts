@@ -36,11 +36,11 @@ export class Dialect {
   }
 
   /**
-   * `ALTER TABLE t DETACH PART 'p'` / `DROP PART 'p'`: absent on 18.16 (a syntax error there),
-   * present on every release Chorus supports beyond it.
+   * `ALTER TABLE t DETACH PART 'p'` / `DROP PART 'p'`: a syntax error on 18.16, present on 20.1
+   * and every release after it (the contract tests check both ends).
    */
   get hasDetachPart(): boolean {
-    return this.atLeast(19, 0);
+    return this.atLeast(20, 1);
   }
 
   /**
