@@ -78,5 +78,9 @@ const PART_NAME = /^([A-Za-z0-9-]+)_(\d+)_(\d+)_(\d+)(?:_(\d+))?$/;
 export function parsePartName(name: string): PartName | undefined {
   const m = PART_NAME.exec(name);
   if (!m) return undefined;
-  return { partitionId: m[1]!, minBlock: Number(m[2]), maxBlock: Number(m[3]), level: Number(m[4]), mutation: m[5] === undefined ? undefined : Number(m[5]) };
+  const part = { partitionId: m[1]!, minBlock: Number(m[2]), maxBlock: Number(m[3]), level: Number(m[4]), mutation: m[5] === undefined ? undefined : Number(m[5]) };
+  // A table of the pre-2017 syntax names parts `20261101_20261130_1_1_0` (min date, max date,
+  // blocks, level), which the pattern reads as a mutated part with min block > max block.
+  // Not a name of the current format: callers then ask system.parts.
+  return part.minBlock <= part.maxBlock ? part : undefined;
 }

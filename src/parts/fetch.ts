@@ -46,6 +46,8 @@ export async function downloadPart(url: string, files: FileInfo[], dir: string, 
     throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `${label}: answered ${res.statusCode}`);
   }
   const bytes = await receiveFiles(res, files, dir, label, onFirstFile);
+  // A projection's files sit in a subdirectory: its entries must be durable too.
+  for (const sub of new Set(files.filter((f) => f.name.includes('/')).map((f) => dirname(f.name)))) await fsyncPath(join(dir, sub));
   await fsyncPath(dir);
   return bytes;
 }

@@ -4,7 +4,7 @@ import { chownSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { FileInfo } from '../log/entry.js';
-import { fsyncPath, linkPart, manifestOf } from './files.js';
+import { assertSafeName, fsyncPath, linkPart, manifestOf } from './files.js';
 
 /**
  * Immutable copies of parts, one directory per LSN, made of hardlinks into ClickHouse's
@@ -89,6 +89,8 @@ export class PartStore {
    * so that ClickHouse (another user in production) can rename and later delete it.
    */
   async linkInto(source: string, detachedDir: string, name: string, owner: { uid: number; gid: number }): Promise<string> {
+    // The name may come from a peer's entry, and the directory of that name is emptied first.
+    assertSafeName('part', name);
     mkdirSync(detachedDir, { recursive: true });
     const target = join(detachedDir, name);
     rmSync(target, { recursive: true, force: true });

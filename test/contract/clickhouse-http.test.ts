@@ -71,7 +71,11 @@ describe.each(BACKENDS)('ClickHouse over HTTP: %s', (backend) => {
     const day = Math.round(Date.UTC(2026, 10, 5) / 86_400_000);
     const row = Buffer.concat([Buffer.from(Uint16Array.of(day).buffer), Buffer.from(BigUint64Array.of(6n).buffer), Buffer.from([1]), Buffer.from('g')]);
     await ch.request(`INSERT INTO ${table('rows')} FORMAT RowBinary`, { body: row });
-    expect(await ch.rows<{ id: number; s: string }>(`SELECT id, s FROM ${table('rows')} ORDER BY id`)).toEqual([
+    // Binary rows after the whole statement in the body.
+    const row7 = Buffer.concat([Buffer.from(Uint16Array.of(day).buffer), Buffer.from(BigUint64Array.of(7n).buffer), Buffer.from([1]), Buffer.from('h')]);
+    const res = await fetch(`${on(backend).url}/`, { method: 'POST', body: Buffer.concat([Buffer.from(`INSERT INTO ${table('rows')} FORMAT RowBinary\n`), row7]) });
+    expect(res.status, await res.text()).toBe(200);
+    expect(await ch.rows<{ id: number; s: string }>(`SELECT id, s FROM ${table('rows')} WHERE id < 7 ORDER BY id`)).toEqual([
       { id: 1, s: 'a' },
       { id: 2, s: 'b' },
       { id: 3, s: 'c' },
@@ -95,6 +99,10 @@ describe.each(BACKENDS)('ClickHouse over HTTP: %s', (backend) => {
     expect((await ch.request('SELECT currentDatabase()', { params: { database: 'system' } })).trim()).toBe('system');
     expect((await ch.request('SELECT currentDatabase()')).trim()).toBe('default');
     await expect(ch.request('SELECT 1', { params: { no_such_setting_at_all: '1' } })).rejects.toBeInstanceOf(ClickHouseQueryError);
+    // A value the setting refuses fails that request and leaves nothing behind for the next.
+    await expect(ch.request('SELECT 1', { params: { max_threads: '1', max_block_size: 'many' } })).rejects.toBeInstanceOf(ClickHouseQueryError);
+    expect((await ch.request("SELECT value FROM system.settings WHERE name = 'max_block_size'")).trim()).toMatch(/^\d+$/);
+    expect((await ch.request("SELECT value FROM system.settings WHERE name = 'max_threads'")).trim()).not.toBe('1');
   });
 
   it("answers errors with a status, ClickHouse's code and a message Chorus can read", async () => {

@@ -32,7 +32,8 @@ describe('parsePartName', () => {
   });
 
   it('ignores what is not a part', () => {
-    for (const name of ['detached', 'tmp_insert_202611_1_1_0', 'delete_tmp_all_1_1_0', 'format_version.txt', 'all_1_1']) {
+    // ... and the pre-2017 syntax's `mindate_maxdate_min_max_level`, which must not pass for a mutated part.
+    for (const name of ['detached', 'tmp_insert_202611_1_1_0', 'delete_tmp_all_1_1_0', 'format_version.txt', 'all_1_1', '20261101_20261130_1_1_0']) {
       expect(parsePartName(name)).toBeUndefined();
     }
   });

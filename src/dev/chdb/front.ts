@@ -35,6 +35,14 @@ export interface FrontOptions {
   serverDefaults: Record<string, string>;
 }
 
+const UNKNOWN_VALUE = '\u0000unknown';
+
+/**
+ * Settings a session cannot undo once set (readonly refuses every later SET): a server applies
+ * them to one query; this front, which shares one session between requests, refuses them.
+ */
+const UNDOABLE = new Set(['readonly']);
+
 /** URL parameters ClickHouse's HTTP interface reads itself; every other one is a setting. */
 const NOT_SETTINGS = new Set([
   'query', 'database', 'default_format', 'user', 'password', 'quota_key', 'query_id', 'session_id', 'session_timeout',
@@ -178,7 +186,15 @@ export class ChdbFront {
       if (!decode) throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, `Unknown Content-Encoding ${encoding} (NOT_IMPLEMENTED)`);
       body = await decode(rawBody);
     }
-    const param = url.searchParams.get('query');
+    let param = url.searchParams.get('query');
+    if (param === null && !isUtf8(body)) {
+      // The whole statement in the body, binary rows after it: split at the end of `FORMAT name`.
+      const head = /^(\s*INSERT\b[\s\S]*?\bFORMAT\s+\w+)[ \t]*\r?\n?/i.exec(body.subarray(0, 64 * 1024).toString('latin1'));
+      if (head) {
+        param = body.subarray(0, head[1]!.length).toString('utf8');
+        body = body.subarray(head[0].length);
+      }
+    }
     let sql: string;
     let infile: string | null = null;
     if (param === null) {
@@ -190,18 +206,24 @@ export class ChdbFront {
       sql = `${param}\n${body.toString('utf8')}`;
     } else {
       // Binary rows cannot travel inside a query string: chdb reads them from a file.
-      const m = /\bFORMAT\s+(\w+)\s*$/i.exec(param);
+      // INSERT INTO t [(cols)] FROM INFILE 'f' [SETTINGS ...] FORMAT name: INFILE goes before SETTINGS.
+      const m = /^([\s\S]*?)(\s+SETTINGS\s+[\s\S]*?)?\s+FORMAT\s+(\w+)\s*$/i.exec(param);
       if (!m) throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, 'a binary body needs a query that ends with FORMAT <name> (NOT_IMPLEMENTED)');
       infile = join(this.opts.tmpDir, `body-${process.pid}-${this.spooled++}`);
       writeFileSync(infile, body);
-      sql = `${param.slice(0, m.index)} FROM INFILE ${literal(infile)} FORMAT ${m[1]}`;
+      sql = `${m[1]} FROM INFILE ${quoteString(infile)}${m[2] ?? ''} FORMAT ${m[3]}`;
     }
     if (!sql.trim()) throw new FrontError(62, 'Syntax error: Empty query. (SYNTAX_ERROR)');
     const settings: Record<string, string> = {};
     const bound: Record<string, string> = {};
     for (const [k, v] of url.searchParams) {
       if (k.startsWith('param_')) bound[k.slice('param_'.length)] = v;
+      else if (UNDOABLE.has(k)) throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, `the chdb front does not take the setting ${k} (NOT_IMPLEMENTED)`);
       else if (!NOT_SETTINGS.has(k)) settings[k] = v;
+    }
+    // One session serves every request: a statement that changes the session would outlive it.
+    if (/^\s*(SET|USE)\b/i.test(sql)) {
+      throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, 'SET and USE need an HTTP session, which the chdb front does not serve; pass settings and database as URL parameters (NOT_IMPLEMENTED)');
     }
     const database = url.searchParams.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
     const format = url.searchParams.get('default_format') ?? header(req, 'x-clickhouse-format') ?? 'TabSeparated';
@@ -241,7 +263,8 @@ export class ChdbFront {
     for (const [name, value] of Object.entries(settings)) {
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new FrontError(FRONT_ERRORS.UNKNOWN_SETTING, `Unknown setting ${name} (UNKNOWN_SETTING)`);
       if (this.applied.get(name) === value) continue;
-      this.applied.delete(name);
+      // Until the SET succeeds the value is unknown: a later request resets it either way.
+      this.applied.set(name, UNKNOWN_VALUE);
       await this.run(`SET ${name} = ${literal(value)}`);
       this.applied.set(name, value);
     }
