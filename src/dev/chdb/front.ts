@@ -186,6 +186,17 @@ export class ChdbFront {
       if (!decode) throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, `Unknown Content-Encoding ${encoding} (NOT_IMPLEMENTED)`);
       body = await decode(rawBody);
     }
+    const settings: Record<string, string> = {};
+    const bound: Record<string, string> = {};
+    for (const [k, v] of url.searchParams) {
+      if (k.startsWith('param_')) bound[k.slice('param_'.length)] = v;
+      else if (UNDOABLE.has(k)) throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, `the chdb front does not take the setting ${k} (NOT_IMPLEMENTED)`);
+      else if (!NOT_SETTINGS.has(k)) settings[k] = v;
+    }
+    // One session serves every request: a statement that changes the session would outlive it.
+    if (/^\s*(SET|USE)\b/i.test(url.searchParams.get('query') ?? body.subarray(0, 64).toString('latin1'))) {
+      throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, 'SET and USE need an HTTP session, which the chdb front does not serve; pass settings and database as URL parameters (NOT_IMPLEMENTED)');
+    }
     let param = url.searchParams.get('query');
     if (param === null && !isUtf8(body)) {
       // The whole statement in the body, binary rows after it: split at the end of `FORMAT name`.
@@ -214,17 +225,6 @@ export class ChdbFront {
       sql = `${m[1]} FROM INFILE ${quoteString(infile)}${m[2] ?? ''} FORMAT ${m[3]}`;
     }
     if (!sql.trim()) throw new FrontError(62, 'Syntax error: Empty query. (SYNTAX_ERROR)');
-    const settings: Record<string, string> = {};
-    const bound: Record<string, string> = {};
-    for (const [k, v] of url.searchParams) {
-      if (k.startsWith('param_')) bound[k.slice('param_'.length)] = v;
-      else if (UNDOABLE.has(k)) throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, `the chdb front does not take the setting ${k} (NOT_IMPLEMENTED)`);
-      else if (!NOT_SETTINGS.has(k)) settings[k] = v;
-    }
-    // One session serves every request: a statement that changes the session would outlive it.
-    if (/^\s*(SET|USE)\b/i.test(sql)) {
-      throw new FrontError(FRONT_ERRORS.NOT_IMPLEMENTED, 'SET and USE need an HTTP session, which the chdb front does not serve; pass settings and database as URL parameters (NOT_IMPLEMENTED)');
-    }
     const database = url.searchParams.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
     const format = url.searchParams.get('default_format') ?? header(req, 'x-clickhouse-format') ?? 'TabSeparated';
     const started = process.hrtime.bigint();
