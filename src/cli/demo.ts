@@ -6,7 +6,7 @@ import { silentLogger } from '../core/logger.js';
 import { sleep } from '../core/async.js';
 import { devDown, devUp, readCluster } from '../dev/cluster.js';
 import { isAlive } from '../dev/processes.js';
-import { CLICKHOUSE_BACKENDS, type ClickHouseBackend } from '../dev/clickhouse.js';
+import { CLICKHOUSE_BACKENDS, isClickHouseBackend, type ClickHouseBackend } from '../dev/clickhouse.js';
 import { UsageError } from './admin-commands.js';
 
 async function post(url: string, body: string): Promise<Response> {
@@ -20,18 +20,23 @@ async function count(url: string): Promise<number> {
   return Number((await res.text()).trim());
 }
 
+/** The value of `--clickhouse`, for `chorus demo` and `chorus dev up`. */
+export function clickhouseBackendOption(value: string | undefined): ClickHouseBackend {
+  if (!isClickHouseBackend(value)) throw new UsageError(`--clickhouse must be one of ${CLICKHOUSE_BACKENDS.join(', ')}`);
+  return value;
+}
+
 /** `npm start`: a 3-replica shard on loopback, a demo table, inserts through every replica. */
 export async function runDemo(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { dir: { type: 'string', default: '.chorus-dev' }, clickhouse: { type: 'string', default: 'server' } } });
-  const backend = values.clickhouse as ClickHouseBackend;
-  if (!CLICKHOUSE_BACKENDS.includes(backend)) throw new UsageError(`--clickhouse must be one of ${CLICKHOUSE_BACKENDS.join(', ')}`);
+  const backend = clickhouseBackendOption(values.clickhouse);
   const dir = resolve(values.dir!);
   if (existsSync(`${dir}/cluster.json`)) {
     const previous = readCluster(dir);
     if (isAlive(previous.zookeeperPid)) await devDown(dir);
   }
   rmSync(dir, { recursive: true, force: true });
-  process.stdout.write(`Starting ZooKeeper, 3 ClickHouse (${backend === "chdb" ? "ClickHouse 26 from chdb" : "clickhouse-server"}) and 3 Chorus sidecars under ${dir} ...\n`);
+  process.stdout.write(`Starting ZooKeeper, 3 ClickHouse (${backend === 'chdb' ? 'ClickHouse 26 from chdb' : 'clickhouse-server'}) and 3 Chorus sidecars under ${dir} ...\n`);
   const info = await devUp({ replicas: 3, dir, clickhouse: backend });
   const stop = async () => {
     process.stdout.write('\nStopping the dev cluster ...\n');

@@ -2,10 +2,9 @@ import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
-import { CLICKHOUSE_BACKENDS, type ClickHouseBackend } from '../dev/clickhouse.js';
 import { devDown, devKill, devStart, devUp, devWipe, type Component } from '../dev/cluster.js';
 import { Sidecar } from '../sidecar/sidecar.js';
-import { runDemo } from './demo.js';
+import { clickhouseBackendOption, runDemo } from './demo.js';
 import { runAdminCommand, UsageError } from './admin-commands.js';
 
 const USAGE = `chorus: replication coordinator sidecar for ClickHouse
@@ -84,9 +83,7 @@ async function dev(args: string[]): Promise<void> {
   if (sub === 'up') {
     const replicas = Number(values.replicas);
     if (!Number.isInteger(replicas) || replicas < 1 || replicas > 9) throw new UsageError('--replicas must be an integer from 1 to 9');
-    const backend = values.clickhouse as ClickHouseBackend;
-    if (!CLICKHOUSE_BACKENDS.includes(backend)) throw new UsageError(`--clickhouse must be one of ${CLICKHOUSE_BACKENDS.join(', ')}`);
-    const info = await devUp({ replicas, dir: values.dir, clickhouse: backend });
+    const info = await devUp({ replicas, dir: values.dir, clickhouse: clickhouseBackendOption(values.clickhouse) });
     if (values.json) {
       process.stdout.write(
         JSON.stringify({

@@ -36,8 +36,12 @@ export function parseClickHouseError(body: string, headerCode?: string): { code?
     .replace(/^Code: \d+\. /, '')
     .replace(/, e\.what\(\) = [\w:]+$/, '')
     .replace(/ \(version [^)]*\)$/, '');
-  const name = /\(([A-Z][A-Z0-9_]+)\)$/.exec(message)?.[1];
-  return { code, name, message };
+  return { code, name: exceptionName(message), message };
+}
+
+/** The exception's name, which releases since 21.11 put in parentheses at the end of the message. */
+export function exceptionName(message: string): string | undefined {
+  return /\(([A-Z][A-Z0-9_]+)\)\s*$/.exec(message)?.[1];
 }
 
 /**

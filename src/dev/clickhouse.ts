@@ -12,6 +12,10 @@ import { httpOk, spawnDetached, waitFor } from './processes.js';
 export type ClickHouseBackend = 'server' | 'chdb';
 export const CLICKHOUSE_BACKENDS: readonly ClickHouseBackend[] = ['server', 'chdb'];
 
+export function isClickHouseBackend(value: string | undefined): value is ClickHouseBackend {
+  return (CLICKHOUSE_BACKENDS as readonly (string | undefined)[]).includes(value);
+}
+
 export function clickhouseServerBinary(): string {
   return process.env.CHORUS_DEV_CLICKHOUSE_SERVER ?? '/usr/sbin/clickhouse-server';
 }

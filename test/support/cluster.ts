@@ -7,7 +7,7 @@ import { silentLogger } from '../../src/core/logger.js';
 import { sleep } from '../../src/core/async.js';
 import { devDown, devUp, scratchRoot, type ClusterInfo, type DevUpOptions, type ReplicaInfo } from '../../src/dev/cluster.js';
 import { mntr } from '../../src/dev/zookeeper.js';
-import { CLICKHOUSE_BACKENDS, type ClickHouseBackend } from '../../src/dev/clickhouse.js';
+import { CLICKHOUSE_BACKENDS, isClickHouseBackend, type ClickHouseBackend } from '../../src/dev/clickhouse.js';
 
 /**
  * The ClickHouse the integration tests run against: CHORUS_TEST_CLICKHOUSE=server (Debian's
@@ -16,8 +16,8 @@ import { CLICKHOUSE_BACKENDS, type ClickHouseBackend } from '../../src/dev/click
  */
 export function testBackend(): ClickHouseBackend {
   const value = process.env.CHORUS_TEST_CLICKHOUSE ?? 'server';
-  if (!(CLICKHOUSE_BACKENDS as readonly string[]).includes(value)) throw new Error(`CHORUS_TEST_CLICKHOUSE must be one of ${CLICKHOUSE_BACKENDS.join(', ')}, not ${value}`);
-  return value as ClickHouseBackend;
+  if (!isClickHouseBackend(value)) throw new Error(`CHORUS_TEST_CLICKHOUSE must be one of ${CLICKHOUSE_BACKENDS.join(', ')}, not ${value}`);
+  return value;
 }
 
 /**

@@ -1,3 +1,5 @@
+import { exceptionName } from '../../clickhouse/http.js';
+
 /**
  * How ClickHouse's HTTP interface answers an exception, for the chdb front: the status that
  * ClickHouse's exceptionCodeToHTTPStatus gives the error's name, the `X-ClickHouse-Exception-Code`
@@ -45,11 +47,6 @@ export interface HttpException {
   status: number;
   code: number;
   body: string;
-}
-
-/** The exception name ClickHouse 21.11+ puts in parentheses at the end of its messages. */
-export function exceptionName(message: string): string | undefined {
-  return /\(([A-Z][A-Z0-9_]+)\)\s*$/.exec(message.trim())?.[1];
 }
 
 export function httpException(code: number, message: string, version: string): HttpException {

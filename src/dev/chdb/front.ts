@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { quoteIdent, quoteString } from '../../clickhouse/http.js';
+import { Semaphore } from '../../core/async.js';
 import { FRONT_ERRORS, httpException, type HttpException } from './errors.js';
 
 /** The part of chdb's Session this front uses (chdb is a dev dependency, loaded by main.ts). */
@@ -82,7 +83,8 @@ function contentTypeOf(format: string): string {
  */
 export class ChdbFront {
   private server: http.Server | null = null;
-  private turn: Promise<void> = Promise.resolve();
+  /** The engine runs one query at a time: one request holds it from its settings to its answer. */
+  private readonly engine = new Semaphore(1);
   /** Settings that the previous request left different from the server defaults. */
   private applied = new Map<string, string>();
   private database = 'default';
@@ -122,21 +124,12 @@ export class ChdbFront {
   async close(): Promise<void> {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     this.server?.closeAllConnections();
-    await this.turn;
+    // Every request that took a turn before this one is done with the engine after it.
+    await this.engine.run(async () => undefined);
   }
 
   private async run(sql: string, format = 'TabSeparated'): Promise<string> {
     return Buffer.from((await this.session.queryAsync(sql, { format })).bytes()).toString('utf8');
-  }
-
-  /** Runs `fn` when every earlier request has finished with the engine. */
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const result = this.turn.then(fn);
-    this.turn = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    return result;
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -229,7 +222,7 @@ export class ChdbFront {
     const format = url.searchParams.get('default_format') ?? header(req, 'x-clickhouse-format') ?? 'TabSeparated';
     const started = process.hrtime.bigint();
     try {
-      const result = await this.exclusive(async () => {
+      const result = await this.engine.run(async () => {
         await this.prepare(settings, database);
         return Object.keys(bound).length > 0 ? this.session.queryBindAsync(sql, bound, { format }) : this.session.queryAsync(sql, { format });
       });
