@@ -18,6 +18,12 @@ export interface GossipOptions {
   /** At most this many entries in one reply or push. */
   maxEntriesPerMessage: number;
   swim: SwimOptions;
+  /**
+   * The replica name the caller's TLS client certificate proves, or null when the transport is
+   * not authenticated (`tls.insecure`). Whatever a message says about its sender is checked
+   * against it.
+   */
+  identify?: (call: grpc.ServerUnaryCall<unknown, unknown>) => string | null;
 }
 
 /**
