@@ -9,7 +9,7 @@ import type { Faults } from '../faults/faults.js';
 import type { LocalLog } from '../log/store.js';
 import { assertSafeFileName, assertSafeName, SMALL_FILE_BYTES } from './files.js';
 import type { PartStore } from './store.js';
-import type { SnapshotManifest, Snapshots } from '../replication/clone.js';
+import type { Snapshots } from '../replication/clone.js';
 
 /**
  * Chorus's interserver HTTP: peers download the files of parts held in this replica's part
@@ -54,7 +54,10 @@ export function createInterserverServer(deps: { self: string; log: LocalLog; sto
       throw new ChorusError('PART_NOT_FOUND', `LSN ${entry.lsn} is not in this replica's part store`);
     }
     const total = entry.files.reduce((sum, f) => sum + f.size, 0);
-    const paths = entry.files.map((f) => join(dir, f.name));
+    const paths = entry.files.map((f) => {
+      assertSafeFileName(f.name);
+      return join(dir, f.name);
+    });
     // Small parts (most inserts) are read inline in one go; large ones are streamed.
     let body: Readable =
       total < SMALL_FILE_BYTES ? Readable.from([Buffer.concat(paths.map((p) => readFileSync(p)))]) : Readable.from(concatFiles(paths));
@@ -87,15 +90,10 @@ export function createInterserverServer(deps: { self: string; log: LocalLog; sto
   app.get('/v1/digest', async () => ({ replica: deps.self, maxLsn: deps.log.maxLsn(), appliedWatermark: deps.log.watermarks().applied }));
 
   // Clone: a consistent snapshot of every replicated table, then its parts and the log.
-  const manifests = new Map<string, SnapshotManifest>();
-  app.post('/v1/snapshots', async () => {
-    const manifest = await deps.snapshots.create();
-    manifests.set(manifest.id, manifest);
-    return manifest;
-  });
+  app.post('/v1/snapshots', async () => deps.snapshots.create());
   const snapshotOf = (id: string) => {
-    const m = manifests.get(id);
-    if (!m) throw new ChorusError('PART_NOT_FOUND', `no snapshot ${JSON.stringify(id)} here`);
+    const m = deps.snapshots.get(id);
+    if (!m) throw new ChorusError('PART_NOT_FOUND', `no snapshot ${JSON.stringify(id.slice(0, 64))} here`);
     return m;
   };
   app.get<{ Params: { id: string } }>('/v1/snapshots/:id/entries', async (req, reply) => {
@@ -114,6 +112,7 @@ export function createInterserverServer(deps: { self: string; log: LocalLog; sto
     const found = manifest.tables.find((t) => t.database === db && t.table === table)?.parts.find((p) => p.name === part);
     if (!found) throw new ChorusError('PART_NOT_FOUND', `snapshot ${id} has no part ${db}.${table}/${part}`);
     const dir = deps.snapshots.partDir(id, db, table, part);
+    for (const f of found.files) assertSafeFileName(f.name);
     const total = found.files.reduce((s, f) => s + f.size, 0);
     return reply
       .header('Content-Type', 'application/octet-stream')

@@ -1,15 +1,17 @@
 import { randomUUID } from 'node:crypto';
-import { linkSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { z } from 'zod';
+import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Attacher } from '../clickhouse/attach.js';
 import { isReplicableEngine, type TableCatalog } from '../clickhouse/catalog.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
+import { Semaphore } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { FileInfo, LogEntry, Range } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import { downloadPart } from '../parts/fetch.js';
-import { linkPart, manifestOf } from '../parts/files.js';
+import { assertSafeFileName, assertSafeName, linkPart, manifestOf } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 
 export interface SnapshotPart {
@@ -56,7 +58,20 @@ export class Snapshots {
     this.dir = join(dataDir, 'snapshots');
   }
 
+  /** Snapshots taken and not yet swept, newest last; a clone reads its manifest from here. */
+  private readonly held = new Map<string, { manifest: SnapshotManifest; takenAt: number }>();
+  /** One snapshot at a time: each one hardlinks every part of every table. */
+  private readonly taking = new Semaphore(1);
+
+  get(id: string): SnapshotManifest | undefined {
+    return this.held.get(id)?.manifest;
+  }
+
   async create(): Promise<SnapshotManifest> {
+    return this.taking.run(() => this.createOne());
+  }
+
+  private async createOne(): Promise<SnapshotManifest> {
     const { ch, log } = this.deps;
     const id = randomUUID();
     const root = join(this.dir, id);
@@ -66,6 +81,10 @@ export class Snapshots {
     );
     const replicated = tables.filter((t) => isReplicableEngine(t.engine));
     const manifest: SnapshotManifest = { id, source: this.deps.self, maxLsn: 0, applied: [], tables: [], unreplicated: [] };
+    const linked: Array<{ table: SnapshotTable; part: Omit<SnapshotPart, 'files' | 'checksumsSha256'>; dir: string }> = [];
+    // Attaches and drops wait while the tables are locked: only what makes the snapshot
+    // consistent (the parts listed and hardlinked, the log's position) happens inside; hashing
+    // every file, which takes as long as reading the data, happens after.
     await this.deps.attacher.withTablesLocked(
       replicated.map((t) => `${t.database}.${t.name}`),
       async () => {
@@ -85,23 +104,30 @@ export class Snapshots {
               continue;
             }
             const target = join(root, t.database, t.name, p.name);
-            mkdirSync(target, { recursive: true });
             linkPart(p.path, target);
-            const files = await manifestOf(target);
-            entry.parts.push({
-              name: p.name,
-              partitionId: p.partitionId,
-              minBlock: p.minBlock,
-              maxBlock: p.maxBlock,
-              files,
-              checksumsSha256: files.find((f) => f.name === 'checksums.txt')!.sha256,
-              lsns: [...new Set(mapped.map((b) => b.lsn))].sort((a, b) => a - b),
+            linked.push({
+              table: entry,
+              dir: target,
+              part: {
+                name: p.name,
+                partitionId: p.partitionId,
+                minBlock: p.minBlock,
+                maxBlock: p.maxBlock,
+                lsns: [...new Set(mapped.map((b) => b.lsn))].sort((a, b) => a - b),
+              },
             });
           }
           manifest.tables.push(entry);
         }
       },
     );
+    for (const { table, part, dir } of linked) {
+      const files = await manifestOf(dir);
+      table.parts.push({ ...part, files, checksumsSha256: files.find((f) => f.name === 'checksums.txt')!.sha256 });
+    }
+    this.held.set(id, { manifest, takenAt: Date.now() });
+    // A source keeps only a few snapshots: each holds hardlinks that keep merged-away parts on disk.
+    while (this.held.size > MAX_HELD_SNAPSHOTS) this.remove(this.held.keys().next().value!);
     this.deps.logger.info(
       { snapshot: id, tables: manifest.tables.length, parts: manifest.tables.reduce((s, t) => s + t.parts.length, 0), unreplicated: manifest.unreplicated.length },
       'snapshot taken for a clone',
@@ -112,12 +138,18 @@ export class Snapshots {
     return manifest;
   }
 
+  private remove(id: string): void {
+    this.held.delete(id);
+    rmSync(join(this.dir, id), { recursive: true, force: true });
+  }
+
   partDir(id: string, database: string, table: string, part: string): string {
     return join(this.dir, id, database, table, part);
   }
 
-  /** Snapshots older than `maxAgeMs` are removed (a clone that never finished). */
-  sweep(maxAgeMs: number): void {
+  /** Snapshots older than `maxAgeMs` are removed (a clone that never finished), with what is left of earlier runs. */
+  sweep(maxAgeMs: number, now = Date.now()): void {
+    for (const [id, { takenAt }] of this.held) if (now - takenAt > maxAgeMs) this.remove(id);
     let names: string[] = [];
     try {
       names = readdirSync(this.dir);
@@ -125,11 +157,15 @@ export class Snapshots {
       return;
     }
     for (const name of names) {
+      if (this.held.has(name)) continue;
       const path = join(this.dir, name);
-      if (Date.now() - statSync(path).mtimeMs > maxAgeMs) rmSync(path, { recursive: true, force: true });
+      if (now - statSync(path).mtimeMs > maxAgeMs) rmSync(path, { recursive: true, force: true });
     }
   }
 }
+
+/** How many snapshots a source keeps for clones at once; the oldest goes first. */
+export const MAX_HELD_SNAPSHOTS = 4;
 
 export interface CloneProgress {
   state: 'idle' | 'cloning' | 'done' | 'failed';
@@ -154,7 +190,7 @@ export class Cloner {
   progress: CloneProgress = { state: 'idle', parts: 0, partsDone: 0, bytes: 0, bytesDone: 0, bytesPerSec: 0, unreplicated: 0 };
 
   constructor(
-    private readonly deps: { ch: ClickHouseHttp; catalog: TableCatalog; attacher: Attacher; log: LocalLog; store: PartStore; logger: Logger; timeoutMs: number },
+    private readonly deps: { ch: ClickHouseHttp; catalog: TableCatalog; attacher: Attacher; log: LocalLog; store: PartStore; logger: Logger; timeoutMs: number; databases: string[] },
   ) {}
 
   async clone(source: { name: string; interserver: string }): Promise<CloneProgress> {
@@ -165,14 +201,25 @@ export class Cloner {
     try {
       const res = await fetch(`${base}/v1/snapshots`, { method: 'POST', signal: AbortSignal.timeout(this.deps.timeoutMs) });
       if (!res.ok) throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} could not take a snapshot: ${res.status} ${await res.text()}`);
-      const manifest = (await res.json()) as SnapshotManifest;
+      const manifest = parseManifest(await res.json(), source.name);
+      for (const t of manifest.tables) {
+        if (!this.deps.databases.includes(t.database)) {
+          throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} offered table ${t.database}.${t.table}, outside this replica's databases (${this.deps.databases.join(', ')})`);
+        }
+        checkCreateQuery(t);
+      }
       const parts = manifest.tables.flatMap((t) => t.parts.map((p) => ({ t, p })));
       this.progress.parts = parts.length;
       this.progress.bytes = parts.reduce((s, x) => s + x.p.files.reduce((a, f) => a + f.size, 0), 0);
       this.progress.unreplicated = manifest.unreplicated.length;
       logger.info({ source: source.name, parts: parts.length, bytes: this.progress.bytes, maxLsn: manifest.maxLsn }, 'clone started');
       for (const db of new Set(manifest.tables.map((t) => t.database))) await ch.exec(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(db)}`);
-      for (const t of manifest.tables) await ch.exec(t.createQuery.replace(/^CREATE TABLE /, 'CREATE TABLE IF NOT EXISTS '));
+      for (const t of manifest.tables) {
+        await ch.exec(t.createQuery.replace(/^CREATE TABLE /, 'CREATE TABLE IF NOT EXISTS '));
+        // What was created is checked, not only what was sent: a table Chorus would not
+        // replicate (another engine, a non-local disk) ends the clone.
+        await this.deps.catalog.resolve(t.database, t.table);
+      }
       const work = join(this.deps.store.tmpDir, `clone-${manifest.id}`);
       for (const { t, p } of parts) {
         const dir = join(work, t.database, t.table, p.name);
@@ -196,12 +243,11 @@ export class Cloner {
         );
       }
       rmSync(work, { recursive: true, force: true });
-      const entries = await this.fetchEntries(base, manifest.id);
-      log.loadSnapshotEntries(entries, manifest.applied);
+      const entries = await this.loadEntries(base, manifest);
       log.setMeta('clone', `done:${source.name}:${manifest.maxLsn}`);
       this.progress.state = 'done';
       logger.info(
-        { source: source.name, parts: this.progress.parts, bytes: this.progress.bytesDone, bytesPerSec: Math.round(this.progress.bytesPerSec), entries: entries.length, unreplicated: manifest.unreplicated.length },
+        { source: source.name, parts: this.progress.parts, bytes: this.progress.bytesDone, bytesPerSec: Math.round(this.progress.bytesPerSec), entries, unreplicated: manifest.unreplicated.length },
         'clone done; catching up from the snapshot',
       );
       return this.progress;
@@ -212,12 +258,135 @@ export class Cloner {
     }
   }
 
-  private async fetchEntries(base: string, id: string): Promise<LogEntry[]> {
-    const res = await fetch(`${base}/v1/snapshots/${id}/entries`, { signal: AbortSignal.timeout(this.deps.timeoutMs) });
-    if (!res.ok) throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries: ${res.status}`);
-    return (await res.text())
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => JSON.parse(line) as LogEntry);
+  /**
+   * Streams the source's log up to the snapshot into the local log, in batches: a log of
+   * millions of entries is never held whole in memory. Returns the number of entries.
+   */
+  private async loadEntries(base: string, manifest: SnapshotManifest): Promise<number> {
+    const res = await fetch(`${base}/v1/snapshots/${encodeURIComponent(manifest.id)}/entries`, { signal: AbortSignal.timeout(this.deps.timeoutMs) });
+    if (!res.ok || !res.body) throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries: ${res.status}`);
+    let batch: LogEntry[] = [];
+    let count = 0;
+    const flush = () => {
+      this.deps.log.loadSnapshotEntries(batch, manifest.applied);
+      count += batch.length;
+      batch = [];
+    };
+    for await (const line of ndjsonLines(res.body)) {
+      let entry: LogEntry;
+      try {
+        entry = JSON.parse(line) as LogEntry;
+      } catch {
+        throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries from ${manifest.source}: a line is not JSON`);
+      }
+      if (entry.lsn > manifest.maxLsn) throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries from ${manifest.source}: LSN ${entry.lsn} is beyond the snapshot's ${manifest.maxLsn}`);
+      batch.push(entry);
+      if (batch.length >= ENTRY_BATCH) flush();
+    }
+    flush();
+    return count;
   }
+}
+
+const ENTRY_BATCH = 1000;
+/** A longer line is not an entry: an entry's manifest of a few hundred files is far shorter. */
+const MAX_ENTRY_LINE = 4 * 1024 * 1024;
+
+async function* ndjsonLines(body: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let pending = '';
+  for await (const chunk of body) {
+    pending += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      if (line) yield line;
+    }
+    if (pending.length > MAX_ENTRY_LINE) throw new ChorusError('PEER_UNAVAILABLE', `a snapshot entry longer than ${MAX_ENTRY_LINE} bytes`);
+  }
+  pending += decoder.decode();
+  if (pending) yield pending;
+}
+
+const safeName = z.string().refine((name) => {
+  try {
+    assertSafeName('name', name);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'not a safe name');
+const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+
+const manifestSchema = z.object({
+  id: z.string().regex(/^[0-9a-f-]{36}$/),
+  source: z.string().max(255),
+  maxLsn: count,
+  applied: z.array(z.object({ first: count, last: count })).max(10_000_000),
+  tables: z
+    .array(
+      z.object({
+        database: safeName,
+        table: safeName,
+        createQuery: z.string().max(1024 * 1024),
+        parts: z
+          .array(
+            z.object({
+              name: safeName,
+              partitionId: z.string().max(255),
+              minBlock: count,
+              maxBlock: count,
+              files: z.array(z.object({ name: z.string().max(512), size: count, sha256 })).min(1).max(100_000),
+              checksumsSha256: sha256,
+              lsns: z.array(count).max(10_000_000),
+            }),
+          )
+          .max(1_000_000),
+      }),
+    )
+    .max(100_000),
+  unreplicated: z.array(z.object({ database: z.string(), table: z.string(), part: z.string(), rows: count })).max(1_000_000),
+});
+
+/** A peer's snapshot manifest, checked before any name in it becomes a path or a statement. */
+export function parseManifest(raw: unknown, source: string): SnapshotManifest {
+  const parsed = manifestSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ChorusError('PEER_UNAVAILABLE', `peer ${source} sent an invalid snapshot manifest: ${issue.path.join('.')}: ${issue.message}`);
+  }
+  for (const t of parsed.data.tables) {
+    for (const p of t.parts) {
+      for (const f of p.files) {
+        try {
+          assertSafeFileName(f.name);
+        } catch (err) {
+          throw new ChorusError('PEER_UNAVAILABLE', `peer ${source} sent an invalid snapshot manifest: ${(err as Error).message}`, err);
+        }
+      }
+    }
+  }
+  return parsed.data;
+}
+
+/**
+ * The statement a clone runs to create a table is the source's `create_table_query`, so it is
+ * held to what that column holds for a table Chorus replicates: a CREATE TABLE of exactly that
+ * table with a plain MergeTree-family engine, not a table function, a SELECT or another engine.
+ */
+export function checkCreateQuery(t: Pick<SnapshotTable, 'database' | 'table' | 'createQuery'>): void {
+  const refuse = (why: string) => new ChorusError('PEER_UNAVAILABLE', `refusing to create ${t.database}.${t.table} from a peer's statement: ${why}`);
+  const name = (n: string) => `(?:${escapeRegExp(n)}|${escapeRegExp(quoteIdent(n))}|\x60${escapeRegExp(n)}\x60)`;
+  if (!new RegExp(`^CREATE TABLE ${name(t.database)}\\.${name(t.table)}\\s*\\(`).test(t.createQuery)) throw refuse('it does not create this table');
+  // Literals and quoted names cannot hide a clause: look at the statement without them.
+  const bare = t.createQuery.replace(/'(?:[^'\\]|\\.)*'/g, "''").replace(/\x60(?:[^\x60\\]|\\.)*\x60/g, '``');
+  const engines = [...bare.matchAll(/\bENGINE\s*=\s*(\w+)/gi)].map((m) => m[1]!);
+  if (engines.length !== 1 || !isReplicableEngine(engines[0]!)) throw refuse(`engine ${engines.join(', ') || '(none)'}`);
+  if (/;|\bAS\s+SELECT\b|\bON\s+CLUSTER\b|\bPOPULATE\b/i.test(bare)) throw refuse('it holds more than a table definition');
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

@@ -199,6 +199,7 @@ export class Sidecar implements AdminBackend {
       store: this.store,
       logger: logger.child({ component: 'clone' }),
       timeoutMs: config.clickhouse.requestTimeoutMs,
+      databases: config.clickhouse.databases,
     });
     this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots });
     this.gossip.register(this.grpcServer);
