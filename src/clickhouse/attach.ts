@@ -63,6 +63,13 @@ export class Attacher {
     if (priorFloor !== null) {
       const adopted = await this.findUnmapped(entry, where, priorFloor);
       if (adopted !== undefined) return adopted;
+      // ATTACH is known to have run: attaching again would store the rows twice.
+      if (this.log.attachDone(entry.lsn)) {
+        throw new ChorusError(
+          'ATTACH_FAILED',
+          `LSN ${entry.lsn} was attached to ${entry.database}.${entry.table} earlier but its part is not found by content (merged away, or the table changed); it is not attached again, which would store its rows twice`,
+        );
+      }
     }
     const key = `${entry.database}.${entry.table}`;
     let maxBlock = this.blockFloor.get(key);
@@ -80,6 +87,7 @@ export class Attacher {
       await rm(linked, { recursive: true, force: true });
       throw new ChorusError('ATTACH_FAILED', `ATTACH PART for LSN ${entry.lsn} failed: ${(err as Error).message}`, err);
     }
+    if (tracked) this.log.markAttachDone(entry.lsn);
     this.faults.crashPoint('attach.after-attach');
     // ATTACH gives the part the table's next block number, so it is nearly always right above
     // the floor: look there on disk first. A floor from before the table was dropped and
@@ -118,18 +126,32 @@ export class Attacher {
     );
     for (const c of candidates) {
       if (this.log.isBlockMapped(entry.database, entry.table, c.block)) continue;
-      try {
-        if ((await sha256File(join(c.path, 'checksums.txt'))) === entry.checksumsSha256) return c.block;
-      } catch {
-        // removed meanwhile
-      }
+      if ((await this.checksumsHash(c.path)) === entry.checksumsSha256) return c.block;
     }
     return undefined;
+  }
+
+  /**
+   * The hash of a candidate part's checksums.txt; undefined when ClickHouse removed the part
+   * between the query and the read. Any other read error is thrown: a part that could not be
+   * read may be the one looked for, and taking it for absent would attach it a second time.
+   */
+  private async checksumsHash(partPath: string): Promise<string | undefined> {
+    const path = join(partPath, 'checksums.txt');
+    try {
+      if (this.faults.takeUnreadablePart()) throw Object.assign(new Error(`EIO: i/o error (test fault), open '${path}'`), { code: 'EIO' });
+      return await sha256File(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new ChorusError('ATTACH_FAILED', `cannot read ${path} to recognise an attached part: ${(err as Error).message}`, err);
+    }
   }
 
   /** The part at `block`, if its directory is there and its checksums.txt is the entry's. */
   private findOnDisk(entry: LogEntry, dataPath: string, block: number): number | undefined {
     const level = parsePartName(entry.partName)?.level ?? 0;
+    // A part this fast path cannot read is looked for again, with errors reported, by findAttached.
+    if (this.faults.takeUnreadablePart()) return undefined;
     try {
       const checksums = readFileSync(join(dataPath, `${entry.partitionId}_${block}_${block}_${level}`, 'checksums.txt'));
       return createHash('sha256').update(checksums).digest('hex') === entry.checksumsSha256 ? block : undefined;
@@ -148,11 +170,7 @@ export class Attacher {
        AND min_block_number = max_block_number AND min_block_number > ${maxBlock} ORDER BY min_block_number ${order === 'newest' ? 'DESC' : 'ASC'}`,
     );
     for (const c of candidates) {
-      try {
-        if ((await sha256File(join(c.path, 'checksums.txt'))) === entry.checksumsSha256) return c.block;
-      } catch {
-        // Removed by ClickHouse between the query and the read: not this one.
-      }
+      if ((await this.checksumsHash(c.path)) === entry.checksumsSha256) return c.block;
     }
     return undefined;
   }

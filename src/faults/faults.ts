@@ -27,16 +27,19 @@ export interface FaultSettings {
   corruptServedFiles: number;
   /** Die at this point the next time it is reached. */
   crashAt: CrashPoint | null;
+  /** The next N reads of an attached part's checksums.txt (to recognise it) fail with EIO. */
+  unreadableParts: number;
 }
 
 export class Faults {
-  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null };
+  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null, unreadableParts: 0 };
 
   constructor(readonly enabled: boolean) {}
 
   arm(update: Partial<FaultSettings>): FaultSettings {
     if (!this.enabled) return this.settings;
     if (update.corruptServedFiles !== undefined) this.settings.corruptServedFiles = Math.max(0, Math.floor(update.corruptServedFiles));
+    if (update.unreadableParts !== undefined) this.settings.unreadableParts = Math.max(0, Math.floor(update.unreadableParts));
     if (update.crashAt !== undefined) {
       if (update.crashAt !== null && !CRASH_POINTS.includes(update.crashAt)) {
         throw new ChorusError('BAD_QUERY', `unknown crash point ${String(update.crashAt)}; known: ${CRASH_POINTS.join(', ')}`);
@@ -51,6 +54,13 @@ export class Faults {
     if (!this.enabled || this.settings.crashAt !== point) return;
     process.stderr.write(`test fault: dying at crash point ${point}\n`);
     process.kill(process.pid, 'SIGKILL');
+  }
+
+  /** True when this read of an attached part should fail; consumes one. */
+  takeUnreadablePart(): boolean {
+    if (!this.enabled || this.settings.unreadableParts <= 0) return false;
+    this.settings.unreadableParts--;
+    return true;
   }
 
   /** True when the file about to be served should be corrupted; consumes one. */

@@ -11,10 +11,11 @@ interface EntryRow {
 
 /**
  * The replica's local log. SQLite in WAL mode with synchronous=NORMAL: a transaction that
- * returned is in the WAL, so it survives kill -9 of the sidecar (the failure a pod sees);
- * the WAL is fsynced at checkpoints, so a power loss may take the last moments, which is
- * also what ClickHouse guarantees for the parts themselves (it does not fsync them). FULL
- * cost an fsync per commit: most of the sidecar's CPU per insert.
+ * returned is in the WAL, so it survives kill -9 of the sidecar (the failure a pod sees, and
+ * what invariant 1 is about); the WAL is fsynced at checkpoints, so a power loss may take the
+ * last moments, which is also what ClickHouse guarantees for the parts themselves (it does
+ * not fsync them). FULL cost an fsync per commit: most of the sidecar's CPU per insert. The
+ * README's "Durability" section says the same to users.
  */
 export class LocalLog {
   private db: Database.Database;
@@ -69,6 +70,7 @@ export class LocalLog {
     // Logs written before entries had a kind column get one.
     const columns = this.db.prepare('PRAGMA table_info(entries)').all() as Array<{ name: string }>;
     if (!columns.some((c) => c.name === 'kind')) this.db.exec("ALTER TABLE entries ADD COLUMN kind TEXT NOT NULL DEFAULT 'insert'");
+    if (!columns.some((c) => c.name === 'attach_done')) this.db.exec('ALTER TABLE entries ADD COLUMN attach_done INTEGER NOT NULL DEFAULT 0');
     this.advanceWatermarks();
   }
 
@@ -210,6 +212,16 @@ export class LocalLog {
   /** ATTACH is about to run for `lsn` with this block floor: a retry may find the part already attached. */
   markAttaching(lsn: number, floor: number): void {
     this.db.prepare('UPDATE entries SET attach_floor = ? WHERE lsn = ?').run(floor, lsn);
+  }
+
+  /** ATTACH PART succeeded for `lsn`: from now on its part is only looked for, never attached again. */
+  markAttachDone(lsn: number): void {
+    this.db.prepare('UPDATE entries SET attach_done = 1 WHERE lsn = ?').run(lsn);
+  }
+
+  attachDone(lsn: number): boolean {
+    const row = this.db.prepare('SELECT attach_done AS d FROM entries WHERE lsn = ?').get(lsn) as { d: number } | undefined;
+    return row?.d === 1;
   }
 
   attachFloor(lsn: number): number | null {

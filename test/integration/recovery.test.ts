@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
 import { devKill, devStart, readCluster } from '../../src/dev/cluster.js';
@@ -72,10 +73,56 @@ describe('replicas that die or fall behind converge', () => {
         await sleep(200);
       }
       expect(retry!.status).toBe(200);
+      // Recovery recorded the interrupted insert at start-up: the retry is answered as a
+      // duplicate of it, not stored a second time.
+      expect(retry!.headers.get('x-chorus-deduplicated')).toBe('1');
       expected += 5;
       await expectConverged();
     },
   );
+
+  it('kill -9 the moment an insert is acknowledged, page cache dropped: every acknowledged insert is on every replica', async () => {
+    for (let round = 0; round < 3; round++) {
+      const res = await insert(0, rows(4));
+      expect(res.status).toBe(200);
+      await devKill(cluster.info.dir, 'r1', 'sidecar', 'KILL');
+      expected += 4;
+      // Clean pages go; what is dirty stays in memory. A test cannot cut power, but it can make
+      // sure that what the restarted sidecar reads comes from the files as written.
+      try {
+        writeFileSync('/proc/sys/vm/drop_caches', '1');
+      } catch {
+        // not root, or a read-only /proc: the kill alone still runs
+      }
+      await devStart(cluster.info.dir, 'r1', 'sidecar');
+    }
+    await expectConverged();
+  });
+
+  it('an attached part that cannot be read back is looked for again, never attached twice', async () => {
+    // The fast path on disk, the search after ATTACH and the first retry's search all fail to
+    // read: the origin answers ATTACH_FAILED with the LSN it recorded, and keeps looking.
+    await cluster.armFaults(0, { unreadableParts: 3 });
+    const body = rows(6);
+    const first = await insert(0, body);
+    const text = await first.text();
+    expect(first.status).toBe(500);
+    expect(first.headers.get('x-chorus-error-code')).toBe('CHORUS_ATTACH_FAILED');
+    const lsn = /recorded as LSN (\d+)/.exec(text)?.[1];
+    expect(lsn).toBeDefined();
+    let retry: Response | undefined;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      retry = await insert(0, body);
+      if (retry.status === 200) break;
+      await retry.text();
+      await sleep(200);
+    }
+    expect(retry!.status).toBe(200);
+    expect(retry!.headers.get('x-chorus-deduplicated')).toBe('1');
+    expect(retry!.headers.get('x-chorus-lsn')).toBe(lsn);
+    expected += 6;
+    await expectConverged();
+  });
 
   it('a follower killed in the middle of fetching a part fetches it again after restart', async () => {
     await cluster.armFaults(1, { crashAt: 'fetch.mid-transfer' } as never);
@@ -94,20 +141,22 @@ describe('replicas that die or fall behind converge', () => {
       while (!stop) {
         const body = rows(3);
         const res = await insert(replica, body);
-        await res.text();
         if (res.status === 200) {
+          await res.text();
           outcomes.ok++;
           expected += 3;
         } else {
           outcomes.refused++;
           outcomes.codes.add(res.headers.get('x-chorus-error-code') ?? `HTTP ${res.status}`);
-          // A refused insert is retried later through the same replica, as a client would.
-          pendingRetries.push(body);
+          // A refused insert is retried later, as a client would. What the refusal said is kept:
+          // "recorded as LSN n" promises the rows are stored (the retry must be a duplicate of
+          // n); any other refusal promises nothing was (the retry must store them anew).
+          pendingRetries.push({ body, recordedAs: /recorded as LSN (\d+)/.exec(await res.text())?.[1] });
         }
         await sleep(10);
       }
     });
-    const pendingRetries: string[] = [];
+    const pendingRetries: Array<{ body: string; recordedAs: string | undefined }> = [];
     await sleep(1000);
     await devKill(cluster.info.dir, 'r1', 'clickhouse', 'KILL');
     await sleep(2000);
@@ -122,9 +171,13 @@ describe('replicas that die or fall behind converge', () => {
     for (const code of outcomes.codes) expect(code).toMatch(/^CHORUS_/);
     // Every retry that is acknowledged means the rows are stored once: either this retry
     // stored them, or (deduplicated) the refused attempt had been recorded and is applied.
-    for (const body of pendingRetries) {
+    for (const { body, recordedAs } of pendingRetries) {
       const res = await insert(1, body);
       expect(res.status).toBe(200);
+      if (recordedAs) {
+        expect(res.headers.get('x-chorus-deduplicated')).toBe('1');
+        expect(res.headers.get('x-chorus-lsn')).toBe(recordedAs);
+      } else expect(res.headers.get('x-chorus-deduplicated')).toBe('0');
       expected += 3;
     }
     await expectConverged();

@@ -1,5 +1,7 @@
 import { createClient } from '@clickhouse/client';
+import { readdirSync } from 'node:fs';
 import http from 'node:http';
+import { join } from 'node:path';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
@@ -194,6 +196,12 @@ describe('one shard, three replicas', () => {
       expect(await cluster.nextLsn()).toBe(lsnBefore);
       const fingerprints = await cluster.fingerprints(BAD, ROW_HASH);
       expect(fingerprints.map((f) => f.count)).toEqual([0, 0, 0]);
+      // Nothing left behind either: the staging tables are emptied (after the answer, so
+      // polled) and no part copy waits under pending/ for an LSN.
+      await expect
+        .poll(async () => Number((await cluster.clickhouse(0, "SELECT count() FROM system.parts WHERE database = '_chorus' AND active")).trim()), { timeout: 10_000 })
+        .toBe(0);
+      expect(readdirSync(join(cluster.replica(0).dir, 'chorus', 'pending'))).toEqual([]);
     };
 
     it.each([
