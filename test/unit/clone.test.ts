@@ -62,3 +62,36 @@ describe('the CREATE TABLE a clone runs', () => {
     expect(() => checkCreateQuery(t(query))).toThrow(expect.objectContaining({ code: 'PEER_UNAVAILABLE' }));
   });
 });
+
+describe('the snapshots a source holds for clones', () => {
+  it('are bounded in number and swept with their directories', async () => {
+    const { mkdtempSync, existsSync, mkdirSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { Snapshots, MAX_HELD_SNAPSHOTS } = await import('../../src/replication/clone.js');
+    const { silentLogger } = await import('../../src/core/logger.js');
+    const dataDir = mkdtempSync(join(tmpdir(), 'chorus-snapshots-'));
+    // No replicated table: what is tested is the bookkeeping, not the copy.
+    const snapshots = new Snapshots(dataDir, {
+      self: 'r1',
+      ch: { rows: async () => [] } as never,
+      catalog: {} as never,
+      attacher: { withTablesLocked: (_t: string[], fn: () => Promise<unknown>) => fn() } as never,
+      log: { appliedRanges: () => [], maxLsn: () => 0, blockMap: () => [] } as never,
+      databases: ['default'],
+      logger: silentLogger(),
+    });
+    const ids: string[] = [];
+    for (let i = 0; i < MAX_HELD_SNAPSHOTS + 2; i++) {
+      const m = await snapshots.create();
+      mkdirSync(join(snapshots.dir, m.id), { recursive: true });
+      ids.push(m.id);
+    }
+    expect(snapshots.get(ids[0]!)).toBeUndefined();
+    expect(existsSync(join(snapshots.dir, ids[0]!))).toBe(false);
+    expect(ids.filter((id) => snapshots.get(id)).length).toBe(MAX_HELD_SNAPSHOTS);
+    snapshots.sweep(1000, Date.now() + 10_000);
+    expect(ids.filter((id) => snapshots.get(id)).length).toBe(0);
+    expect(ids.filter((id) => existsSync(join(snapshots.dir, id))).length).toBe(0);
+  });
+});
