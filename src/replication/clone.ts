@@ -9,6 +9,7 @@ import type { Logger } from '../core/logger.js';
 import type { FileInfo, LogEntry, Range } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import { downloadPart } from '../parts/fetch.js';
+import type { InterserverClient } from '../tls/https.js';
 import { linkPart, manifestOf } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 
@@ -157,15 +158,15 @@ export class Cloner {
     private readonly deps: { ch: ClickHouseHttp; catalog: TableCatalog; attacher: Attacher; log: LocalLog; store: PartStore; logger: Logger; timeoutMs: number },
   ) {}
 
-  async clone(source: { name: string; interserver: string }): Promise<CloneProgress> {
+  async clone(source: { name: string; interserver: InterserverClient }): Promise<CloneProgress> {
     const { ch, log, logger } = this.deps;
-    const base = source.interserver.replace(/\/$/, '');
+    const peer = source.interserver;
     log.setMeta('clone', `in-progress:${source.name}`);
     this.progress = { state: 'cloning', source: source.name, parts: 0, partsDone: 0, bytes: 0, bytesDone: 0, startedAt: Date.now(), bytesPerSec: 0, unreplicated: 0 };
     try {
-      const res = await fetch(`${base}/v1/snapshots`, { method: 'POST', signal: AbortSignal.timeout(this.deps.timeoutMs) });
-      if (!res.ok) throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} could not take a snapshot: ${res.status} ${await res.text()}`);
-      const manifest = (await res.json()) as SnapshotManifest;
+      const res = await peer.text('/v1/snapshots', { method: 'POST', timeoutMs: this.deps.timeoutMs });
+      if (res.status !== 200) throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} could not take a snapshot: ${res.status} ${res.body}`);
+      const manifest = JSON.parse(res.body) as SnapshotManifest;
       const parts = manifest.tables.flatMap((t) => t.parts.map((p) => ({ t, p })));
       this.progress.parts = parts.length;
       this.progress.bytes = parts.reduce((s, x) => s + x.p.files.reduce((a, f) => a + f.size, 0), 0);
@@ -176,8 +177,8 @@ export class Cloner {
       const work = join(this.deps.store.tmpDir, `clone-${manifest.id}`);
       for (const { t, p } of parts) {
         const dir = join(work, t.database, t.table, p.name);
-        const url = `${base}/v1/snapshots/${manifest.id}/${encodeURIComponent(t.database)}/${encodeURIComponent(t.table)}/${encodeURIComponent(p.name)}`;
-        this.progress.bytesDone += await downloadPart(url, p.files, dir, `snapshot part ${t.database}.${t.table}/${p.name} from ${source.name}`, this.deps.timeoutMs);
+        const path = `/v1/snapshots/${manifest.id}/${encodeURIComponent(t.database)}/${encodeURIComponent(t.table)}/${encodeURIComponent(p.name)}`;
+        this.progress.bytesDone += await downloadPart(peer, path, p.files, dir, `snapshot part ${t.database}.${t.table}/${p.name} from ${source.name}`, this.deps.timeoutMs);
         const block = await this.deps.attacher.attachCopy(dir, {
           database: t.database,
           table: t.table,
@@ -196,7 +197,7 @@ export class Cloner {
         );
       }
       rmSync(work, { recursive: true, force: true });
-      const entries = await this.fetchEntries(base, manifest.id);
+      const entries = await this.fetchEntries(peer, manifest.id);
       log.loadSnapshotEntries(entries, manifest.applied);
       log.setMeta('clone', `done:${source.name}:${manifest.maxLsn}`);
       this.progress.state = 'done';
@@ -212,10 +213,10 @@ export class Cloner {
     }
   }
 
-  private async fetchEntries(base: string, id: string): Promise<LogEntry[]> {
-    const res = await fetch(`${base}/v1/snapshots/${id}/entries`, { signal: AbortSignal.timeout(this.deps.timeoutMs) });
-    if (!res.ok) throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries: ${res.status}`);
-    return (await res.text())
+  private async fetchEntries(peer: InterserverClient, id: string): Promise<LogEntry[]> {
+    const res = await peer.text(`/v1/snapshots/${id}/entries`, { timeoutMs: this.deps.timeoutMs });
+    if (res.status !== 200) throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries: ${res.status}`);
+    return res.body
       .split('\n')
       .filter(Boolean)
       .map((line) => JSON.parse(line) as LogEntry);
