@@ -37,8 +37,13 @@ export function digestAcls(auth: string): { znode: zookeeper.ACL[]; parent: zook
   };
 }
 
+/** An ACL's permission bits: the library names the field `permission`, its typings `perms`. */
+export function aclPermission(acl: zookeeper.ACL): number {
+  return (acl as unknown as { permission: number }).permission;
+}
+
 function sameAcls(a: zookeeper.ACL[], b: zookeeper.ACL[]): boolean {
-  const key = (acls: zookeeper.ACL[]) => acls.map((x) => `${x.id.scheme}:${x.id.id}:${x.perms}`).sort().join(',');
+  const key = (acls: zookeeper.ACL[]) => acls.map((x) => `${x.id.scheme}:${x.id.id}:${aclPermission(x)}`).sort().join(',');
   return key(a) === key(b);
 }
 
