@@ -147,7 +147,9 @@ async function main(argv: string[]): Promise<void> {
     case 'pause':
     case 'resume': {
       const code = await runAdminCommand(command, args, (s) => process.stdout.write(s));
-      if (code !== 0) process.exitCode = code;
+      // Exits rather than waiting for the event loop to drain: a TLS handshake with a member
+      // that is stopped (SIGSTOP, a frozen VM) outlives the closed gRPC client that began it.
+      process.stdout.write('', () => process.exit(code));
       return;
     }
     case undefined:
