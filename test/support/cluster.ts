@@ -37,7 +37,7 @@ export function grpcCredentials(info: ClusterInfo, files?: TlsFiles): grpc.Chann
 }
 
 export function httpsAgent(info: ClusterInfo, files?: TlsFiles): https.Agent {
-  return new https.Agent({ ...tlsFor(info, files ?? info.tls.cli), checkServerIdentity: () => undefined });
+  return new https.Agent({ ...tlsFor(info, files ?? info.tls.cli), servername: 'localhost', checkServerIdentity: () => undefined });
 }
 
 export function interserverClient(info: ClusterInfo, replica: string): InterserverClient {
