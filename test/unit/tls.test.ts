@@ -1,3 +1,4 @@
+import * as grpc from '@grpc/grpc-js';
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +9,8 @@ import { silentLogger } from '../../src/core/logger.js';
 import { createDevCa, issueDevCertificate } from '../../src/dev/certs.js';
 import { readTlsMaterial, tlsPathsOf } from '../../src/tls/material.js';
 import { TlsWatcher } from '../../src/tls/watcher.js';
+import { PeerTransport } from '../../src/tls/transport.js';
+import { chorusV1 } from '../../src/gossip/proto.js';
 
 const scratch = () => mkdtempSync(join(tmpdir(), 'chorus-tls-'));
 
@@ -69,5 +72,39 @@ describe('TLS settings and files', () => {
     watcher.check();
     expect(seen).toEqual([readFileSync(next.cert).toString()]);
     expect(watcher.material.cert.equals(readFileSync(next.cert))).toBe(true);
+  });
+
+  it('identify(call) gives the replica name the caller’s certificate proves, and null in plaintext', async () => {
+    const dir = scratch();
+    createDevCa(dir);
+    const transport = (files: { ca: string; cert: string; key: string } | null) =>
+      PeerTransport.fromSettings({ ca: '', cert: '', key: '', ...files, insecure: files === null, reloadIntervalMs: 60_000 }, silentLogger());
+    const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
+    const identifiedBy = async (server: PeerTransport, client: PeerTransport, dial: string) => {
+      let seen: string | null | undefined;
+      const s = new grpc.Server();
+      s.addService(Gossip.service, {
+        push: (call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+          seen = server.identify(call);
+          cb(null, { added: 0 });
+        },
+      });
+      const port = await new Promise<number>((resolve, reject) => s.bindAsync('127.0.0.1:0', server.grpcServerCredentials(), (err, p) => (err ? reject(err) : resolve(p))));
+      const c = new Gossip(`127.0.0.1:${port}`, client.grpcChannelCredentials(dial), client.grpcChannelOptions(dial)) as unknown as {
+        push: (req: unknown, cb: (err: Error | null) => void) => void;
+        close: () => void;
+      };
+      try {
+        await new Promise<void>((resolve, reject) => c.push({ from: 'r1', entries: [] }, (err) => (err ? reject(err) : resolve())));
+        return seen;
+      } finally {
+        c.close();
+        s.forceShutdown();
+      }
+    };
+    const r1 = transport(issueDevCertificate(dir, 'r1'));
+    const r2 = transport(issueDevCertificate(dir, 'r2'));
+    expect(await identifiedBy(r1, r2, 'r1')).toBe('r2');
+    expect(await identifiedBy(transport(null), transport(null), 'r1')).toBeNull();
   });
 });
