@@ -59,6 +59,7 @@ export class Allocator {
   async init(): Promise<void> {
     await this.zk.waitConnected();
     if (!(await this.zk.exists(this.opts.path))) await this.zk.mkdirp(this.opts.path);
+    await this.zk.protect(this.opts.path);
     await this.refresh();
     this.log.info({ path: this.opts.path, next: this.cached!.state.next }, 'allocator ready');
   }

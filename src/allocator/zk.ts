@@ -1,8 +1,9 @@
+import { createHash } from 'node:crypto';
 import zookeeper from 'node-zookeeper-client';
 import type { Logger } from '../core/logger.js';
 import { ChorusError } from '../core/errors.js';
 
-const { Exception } = zookeeper;
+const { ACL, Exception, Id, Permission } = zookeeper;
 
 export type ZkStat = zookeeper.Stat;
 
@@ -13,6 +14,38 @@ export function isZkError(err: unknown, code: number): boolean {
 export const ZK_BAD_VERSION = Exception.BAD_VERSION;
 export const ZK_NO_NODE = Exception.NO_NODE;
 export const ZK_NODE_EXISTS = Exception.NODE_EXISTS;
+export const ZK_NO_AUTH = Exception.NO_AUTH;
+
+/**
+ * The ACLs of Chorus's znodes under a digest identity `user:password`: only that identity may
+ * change or delete them. Everyone may read (the allocator's state is LSN counters and block
+ * hashes, nothing secret) and create beside them in a parent (other clusters and shards, with
+ * their own identities, share `/chorus`); deleting a znode needs DELETE on its parent, which
+ * only the identity has.
+ */
+export function digestAcls(auth: string): { znode: zookeeper.ACL[]; parent: zookeeper.ACL[] } {
+  if (!auth) {
+    const open = [new ACL(Permission.ALL, new Id('world', 'anyone'))];
+    return { znode: open, parent: open };
+  }
+  const user = auth.slice(0, auth.indexOf(':'));
+  const digest = new Id('digest', `${user}:${createHash('sha1').update(auth).digest('base64')}`);
+  const anyone = new Id('world', 'anyone');
+  return {
+    znode: [new ACL(Permission.ALL, digest), new ACL(Permission.READ, anyone)],
+    parent: [new ACL(Permission.ALL, digest), new ACL(Permission.READ | Permission.CREATE, anyone)],
+  };
+}
+
+/** An ACL's permission bits: the library names the field `permission`, its typings `perms`. */
+export function aclPermission(acl: zookeeper.ACL): number {
+  return (acl as unknown as { permission: number }).permission;
+}
+
+function sameAcls(a: zookeeper.ACL[], b: zookeeper.ACL[]): boolean {
+  const key = (acls: zookeeper.ACL[]) => acls.map((x) => `${x.id.scheme}:${x.id.id}:${aclPermission(x)}`).sort().join(',');
+  return key(a) === key(b);
+}
 
 /**
  * A ZooKeeper session that renews itself when it expires, with promise-returning calls.
@@ -39,6 +72,8 @@ export class ZkSession {
        */
       idleCloseMs?: number;
       keepOpen?: () => boolean;
+      /** `user:password`: the session authenticates with it, and znodes it creates carry its ACL. */
+      auth?: string;
     },
     private readonly log: Logger,
   ) {}
@@ -74,6 +109,8 @@ export class ZkSession {
       retries: 0,
     });
     this.client = client;
+    // Sent with every (re)connection of this client by the library itself.
+    if (this.opts.auth) client.addAuthInfo('digest', Buffer.from(this.opts.auth));
     client.on('connected', () => {
       this.connected = true;
       this.log.debug('zookeeper connected');
@@ -133,8 +170,43 @@ export class ZkSession {
     return this.call('setData', (c, cb) => c.setData(path, data, version, (err, stat) => cb(err, stat)));
   }
 
+  /** Creates `path` and missing parents, with the session's parent ACL (see `protect`). */
   mkdirp(path: string): Promise<void> {
-    return this.call('mkdirp', (c, cb) => c.mkdirp(path, (err) => cb(err)));
+    const { parent } = digestAcls(this.opts.auth ?? '');
+    return this.call('mkdirp', (c, cb) => c.mkdirp(path, parent, (err) => cb(err)));
+  }
+
+  getAcl(path: string): Promise<zookeeper.ACL[]> {
+    return this.call('getACL', (c, cb) => c.getACL(path, (err, acls) => cb(err, acls)));
+  }
+
+  setAcl(path: string, acls: zookeeper.ACL[]): Promise<void> {
+    return this.call('setACL', (c, cb) => c.setACL(path, acls, -1, (err) => cb(err)));
+  }
+
+  /**
+   * Puts the session's digest ACL on `path` and on its parent (which guards its deletion),
+   * where it is not already: a znode made before `zookeeper.auth` was set gets it here. A parent
+   * another identity owns is left as it is, with a warning.
+   */
+  async protect(path: string): Promise<void> {
+    if (!this.opts.auth) return;
+    const acls = digestAcls(this.opts.auth);
+    if (!sameAcls(await this.getAcl(path), acls.znode)) {
+      await this.setAcl(path, acls.znode);
+      this.log.info({ path }, 'digest ACL set on the znode');
+    }
+    const parent = path.slice(0, path.lastIndexOf('/'));
+    if (!parent) return;
+    if (!sameAcls(await this.getAcl(parent), acls.parent)) {
+      try {
+        await this.setAcl(parent, acls.parent);
+        this.log.info({ path: parent }, 'digest ACL set on the parent znode');
+      } catch (err) {
+        if (!isZkError(err, ZK_NO_AUTH)) throw err;
+        this.log.warn({ path: parent }, 'the parent znode belongs to another ZooKeeper identity: its ACL is left as it is');
+      }
+    }
   }
 
   getChildren(path: string): Promise<string[]> {

@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { ChorusError } from '../core/errors.js';
 import { chorusV1 } from '../gossip/proto.js';
+import type { PeerTransport } from '../tls/transport.js';
 
 type Unary = (req: unknown, metadata: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: unknown) => void) => void;
 
@@ -11,10 +12,12 @@ export class AdminClient {
   constructor(
     readonly address: string,
     private readonly token: string,
+    /** From cliTransport (src/cli/tls-options.ts): the port requires a client certificate. */
+    transport: PeerTransport,
     private readonly timeoutMs = 5000,
   ) {
     const Admin = chorusV1('chorus/v1/admin.proto').Admin!;
-    this.client = new Admin(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, Unary>;
+    this.client = new Admin(address, transport.grpcChannelCredentials(null), transport.grpcChannelOptions(null)) as unknown as grpc.Client & Record<string, Unary>;
   }
 
   call<T>(method: string, req: unknown = {}, timeoutMs = this.timeoutMs): Promise<T> {

@@ -1,6 +1,8 @@
 import { parseArgs } from 'node:util';
 import type { AdminStatus } from '../api/admin.js';
+import type { PeerTransport } from '../tls/transport.js';
 import { AdminClient } from './admin-client.js';
+import { cliTransport, TLS_OPTIONS } from './tls-options.js';
 
 export class UsageError extends Error {}
 
@@ -12,6 +14,7 @@ const COMMON = {
   token: { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean' },
+  ...TLS_OPTIONS,
 } as const;
 
 const HELP: Record<string, string> = {
@@ -50,16 +53,17 @@ export async function runAdminCommand(command: string, args: string[], out: (s: 
   const address = values.grpc ?? process.env.CHORUS_GRPC;
   if (!address) throw new UsageError(`--grpc HOST:PORT is required (or CHORUS_GRPC)\n${HELP[command]}`);
   const token = values.token ?? process.env.CHORUS_ADMIN_TOKEN ?? '';
+  const transport = cliTransport(values);
   const num = (v: string | undefined, name: string) => {
     if (v === undefined) return 0;
     if (!/^\d+$/.test(v)) throw new UsageError(`--${name} must be a non-negative integer`);
     return Number(v);
   };
-  const client = new AdminClient(address, token);
+  const client = new AdminClient(address, token, transport);
   try {
     switch (command) {
       case 'status':
-        return await status(client, token, values.json ?? false, out);
+        return await status(client, token, transport, values.json ?? false, out);
       case 'entries': {
         const reply = await client.call<{ entries: unknown[] }>('listEntries', {
           fromLsn: num(values.from, 'from'),
@@ -116,14 +120,14 @@ export async function runAdminCommand(command: string, args: string[], out: (s: 
   }
 }
 
-async function status(client: AdminClient, token: string, json: boolean, out: (s: string) => void): Promise<number> {
+async function status(client: AdminClient, token: string, transport: PeerTransport, json: boolean, out: (s: string) => void): Promise<number> {
   const asked = await client.call<AdminStatus>('getStatus');
   // Each member is asked for its own figures; one that does not answer is shown as seen from here.
   const own = await Promise.all(
     asked.members.map(async (m) => {
       if (m.name === asked.replica) return asked;
       if (!m.grpc) return undefined;
-      const c = new AdminClient(m.grpc, token, 2000);
+      const c = new AdminClient(m.grpc, token, transport, 2000);
       try {
         return await c.call<AdminStatus>('getStatus');
       } catch {

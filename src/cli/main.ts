@@ -11,7 +11,7 @@ const USAGE = `chorus: replication coordinator sidecar for ClickHouse
 
 Usage:
   chorus serve [--config FILE]                  run the sidecar (config also from CHORUS_* env)
-  chorus dev up --replicas N --dir DIR [--clickhouse server|chdb] [--json]
+  chorus dev up --replicas N --dir DIR [--clickhouse server|chdb] [--insecure] [--json]
                                                 start ZooKeeper, N ClickHouse (Debian's server, or
                                                 ClickHouse 26 from chdb) and N sidecars
   chorus dev down --dir DIR                     stop everything dev up started in DIR
@@ -25,6 +25,9 @@ Operating a running shard (gRPC Admin API; --grpc or CHORUS_GRPC, --token or CHO
   chorus status --grpc HOST:PORT [--json]       every member: state, applied LSN, lag, part store, ready
   chorus entries | entry LSN | resync | clone --from R | decommission R | pause | resume
   chorus COMMAND --help                         details of one command
+  The gRPC port requires a client certificate signed by the shard's CA: --tls-ca/--tls-cert/--tls-key
+  (or CHORUS_TLS_CA/CERT/KEY), or the tls section of --config FILE (CHORUS_CONFIG), or a dev
+  cluster's with --dir DIR (CHORUS_DEV_DIR); --insecure for a shard running with tls.insecure.
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration, 3 (status) the shard is degraded.
 `;
@@ -76,6 +79,7 @@ async function dev(args: string[]): Promise<void> {
       component: { type: 'string' },
       signal: { type: 'string', default: 'KILL' },
       clickhouse: { type: 'string', default: 'server' },
+      insecure: { type: 'boolean' },
     },
   });
   if (values.help || !sub) return void process.stdout.write(USAGE);
@@ -83,18 +87,24 @@ async function dev(args: string[]): Promise<void> {
   if (sub === 'up') {
     const replicas = Number(values.replicas);
     if (!Number.isInteger(replicas) || replicas < 1 || replicas > 9) throw new UsageError('--replicas must be an integer from 1 to 9');
-    const info = await devUp({ replicas, dir: values.dir, clickhouse: clickhouseBackendOption(values.clickhouse) });
+    const info = await devUp({ replicas, dir: values.dir, clickhouse: clickhouseBackendOption(values.clickhouse), insecure: values.insecure ?? false });
     if (values.json) {
       process.stdout.write(
         JSON.stringify({
           zookeeper: info.zookeeper,
           clickhouseBackend: info.clickhouseBackend,
           adminToken: info.adminToken,
+          tls: info.tls,
           replicas: info.replicas.map((r) => ({ name: r.name, http: r.http, clickhouse: r.clickhouse, grpc: r.grpc, interserver: r.interserver, pids: r.pids })),
         }) + '\n',
       );
     } else {
       process.stdout.write(`ZooKeeper ${info.zookeeper}; admin token ${info.adminToken} (export CHORUS_ADMIN_TOKEN=${info.adminToken})\n`);
+      process.stdout.write(
+        info.tls.insecure
+          ? 'gRPC and interserver ports are plaintext (--insecure): the CLI needs --insecure too\n'
+          : `gRPC and interserver ports: mutual TLS, CA and certificates in ${info.tls.dir} (the CLI finds its own with --dir ${info.dir} or CHORUS_DEV_DIR)\n`,
+      );
       for (const r of info.replicas) process.stdout.write(`${r.name}: chorus ${r.http}  clickhouse ${r.clickhouse}  grpc ${r.grpc}\n`);
     }
     return;
@@ -137,7 +147,9 @@ async function main(argv: string[]): Promise<void> {
     case 'pause':
     case 'resume': {
       const code = await runAdminCommand(command, args, (s) => process.stdout.write(s));
-      if (code !== 0) process.exitCode = code;
+      // Exits rather than waiting for the event loop to drain: a TLS handshake with a member
+      // that is stopped (SIGSTOP, a frozen VM) outlives the closed gRPC client that began it.
+      process.stdout.write('', () => process.exit(code));
       return;
     }
     case undefined:

@@ -39,6 +39,14 @@ export const configSchema = z
         dedupWindow: z.number().int().min(1).max(100_000).default(1000),
         maxBatch: z.number().int().min(1).default(500),
         idleCloseMs: z.number().int().min(100).default(60_000),
+        /**
+         * `user:password` of a ZooKeeper digest identity: Chorus's znodes get an ACL that only it
+         * may use, and the session authenticates with it. Empty leaves the znodes open to all.
+         */
+        auth: z
+          .string()
+          .regex(/^$|^[^:]+:.+$/, 'expected user:password')
+          .default(''),
       })
       .strict()
       .prefault({}),
@@ -62,6 +70,21 @@ export const configSchema = z
       .object({
         host: z.string().default('0.0.0.0'),
         port: z.number().int().min(0).max(65535).default(9100),
+      })
+      .strict()
+      .prefault({}),
+    /**
+     * Mutual TLS on the gRPC and interserver ports: PEM files of the CA, this replica's
+     * certificate (CN and a DNS SAN = the replica name) and its key, reloaded when they change.
+     */
+    tls: z
+      .object({
+        ca: z.string().default(''),
+        cert: z.string().default(''),
+        key: z.string().default(''),
+        /** Plaintext and unauthenticated peers; a warning is logged at start. */
+        insecure: z.boolean().default(false),
+        reloadIntervalMs: z.number().int().min(50).default(5000),
       })
       .strict()
       .prefault({}),

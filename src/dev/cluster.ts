@@ -8,6 +8,7 @@ import { startClickHouse, type ClickHouseBackend } from './clickhouse.js';
 import { sleep } from '../core/async.js';
 import { freePort, httpOk, isAlive, signalGroup, spawnDetached, stopProcess, waitFor } from './processes.js';
 import { startZooKeeper } from './zookeeper.js';
+import { createDevCa, issueDevCertificate, type TlsFiles } from './certs.js';
 
 export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SIDECAR_ENTRY = join(PACKAGE_ROOT, 'dist', 'cli', 'main.js');
@@ -27,6 +28,8 @@ export interface ReplicaInfo {
   interserver: string;
   pids: { clickhouse: number; sidecar: number };
   dir: string;
+  /** Its certificate (CN = name), absent when the cluster runs insecure. */
+  tls?: TlsFiles;
   ports: { http: number; interserver: number; grpc: number; clickhouseHttp: number; clickhouseTcp: number; clickhouseInterserver: number };
 }
 
@@ -41,6 +44,13 @@ export interface ClusterInfo {
   clickhouseBackend: ClickHouseBackend;
   /** The bearer token of every sidecar's Admin API (CHORUS_ADMIN_TOKEN for the CLI). */
   adminToken: string;
+  /**
+   * Mutual TLS of the gRPC and interserver ports: the throwaway CA's directory and the CLI's
+   * certificate (CN chorus-cli), or insecure (plaintext) when started so.
+   */
+  tls: { insecure: boolean; dir: string; cli?: TlsFiles };
+  /** The `user:password` digest that guards the shard's znodes (zookeeper.auth). */
+  zookeeperAuth: string;
   replicas: ReplicaInfo[];
 }
 
@@ -55,6 +65,8 @@ export interface DevUpOptions {
   clickhouseZookeeper?: boolean;
   /** Start only ZooKeeper and ClickHouse, no sidecars. */
   withoutSidecars?: boolean;
+  /** Plaintext gRPC and interserver ports (tls.insecure), for tests of that mode. */
+  insecure?: boolean;
 }
 
 const stateFile = (dir: string) => join(dir, 'cluster.json');
@@ -87,6 +99,8 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     cluster: 'dev',
     clickhouseBackend: opts.clickhouse ?? 'server',
     adminToken: randomBytes(16).toString('hex'),
+    tls: { insecure: opts.insecure ?? false, dir: join(dir, 'tls') },
+    zookeeperAuth: `chorus:${randomBytes(12).toString('hex')}`,
     replicas: [],
   };
   const save = () => writeFileSync(stateFile(dir), JSON.stringify(info, null, 2));
@@ -94,6 +108,11 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     info.zookeeperPid = await startZooKeeper(join(dir, 'zookeeper'), zkPort);
     save();
     const names = Array.from({ length: opts.replicas }, (_, i) => `r${i + 1}`);
+    if (!info.tls.insecure) {
+      createDevCa(info.tls.dir);
+      info.tls.cli = issueDevCertificate(info.tls.dir, 'chorus-cli');
+    }
+    const scheme = info.tls.insecure ? 'http' : 'https';
     for (const name of names) {
       const ports = {
         http: await freePort(),
@@ -108,9 +127,10 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
         http: `http://127.0.0.1:${ports.http}`,
         clickhouse: `http://127.0.0.1:${ports.clickhouseHttp}`,
         grpc: `127.0.0.1:${ports.grpc}`,
-        interserver: `http://127.0.0.1:${ports.interserver}`,
+        interserver: `${scheme}://127.0.0.1:${ports.interserver}`,
         pids: { clickhouse: 0, sidecar: 0 },
         dir: join(dir, name),
+        ...(info.tls.insecure ? {} : { tls: issueDevCertificate(info.tls.dir, name) }),
         ports,
       });
     }
@@ -151,12 +171,14 @@ function writeSidecarConfig(info: ClusterInfo, r: ReplicaInfo, extra: Record<str
     dataDir: join(r.dir, 'chorus'),
     logLevel: 'info',
     clickhouse: { url: r.clickhouse },
-    zookeeper: { connect: info.zookeeper, sessionTimeoutMs: 10_000 },
+    zookeeper: { connect: info.zookeeper, sessionTimeoutMs: 10_000, auth: info.zookeeperAuth },
     http: { host: '127.0.0.1', port: r.ports.http },
     interserver: { host: '127.0.0.1', port: r.ports.interserver },
     grpc: { host: '127.0.0.1', port: r.ports.grpc },
     peers: info.replicas.map((p) => ({ name: p.name, grpc: p.grpc, interserver: p.interserver })),
     admin: { token: info.adminToken },
+    // A short reload period, so that a rotation test sees new files within a second.
+    tls: r.tls ? { ...r.tls, reloadIntervalMs: 500 } : { insecure: true },
   };
   for (const [key, value] of Object.entries(extra)) {
     const path = key.split('.');

@@ -5,6 +5,8 @@ import type { Allocation, AllocationRequest } from '../allocator/window.js';
 import type { Digest, LogEntry } from '../log/entry.js';
 import type { MemberUpdate } from './members.js';
 import { chorusV1 } from './proto.js';
+import type { InterserverClient } from '../tls/https.js';
+import type { PeerTransport } from '../tls/transport.js';
 
 interface GossipClient extends grpc.Client {
   push(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ added: number }>): void;
@@ -26,11 +28,18 @@ export interface PingReply {
  */
 export class Peer {
   readonly client: GossipClient;
+  /** Its interserver port, where part files are fetched. */
+  readonly interserver: InterserverClient;
   private failingSince: number | null = null;
 
-  constructor(readonly config: PeerConfig) {
+  constructor(
+    readonly config: PeerConfig,
+    transport: PeerTransport,
+  ) {
     const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
-    this.client = new Gossip(config.grpc, grpc.credentials.createInsecure(), {
+    this.interserver = transport.interserverClient(config);
+    this.client = new Gossip(config.grpc, transport.grpcChannelCredentials(config.name), {
+      ...transport.grpcChannelOptions(config.name),
       'grpc.keepalive_time_ms': 10_000,
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 2000,
@@ -94,5 +103,6 @@ export class Peer {
 
   close(): void {
     this.client.close();
+    this.interserver.close();
   }
 }

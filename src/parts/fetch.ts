@@ -1,17 +1,16 @@
 import { createHash } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
 import { dirname, join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { Faults } from '../faults/faults.js';
 import type { FileInfo, LogEntry } from '../log/entry.js';
 import { assertSafeFileName, fsyncFd, fsyncPath } from './files.js';
 import type { PartStore } from './store.js';
+import type { InterserverClient } from '../tls/https.js';
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
-
-export function partUrl(base: string, entry: Pick<LogEntry, 'lsn' | 'partName'>): string {
-  return `${base.replace(/\/$/, '')}/v1/parts/${entry.lsn}/${encodeURIComponent(entry.partName)}`;
+export function partPath(entry: Pick<LogEntry, 'lsn' | 'partName'>): string {
+  return `/v1/parts/${entry.lsn}/${encodeURIComponent(entry.partName)}`;
 }
 
 /**
@@ -20,10 +19,10 @@ export function partUrl(base: string, entry: Pick<LogEntry, 'lsn' | 'partName'>)
  * as computed by the origin), fsyncs, and renames the directory into the store. Any mismatch
  * throws PART_VERIFICATION_FAILED and leaves nothing behind.
  */
-export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: string, timeoutMs: number, faults?: Faults): Promise<number> {
+export async function fetchPart(store: PartStore, entry: LogEntry, peer: InterserverClient, timeoutMs: number, faults?: Faults): Promise<number> {
   const tempDir = store.newTempDir();
   try {
-    const bytes = await downloadPart(partUrl(peerBase, entry), entry.files, tempDir, `LSN ${entry.lsn} from ${peerBase}`, timeoutMs, () =>
+    const bytes = await downloadPart(peer, partPath(entry), entry.files, tempDir, `LSN ${entry.lsn} from ${peer.peerName}`, timeoutMs, () =>
       faults?.crashPoint('fetch.mid-transfer'),
     );
     await store.commit(tempDir, entry.lsn);
@@ -38,9 +37,17 @@ export async function fetchPart(store: PartStore, entry: LogEntry, peerBase: str
  * GETs a part (its files concatenated in manifest order) into `dir`, each file verified against
  * `files` and fsynced, the directory too. Throws PART_VERIFICATION_FAILED on any mismatch.
  */
-export async function downloadPart(url: string, files: FileInfo[], dir: string, label: string, timeoutMs: number, onFirstFile: () => void = () => undefined): Promise<number> {
+export async function downloadPart(
+  peer: InterserverClient,
+  path: string,
+  files: FileInfo[],
+  dir: string,
+  label: string,
+  timeoutMs: number,
+  onFirstFile: () => void = () => undefined,
+): Promise<number> {
   mkdirSync(dir, { recursive: true });
-  const res = await get(url, timeoutMs);
+  const res: http.IncomingMessage = await peer.request(path, { timeoutMs });
   if (res.statusCode !== 200) {
     res.resume();
     throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `${label}: answered ${res.statusCode}`);
@@ -116,12 +123,4 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
     await Promise.allSettled(synced);
     throw err;
   }
-}
-
-function get(url: string, timeoutMs: number): Promise<http.IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent, timeout: timeoutMs }, resolve);
-    req.on('timeout', () => req.destroy(new ChorusError('PEER_UNAVAILABLE', `fetch ${url} timed out`)));
-    req.on('error', (err) => reject(err instanceof ChorusError ? err : new ChorusError('PEER_UNAVAILABLE', `fetch ${url}: ${err.message}`, err)));
-  });
 }

@@ -1,3 +1,4 @@
+import type https from 'node:https';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { createReadStream, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -16,8 +17,18 @@ import type { Snapshots } from '../replication/clone.js';
  * store. Paths are built only from validated names and the LSN's own entry, never from the
  * raw URL.
  */
-export function createInterserverServer(deps: { self: string; log: LocalLog; store: PartStore; faults: Faults; logger: Logger; snapshots: Snapshots }): FastifyInstance {
-  const app = Fastify({ loggerInstance: deps.logger.child({ component: 'interserver' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
+export function createInterserverServer(deps: {
+  self: string;
+  log: LocalLog;
+  store: PartStore;
+  faults: Faults;
+  logger: Logger;
+  snapshots: Snapshots;
+  /** TLS options (mutual TLS between peers); plain HTTP without them. */
+  https?: https.ServerOptions;
+}): FastifyInstance {
+  // Typed as the plain-HTTP instance: routes and handlers do not depend on the transport.
+  const app = (Fastify as unknown as (opts: object) => FastifyInstance)({ ...(deps.https ? { https: deps.https } : {}), loggerInstance: deps.logger.child({ component: 'interserver' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
 
   app.setErrorHandler((err, _req, reply) => {
     const e = ChorusError.from(err);

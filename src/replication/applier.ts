@@ -154,7 +154,7 @@ export class Applier {
     for (const peer of sources) {
       try {
         const started = Date.now();
-        const bytes = await fetchPart(this.store, entry, peer.config.interserver, this.opts.fetchTimeoutMs, this.faults);
+        const bytes = await fetchPart(this.store, entry, peer.interserver, this.opts.fetchTimeoutMs, this.faults);
         this.metrics.fetchBytes.inc(bytes);
         this.logger.debug({ lsn: entry.lsn, peer: peer.name, bytes, ms: Date.now() - started }, 'fetched part');
         return;

@@ -11,6 +11,7 @@ import type { Logger } from '../core/logger.js';
 import type { FileInfo, LogEntry, Range } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import { downloadPart } from '../parts/fetch.js';
+import type { InterserverClient } from '../tls/https.js';
 import { assertSafeFileName, assertSafeName, linkPart, manifestOf } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 
@@ -193,15 +194,21 @@ export class Cloner {
     private readonly deps: { ch: ClickHouseHttp; catalog: TableCatalog; attacher: Attacher; log: LocalLog; store: PartStore; logger: Logger; timeoutMs: number; databases: string[] },
   ) {}
 
-  async clone(source: { name: string; interserver: string }): Promise<CloneProgress> {
+  async clone(source: { name: string; interserver: InterserverClient }): Promise<CloneProgress> {
     const { ch, log, logger } = this.deps;
-    const base = source.interserver.replace(/\/$/, '');
+    const peer = source.interserver;
     log.setMeta('clone', `in-progress:${source.name}`);
     this.progress = { state: 'cloning', source: source.name, parts: 0, partsDone: 0, bytes: 0, bytesDone: 0, startedAt: Date.now(), bytesPerSec: 0, unreplicated: 0 };
     try {
-      const res = await fetch(`${base}/v1/snapshots`, { method: 'POST', signal: AbortSignal.timeout(this.deps.timeoutMs) });
-      if (!res.ok) throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} could not take a snapshot: ${res.status} ${await res.text()}`);
-      const manifest = parseManifest(await res.json(), source.name);
+      const res = await peer.text('/v1/snapshots', { method: 'POST', timeoutMs: this.deps.timeoutMs });
+      if (res.status !== 200) throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} could not take a snapshot: ${res.status} ${res.body.slice(0, 500)}`);
+      let raw: unknown;
+      try {
+        raw = JSON.parse(res.body);
+      } catch {
+        throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} sent a snapshot manifest that is not JSON`);
+      }
+      const manifest = parseManifest(raw, source.name);
       for (const t of manifest.tables) {
         if (!this.deps.databases.includes(t.database)) {
           throw new ChorusError('PEER_UNAVAILABLE', `peer ${source.name} offered table ${t.database}.${t.table}, outside this replica's databases (${this.deps.databases.join(', ')})`);
@@ -223,8 +230,8 @@ export class Cloner {
       const work = join(this.deps.store.tmpDir, `clone-${manifest.id}`);
       for (const { t, p } of parts) {
         const dir = join(work, t.database, t.table, p.name);
-        const url = `${base}/v1/snapshots/${manifest.id}/${encodeURIComponent(t.database)}/${encodeURIComponent(t.table)}/${encodeURIComponent(p.name)}`;
-        this.progress.bytesDone += await downloadPart(url, p.files, dir, `snapshot part ${t.database}.${t.table}/${p.name} from ${source.name}`, this.deps.timeoutMs);
+        const path = `/v1/snapshots/${manifest.id}/${encodeURIComponent(t.database)}/${encodeURIComponent(t.table)}/${encodeURIComponent(p.name)}`;
+        this.progress.bytesDone += await downloadPart(peer, path, p.files, dir, `snapshot part ${t.database}.${t.table}/${p.name} from ${source.name}`, this.deps.timeoutMs);
         const block = await this.deps.attacher.attachCopy(dir, {
           database: t.database,
           table: t.table,
@@ -243,7 +250,7 @@ export class Cloner {
         );
       }
       rmSync(work, { recursive: true, force: true });
-      const entries = await this.loadEntries(base, manifest);
+      const entries = await this.loadEntries(peer, manifest);
       log.setMeta('clone', `done:${source.name}:${manifest.maxLsn}`);
       this.progress.state = 'done';
       logger.info(
@@ -262,9 +269,12 @@ export class Cloner {
    * Streams the source's log up to the snapshot into the local log, in batches: a log of
    * millions of entries is never held whole in memory. Returns the number of entries.
    */
-  private async loadEntries(base: string, manifest: SnapshotManifest): Promise<number> {
-    const res = await fetch(`${base}/v1/snapshots/${encodeURIComponent(manifest.id)}/entries`, { signal: AbortSignal.timeout(this.deps.timeoutMs) });
-    if (!res.ok || !res.body) throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries: ${res.status}`);
+  private async loadEntries(peer: InterserverClient, manifest: SnapshotManifest): Promise<number> {
+    const res = await peer.request(`/v1/snapshots/${encodeURIComponent(manifest.id)}/entries`, { timeoutMs: this.deps.timeoutMs });
+    if (res.statusCode !== 200) {
+      res.resume();
+      throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries from ${peer.peerName}: ${res.statusCode}`);
+    }
     let batch: LogEntry[] = [];
     let count = 0;
     const flush = () => {
@@ -272,7 +282,7 @@ export class Cloner {
       count += batch.length;
       batch = [];
     };
-    for await (const line of ndjsonLines(res.body)) {
+    for await (const line of ndjsonLines(res)) {
       let entry: LogEntry;
       try {
         entry = JSON.parse(line) as LogEntry;

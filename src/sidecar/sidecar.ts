@@ -30,6 +30,7 @@ import { Applier } from '../replication/applier.js';
 import { Recovery } from '../replication/recovery.js';
 import { Cloner, Snapshots } from '../replication/clone.js';
 import { sleep } from '../core/async.js';
+import { PeerTransport } from '../tls/transport.js';
 
 export interface ListeningPorts {
   http: number;
@@ -53,6 +54,8 @@ export class Sidecar implements AdminBackend {
   readonly recovery: Recovery;
   readonly gc: PartStoreGc;
   readonly cloner: Cloner;
+  /** Mutual TLS (or, with tls.insecure, plaintext) of the gRPC and interserver ports. */
+  readonly transport: PeerTransport;
   private readonly snapshots: Snapshots;
   private readonly inFlightAllocations = new Set<string>();
   private readonly staging: StagingPool;
@@ -68,6 +71,7 @@ export class Sidecar implements AdminBackend {
     private readonly logger: Logger,
   ) {
     this.faults = new Faults(config.testFaults);
+    this.transport = PeerTransport.fromSettings(config.tls, logger.child({ component: 'tls' }));
     this.ch = new ClickHouseHttp(config.clickhouse);
     this.log = new LocalLog(config.dataDir);
     this.store = new PartStore(config.dataDir);
@@ -77,6 +81,7 @@ export class Sidecar implements AdminBackend {
         sessionTimeoutMs: config.zookeeper.sessionTimeoutMs,
         timeoutMs: config.gossip.allocateTimeoutMs,
         idleCloseMs: config.zookeeper.idleCloseMs,
+        auth: config.zookeeper.auth,
         keepOpen: () => this.gossip.allocatingMember() === config.replica,
       },
       logger.child({ component: 'zookeeper' }),
@@ -101,7 +106,7 @@ export class Sidecar implements AdminBackend {
     this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
     this.staging = new StagingPool(this.ch, config.staging.poolSize);
     const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults);
-    this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p));
+    this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p, this.transport));
     this.applier = new Applier(
       {
         self: config.replica,
@@ -124,6 +129,7 @@ export class Sidecar implements AdminBackend {
         rpcTimeoutMs: config.gossip.rpcTimeoutMs,
         allocateTimeoutMs: config.gossip.allocateTimeoutMs,
         maxEntriesPerMessage: 500,
+        identify: this.transport.identify,
         swim: {
           probeIntervalMs: config.gossip.probeIntervalMs,
           probeTimeoutMs: config.gossip.probeTimeoutMs,
@@ -201,7 +207,8 @@ export class Sidecar implements AdminBackend {
       timeoutMs: config.clickhouse.requestTimeoutMs,
       databases: config.clickhouse.databases,
     });
-    this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots });
+    this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots, https: this.transport.httpsServerOptions() });
+    this.transport.reloadServer(this.interserver.server);
     this.gossip.register(this.grpcServer);
     registerAdmin(this.grpcServer, this, config.admin.token);
     // grpcurl and other tools list and call the services without the proto files.
@@ -299,7 +306,7 @@ export class Sidecar implements AdminBackend {
   }
 
   async clone(from: string): Promise<CloneProgress> {
-    const peer = this.config.peers.find((p) => p.name === from && p.name !== this.config.replica);
+    const peer = this.peers.find((p) => p.name === from);
     if (!peer) throw new ChorusError('NOT_FOUND', `no peer named ${from}`);
     if (this.log.maxLsn() > 0 || this.log.getMeta('clone')) {
       throw new ChorusError('FAILED_PRECONDITION', 'this replica already has a log; a clone goes only into an empty replica (wipe it first)');
@@ -344,6 +351,8 @@ export class Sidecar implements AdminBackend {
 
   /** Starts in dependency order; returns the ports bound (useful when configured as 0). */
   async start(): Promise<ListeningPorts> {
+    if (!this.transport.secure) this.logger.warn('tls.insecure is set: the gRPC and interserver ports are plaintext and peers are not authenticated; anyone who reaches them can forge gossip and read parts');
+    this.transport.start();
     await this.store.init();
     await this.waitForClickHouse();
     const dialect = await this.ch.detect();
@@ -361,7 +370,7 @@ export class Sidecar implements AdminBackend {
     // Only the allocating member needs a session; the others open one if they ever must allocate.
     if (this.gossip.allocatingMember() !== this.config.replica) this.zk.close();
     const grpcPort = await new Promise<number>((resolve, reject) =>
-      this.grpcServer.bindAsync(`${this.config.grpc.host}:${this.config.grpc.port}`, grpc.ServerCredentials.createInsecure(), (err, port) =>
+      this.grpcServer.bindAsync(`${this.config.grpc.host}:${this.config.grpc.port}`, this.transport.grpcServerCredentials(), (err, port) =>
         err ? reject(err) : resolve(port),
       ),
     );
@@ -403,10 +412,10 @@ export class Sidecar implements AdminBackend {
       this.logger.warn('the local log is empty but the tables hold data: not cloning; this replica applies the log from the start');
       return;
     }
-    for (const peer of this.peers.map((p) => p.config).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    for (const peer of [...this.peers].sort((a, b) => (a.name < b.name ? -1 : 1))) {
       try {
-        const res = await fetch(`${peer.interserver.replace(/\/$/, '')}/v1/digest`, { signal: AbortSignal.timeout(this.config.gossip.rpcTimeoutMs) });
-        const digest = (await res.json()) as { maxLsn: number };
+        const res = await peer.interserver.text('/v1/digest', { timeoutMs: this.config.gossip.rpcTimeoutMs });
+        const digest = JSON.parse(res.body) as { maxLsn: number };
         if (digest.maxLsn > 0) {
           await this.cloner.clone(peer);
           return;
@@ -446,6 +455,7 @@ export class Sidecar implements AdminBackend {
     this.allocator.stop();
     this.zk.close();
     for (const p of this.peers) p.close();
+    this.transport.stop();
     this.ch.close();
     this.log.close();
   }

@@ -20,6 +20,7 @@ import type { LogEntry } from '../../src/log/entry.js';
 import { fetchPart } from '../../src/parts/fetch.js';
 import { PartStore } from '../../src/parts/store.js';
 import { renderReport } from './report.js';
+import { interserverClient } from '../support/cluster.js';
 
 export type SystemName = 'rmt' | 'chorus';
 
@@ -325,6 +326,7 @@ async function measureTransfer(cluster: ClusterInfo): Promise<SystemResult['tran
   const entry = JSON.parse(row.body) as LogEntry;
   const scratch = mkdtempSync(join(r1.dir, 'transfer-'));
   try {
+    const source = interserverClient(cluster, r1.name);
     const fetchTimes: number[] = [];
     const cpTimes: number[] = [];
     const cpSyncTimes: number[] = [];
@@ -332,7 +334,7 @@ async function measureTransfer(cluster: ClusterInfo): Promise<SystemResult['tran
       const store = new PartStore(join(scratch, `fetch-${i}`));
       await store.init();
       const t0 = performance.now();
-      await fetchPart(store, entry, r1.interserver, 60_000);
+      await fetchPart(store, entry, source, 60_000);
       fetchTimes.push(performance.now() - t0);
       const t1 = performance.now();
       const cp = spawnSync('cp', ['-r', join(partsDir, String(largest.lsn)), join(scratch, `cp-${i}`)]);

@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
 import { devKill, devStart, PACKAGE_ROOT, scratchRoot } from '../../src/dev/cluster.js';
-import { TestCluster } from '../support/cluster.js';
+import { cliEnv, grpcCredentials, TestCluster } from '../support/cluster.js';
 
 const CLI = join(PACKAGE_ROOT, 'bin', 'chorus.js');
 
@@ -43,7 +43,7 @@ describe('operating a shard', () => {
 
   const insert = (replica: number, id: number) => cluster.chorus(replica, { query: `INSERT INTO ${TABLE} FORMAT TabSeparated`, body: `2026-11-01\t${id}\n` });
   const status = async (replica: number) => {
-    const r = await cli(['status', '--grpc', cluster.replica(replica).grpc, '--json'], { CHORUS_ADMIN_TOKEN: cluster.info.adminToken });
+    const r = await cli(['status', '--grpc', cluster.replica(replica).grpc, '--json'], { ...cliEnv(cluster.info), CHORUS_ADMIN_TOKEN: cluster.info.adminToken });
     return { code: r.code, status: JSON.parse(r.stdout) as CliStatus, stderr: r.stderr };
   };
 
@@ -71,7 +71,7 @@ describe('operating a shard', () => {
     expect(new Set(s.members.map((m) => m.appliedWatermark)).size).toBe(1);
     expect(s.members[0]!.appliedWatermark).toBeGreaterThan(0);
     expect(s.healthy).toBe(true);
-    const human = await cli(['status', '--grpc', cluster.replica(0).grpc], { CHORUS_ADMIN_TOKEN: cluster.info.adminToken });
+    const human = await cli(['status', '--grpc', cluster.replica(0).grpc], { ...cliEnv(cluster.info), CHORUS_ADMIN_TOKEN: cluster.info.adminToken });
     expect(human.code).toBe(0);
     expect(human.stdout).toMatch(/MEMBER\s+STATE\s+APPLIED LSN/);
   });
@@ -96,7 +96,7 @@ describe('operating a shard', () => {
     const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(reflectionProto, { keepCase: true })) as unknown as {
       grpc: { reflection: { v1alpha: { ServerReflection: grpc.ServiceClientConstructor } } };
     };
-    const client = new pkg.grpc.reflection.v1alpha.ServerReflection(cluster.replica(0).grpc, grpc.credentials.createInsecure());
+    const client = new pkg.grpc.reflection.v1alpha.ServerReflection(cluster.replica(0).grpc, grpcCredentials(cluster.info));
     const services = await new Promise<string[]>((resolve, reject) => {
       const call = (client as unknown as { ServerReflectionInfo: () => grpc.ClientDuplexStream<unknown, { list_services_response?: { service: Array<{ name: string }> } }> }).ServerReflectionInfo();
       call.on('data', (msg) => {
@@ -111,10 +111,10 @@ describe('operating a shard', () => {
   });
 
   it('refuses an admin call without the token with UNAUTHENTICATED', async () => {
-    const r = await cli(['status', '--grpc', cluster.replica(0).grpc, '--json'], { CHORUS_ADMIN_TOKEN: '' });
+    const r = await cli(['status', '--grpc', cluster.replica(0).grpc, '--json'], { ...cliEnv(cluster.info), CHORUS_ADMIN_TOKEN: '' });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('CHORUS_UNAUTHENTICATED');
-    const wrong = await cli(['pause', '--grpc', cluster.replica(0).grpc, '--token', 'not-the-token']);
+    const wrong = await cli(['pause', '--grpc', cluster.replica(0).grpc, '--token', 'not-the-token'], cliEnv(cluster.info));
     expect(wrong.stderr).toContain('CHORUS_UNAUTHENTICATED');
   });
 

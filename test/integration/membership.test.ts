@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
 import { devKill, PACKAGE_ROOT } from '../../src/dev/cluster.js';
-import { TestCluster } from '../support/cluster.js';
+import { cliEnv, TestCluster } from '../support/cluster.js';
 
 interface Status {
   members: Array<{ name: string; state: string }>;
@@ -89,7 +89,7 @@ describe('membership and part-store GC', () => {
     expect(onDisk(0)).toBeGreaterThan(0);
     const out = execFileSync(process.execPath, [join(PACKAGE_ROOT, 'bin', 'chorus.js'), 'decommission', 'r3', '--grpc', cluster.replica(0).grpc], {
       encoding: 'utf8',
-      env: { ...process.env, CHORUS_ADMIN_TOKEN: cluster.info.adminToken },
+      env: { ...process.env, ...cliEnv(cluster.info), CHORUS_ADMIN_TOKEN: cluster.info.adminToken },
     });
     expect(out).toContain('r3 decommissioned');
     expect(await stateOf(0, 'r3')).toBe('decommissioned');

@@ -1,11 +1,11 @@
 import { createClient } from '@clickhouse/client';
 import { readdirSync } from 'node:fs';
-import http from 'node:http';
+import https from 'node:https';
 import { join } from 'node:path';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
-import { TestCluster } from '../support/cluster.js';
+import { httpsAgent, TestCluster } from '../support/cluster.js';
 
 /**
  * Issue 2's end-to-end slice against real ZooKeeper 3.8 and ClickHouse 18.16 processes:
@@ -255,7 +255,7 @@ describe('one shard, three replicas', () => {
     it('a part name with / or .. at the interserver port gets 400', async () => {
       const get = (path: string) =>
         new Promise<number>((resolve, reject) => {
-          const req = http.get({ host: '127.0.0.1', port: Number(new URL(cluster.replica(0).interserver).port), path }, (res) => {
+          const req = https.get({ host: '127.0.0.1', port: Number(new URL(cluster.replica(0).interserver).port), path, agent: httpsAgent(cluster.info) }, (res) => {
             res.resume();
             resolve(res.statusCode ?? 0);
           });

@@ -1,4 +1,6 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import https from 'node:https';
 
 import { join } from 'node:path';
 import { ZkSession } from '../../src/allocator/zk.js';
@@ -8,6 +10,49 @@ import { sleep } from '../../src/core/async.js';
 import { devDown, devUp, scratchRoot, type ClusterInfo, type DevUpOptions, type ReplicaInfo } from '../../src/dev/cluster.js';
 import { mntr } from '../../src/dev/zookeeper.js';
 import { CLICKHOUSE_BACKENDS, isClickHouseBackend, type ClickHouseBackend } from '../../src/dev/clickhouse.js';
+import type { TlsFiles } from '../../src/dev/certs.js';
+import type { InterserverClient } from '../../src/tls/https.js';
+import { PeerTransport } from '../../src/tls/transport.js';
+
+/*
+ * Talking to a dev cluster's gRPC and interserver ports from a test. Every dev cluster runs
+ * mutual TLS there (unless started with `insecure: true`), with a throwaway CA under
+ * <dir>/tls; a client must present a certificate the CA signed. These helpers present the
+ * cluster's CLI certificate (CN chorus-cli):
+ *   tlsFor(info)                   { ca, cert, key } buffers, for any TLS client
+ *   grpcCredentials(info)          grpc-js credentials for `new SomeService(address, creds)`
+ *   httpsAgent(info)               an https.Agent for `https.get(url, { agent })`
+ *   interserverClient(info, name)  the client the sidecars themselves use for that replica
+ *   cliEnv(info)                   env for the `chorus` CLI (CHORUS_DEV_DIR: it reads the rest)
+ * On an insecure cluster they return plaintext equivalents (tlsFor: undefined).
+ */
+export function tlsFor(info: ClusterInfo, files: TlsFiles | undefined = info.tls.cli): { ca: Buffer; cert: Buffer; key: Buffer } | undefined {
+  if (info.tls.insecure || !files) return undefined;
+  return { ca: readFileSync(files.ca), cert: readFileSync(files.cert), key: readFileSync(files.key) };
+}
+
+export function grpcCredentials(info: ClusterInfo, files?: TlsFiles): grpc.ChannelCredentials {
+  const tls = tlsFor(info, files ?? info.tls.cli);
+  return tls ? grpc.credentials.createSsl(tls.ca, tls.key, tls.cert, { checkServerIdentity: () => undefined }) : grpc.credentials.createInsecure();
+}
+
+export function httpsAgent(info: ClusterInfo, files?: TlsFiles): https.Agent {
+  return new https.Agent({ ...tlsFor(info, files ?? info.tls.cli), servername: 'localhost', checkServerIdentity: () => undefined });
+}
+
+export function interserverClient(info: ClusterInfo, replica: string): InterserverClient {
+  const r = info.replicas.find((x) => x.name === replica)!;
+  const cli = info.tls.cli;
+  const transport = PeerTransport.fromSettings(
+    { ca: cli?.ca ?? '', cert: cli?.cert ?? '', key: cli?.key ?? '', insecure: info.tls.insecure, reloadIntervalMs: 60_000 },
+    silentLogger(),
+  );
+  return transport.interserverClient({ name: r.name, interserver: r.interserver });
+}
+
+export function cliEnv(info: ClusterInfo): Record<string, string> {
+  return { CHORUS_DEV_DIR: info.dir };
+}
 
 /**
  * The ClickHouse the integration tests run against: CHORUS_TEST_CLICKHOUSE=server (Debian's
