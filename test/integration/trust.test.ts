@@ -1,0 +1,235 @@
+import * as grpc from '@grpc/grpc-js';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AdminClient } from '../../src/cli/admin-client.js';
+import { sleep } from '../../src/core/async.js';
+import { devKill } from '../../src/dev/cluster.js';
+import { chorusV1 } from '../../src/gossip/proto.js';
+import type { LogEntry } from '../../src/log/entry.js';
+import { TestCluster } from '../support/cluster.js';
+
+type Gossip = grpc.Client & Record<string, (req: unknown, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: unknown) => void) => void>;
+
+/**
+ * The attacker: a gRPC client of a replica's Gossip service that sends whatever it likes. Its
+ * channel credentials are made here and only here: with mTLS on, this is where it presents a
+ * member's certificate (a compromised member, or one that claims to be another member).
+ */
+function forger(address: string): { call: (method: string, req: unknown) => Promise<{ err: grpc.ServiceError | null; reply: unknown }>; close: () => void } {
+  const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
+  const client = new Gossip(address, grpc.credentials.createInsecure()) as unknown as Gossip;
+  return {
+    call: (method, req) =>
+      new Promise((resolve) => client[method]!(req, { deadline: Date.now() + 5000 }, (err, reply) => resolve({ err, reply }))),
+    close: () => client.close(),
+  };
+}
+
+const errorCode = (err: grpc.ServiceError | null) => String(err?.metadata?.get('chorus-error-code')[0] ?? '');
+
+interface Status {
+  maxLsn: number;
+  partStoreBytes: number;
+  members: Array<{ name: string; state: string; appliedWatermark: number }>;
+  alarms: string[];
+}
+
+/** Forged gossip (entries, SWIM messages, digests) sent straight to a replica's gRPC port. */
+describe('nothing from a peer is taken blindly', () => {
+  let cluster: TestCluster;
+  const admins: AdminClient[] = [];
+
+  beforeAll(async () => {
+    cluster = await TestCluster.start({
+      replicas: 3,
+      sidecarConfig: {
+        'gossip.probeIntervalMs': 200,
+        'gossip.probeTimeoutMs': 200,
+        'partStore.minRetentionMs': 1000,
+        'partStore.gcIntervalMs': 300,
+      },
+    });
+    for (const r of cluster.replicas) admins.push(new AdminClient(r.grpc, cluster.info.adminToken));
+    await cluster.onEvery('CREATE TABLE default.t (day Date, id UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id');
+    for (let i = 0; i < 3; i++) expect((await cluster.chorus(i, { query: 'INSERT INTO default.t FORMAT TabSeparated', body: `2026-11-01\t${i}\n` })).status).toBe(200);
+    await cluster.waitConverged('default.t', 'cityHash64(day, id)', 3, 10_000);
+  });
+
+  afterAll(async () => {
+    for (const a of admins) a.close();
+    await cluster?.stop();
+  });
+
+  const status = async (i: number): Promise<Status> => (await fetch(`${cluster.replica(i).http}/_chorus/status`)).json() as Promise<Status>;
+  const entries = async (i: number) => (await admins[i]!.call<{ entries: Array<{ entry: LogEntry; state: string }> }>('listEntries', { limit: 10_000 })).entries;
+  /** What a forged entry could change: rows, the log, and the files of the part store and of detached/. */
+  const world = async () =>
+    Promise.all(
+      cluster.replicas.map(async (r, i) => ({
+        rows: (await cluster.clickhouse(i, 'SELECT count(), sum(cityHash64(day, id)) FROM default.t')).trim(),
+        log: (await entries(i)).map((e) => `${e.entry.lsn}:${e.entry.kind}:${e.entry.table}:${e.entry.partition}`),
+        files: execFileSync('find', [r.dir, '(', '-path', '*/chorus/parts/*', '-o', '-path', '*/detached/*', ')', '-printf', '%P\n'], { encoding: 'utf8' })
+          .split('\n')
+          .filter(Boolean)
+          .sort(),
+      })),
+    );
+
+  const sha = (c: string) => c.repeat(64);
+  const forgedInsert = (lsn: number, over: Partial<LogEntry> = {}): LogEntry => ({
+    lsn,
+    kind: 'insert',
+    database: 'default',
+    table: 't',
+    partitionId: '202611',
+    blockId: `202611_${'f'.repeat(32)}`,
+    partName: '202611_9_9_0',
+    checksumsSha256: sha('a'),
+    rows: 1,
+    bytes: 20,
+    files: [
+      { name: 'checksums.txt', size: 10, sha256: sha('a') },
+      { name: 'data.bin', size: 10, sha256: sha('b') },
+    ],
+    origin: 'r1',
+    allocatedAtMs: Date.now(),
+    barrier: 0,
+    partition: '',
+    ...over,
+  });
+  const forgedDrop = (lsn: number, partition: string): LogEntry => ({
+    ...forgedInsert(lsn),
+    kind: 'drop_partition',
+    partitionId: '',
+    blockId: '!barrier:default.t',
+    partName: '',
+    checksumsSha256: '',
+    rows: 0,
+    bytes: 0,
+    files: [],
+    partition,
+  });
+
+  it('forged entries (a file named ../.., SQL in a partition, a table name with /, an LSN never allocated) change nothing anywhere and are counted', async () => {
+    // GC empties the part stores once every member has applied everything: the files then stay put.
+    for (let i = 0; i < 3; i++) await expect.poll(async () => (await status(i)).partStoreBytes, { timeout: 15_000, interval: 300 }).toBe(0);
+    const before = await world();
+    const next = await cluster.nextLsn();
+    const forged: Array<[string, LogEntry]> = [
+      ['file ../..', forgedInsert(next - 1, { files: [{ name: 'checksums.txt', size: 10, sha256: sha('a') }, { name: '../..', size: 10, sha256: sha('b') }] })],
+      ['drop with a second statement', forgedDrop(next - 1, '1; DROP TABLE x')],
+      ['drop with settings', forgedDrop(next - 1, 'tuple(1) SETTINGS max_threads = 1')],
+      ['table with /', forgedInsert(next - 1, { table: '../t' })],
+      ['LSN far beyond the next', forgedInsert(next + 1_000_000_000)],
+    ];
+    const refusedBefore = await cluster.metric(1, 'chorus_gossip_refused_entries_total');
+    const r2 = forger(cluster.replica(1).grpc);
+    try {
+      for (const [why, entry] of forged) {
+        const { err } = await r2.call('push', { from: 'r1', entries: [entry] });
+        expect(err?.code, why).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(errorCode(err), why).toBe('CHORUS_INVALID_ENTRY');
+      }
+      // A sender that is no member of the shard is refused before anything is read.
+      const { err } = await r2.call('push', { from: 'mallory', entries: [forgedInsert(next - 1)] });
+      expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    } finally {
+      r2.close();
+    }
+    expect(await cluster.metric(1, 'chorus_gossip_refused_entries_total')).toBe(refusedBefore + forged.length);
+    expect(await cluster.metric(1, 'chorus_gossip_refused_entries_total', { reason: 'beyond_next_lsn' })).toBe(1);
+    // Give gossip a few rounds to spread anything that might have been stored.
+    await sleep(1500);
+    expect(await world()).toEqual(before);
+    expect(await cluster.nextLsn()).toBe(next);
+  });
+
+  it('an entry that differs from the one stored for its LSN raises an alarm in status, and the stored one stays', async () => {
+    const stored = (await entries(1)).find((e) => e.entry.kind === 'insert')!.entry;
+    const r2 = forger(cluster.replica(1).grpc);
+    try {
+      // An identical copy is no alarm.
+      expect((await r2.call('push', { from: 'r1', entries: [stored] })).err).toBeNull();
+      expect((await status(1)).alarms).toEqual([]);
+      const { err } = await r2.call('push', { from: 'r1', entries: [{ ...stored, checksumsSha256: sha('e'), files: [{ name: 'checksums.txt', size: stored.bytes, sha256: sha('e') }] }] });
+      expect(err).toBeNull();
+    } finally {
+      r2.close();
+    }
+    const alarms = (await status(1)).alarms;
+    expect(alarms).toHaveLength(1);
+    expect(alarms[0]).toContain(`LSN ${stored.lsn}`);
+    expect(await cluster.metric(1, 'chorus_log_conflicts_total')).toBe(1);
+    expect((await entries(1)).find((e) => e.entry.lsn === stored.lsn)!.entry.checksumsSha256).toBe(stored.checksumsSha256);
+  });
+
+  it('a forged SWIM message saying a member (or the receiver itself) is decommissioned changes nothing', async () => {
+    const r1 = forger(cluster.replica(0).grpc);
+    try {
+      for (const name of ['r3', 'r1']) {
+        const { err } = await r1.call('ping', { from: 'r2', updates: [{ name, state: 'decommissioned', incarnation: 1000 }] });
+        expect(err).toBeNull();
+        const viaPingReq = await r1.call('pingReq', { from: 'r2', target: 'r3', updates: [{ name, state: 'decommissioned', incarnation: 1000 }] });
+        expect(viaPingReq.err).toBeNull();
+      }
+      const { err } = await r1.call('ping', { from: 'nobody', updates: [{ name: 'r3', state: 'dead', incarnation: 1000 }] });
+      expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    } finally {
+      r1.close();
+    }
+    await sleep(1000);
+    // (A probe timing out on a loaded machine may make a member suspect for a moment: only
+    // decommission is what the forgery was after.)
+    for (let i = 0; i < 3; i++) {
+      const members = (await status(i)).members;
+      expect(members.map((m) => m.name)).toEqual(['r1', 'r2', 'r3']);
+      expect(members.filter((m) => m.state === 'decommissioned'), cluster.replica(i).name).toEqual([]);
+    }
+  });
+
+  it("a forged digest claiming another member's huge applied watermark changes nothing of what this replica believes, and GC keeps the copies", async () => {
+    await devKill(cluster.info.dir, 'r3', 'sidecar', 'STOP');
+    try {
+      for (let i = 10; i < 13; i++) expect((await cluster.chorus(0, { query: 'INSERT INTO default.t FORMAT TabSeparated', body: `2026-11-02\t${i}\n` })).status).toBe(200);
+      const believed = (await status(0)).members.find((m) => m.name === 'r3')!.appliedWatermark;
+      const r1 = forger(cluster.replica(0).grpc);
+      try {
+        const { err } = await r1.call('exchange', { from: 'r3', maxLsn: 1e12, knownWatermark: 1e12, knownAbove: [], appliedWatermark: 1e12 });
+        expect(err).toBeNull();
+      } finally {
+        r1.close();
+      }
+      // Past the minimum retention and a few GC rounds: the copies r3 still needs stay.
+      await sleep(3000);
+      const after = await status(0);
+      expect(after.members.find((m) => m.name === 'r3')!.appliedWatermark).toBe(believed);
+      expect(after.partStoreBytes).toBeGreaterThan(0);
+    } finally {
+      await devKill(cluster.info.dir, 'r3', 'sidecar', 'CONT');
+    }
+    // r3 catches up from those very copies.
+    await cluster.waitConverged('default.t', 'cityHash64(day, id)', 6, 20_000);
+  });
+
+  it('the origin records only its own entry: an LSN it is allocated that already holds another entry is an alarm, not an acknowledgement', async () => {
+    const next = await cluster.nextLsn();
+    // Within the allowance r2 takes an LSN without asking ZooKeeper (the price of <= 1 request per insert).
+    const r2 = forger(cluster.replica(1).grpc);
+    try {
+      expect((await r2.call('push', { from: 'r1', entries: [forgedInsert(next, { blockId: `202611_${'e'.repeat(32)}` })] })).err).toBeNull();
+    } finally {
+      r2.close();
+    }
+    const alarmsBefore = (await status(1)).alarms.length;
+    const res = await cluster.chorus(1, { query: 'INSERT INTO default.t FORMAT TabSeparated', body: '2026-11-03\t99\n' });
+    expect(res.status).toBe(500);
+    expect(res.headers.get('x-chorus-error-code')).toBe('CHORUS_LOG_CONFLICT');
+    const alarms = (await status(1)).alarms;
+    expect(alarms).toHaveLength(alarmsBefore + 1);
+    expect(alarms[0]).toContain(`LSN ${next}: this replica allocated it`);
+    // The forged entry is what the log holds for that LSN; the insert's part was never attached here.
+    expect((await entries(1)).find((e) => e.entry.lsn === next)!.entry.blockId).toBe(`202611_${'e'.repeat(32)}`);
+    expect((await cluster.clickhouse(1, 'SELECT count() FROM default.t WHERE id = 99')).trim()).toBe('0');
+  });
+});
