@@ -159,7 +159,7 @@ export class LocalLog {
   recordIntent(nonce: string, drafts: EntryDraft[]): void {
     // Every peer validates the entry it receives: one it would refuse (a table name that cannot be
     // a path, say) is refused here, before an LSN is allocated for it.
-    for (const d of drafts) validateEntry({ ...d.entry, lsn: 1, allocatedAtMs: 0, barrier: 0 }, { members: new Set([d.entry.origin]) });
+    for (const d of drafts) validateEntry({ ...d.entry, lsn: 1, allocatedAtMs: 0, barrier: 0 }, { members: new Set([d.entry.origin, d.entry.member ?? d.entry.origin]) });
     this.db.prepare('INSERT INTO intents (nonce, body, created_at) VALUES (?, ?, ?)').run(nonce, JSON.stringify(drafts), Date.now());
   }
 
