@@ -234,25 +234,6 @@ export class Gossip {
   private outbox = new Map<string, LogEntry[]>();
   private pushing = new Set<string>();
 
-  /** Splits entries into messages of at most maxEntriesPerMessage entries and about maxMessageBytes. */
-  private batches(entries: LogEntry[]): LogEntry[][] {
-    const out: LogEntry[][] = [];
-    let current: LogEntry[] = [];
-    let bytes = 0;
-    for (const e of entries) {
-      const size = JSON.stringify(e).length;
-      if (current.length > 0 && (current.length >= this.opts.maxEntriesPerMessage || bytes + size > this.opts.maxMessageBytes)) {
-        out.push(current);
-        current = [];
-        bytes = 0;
-      }
-      current.push(e);
-      bytes += size;
-    }
-    if (current.length) out.push(current);
-    return out;
-  }
-
   private async flush(peer: Peer): Promise<void> {
     this.pushing.add(peer.name);
     try {
@@ -260,7 +241,7 @@ export class Gossip {
         const entries = this.outbox.get(peer.name) ?? [];
         this.outbox.delete(peer.name);
         if (entries.length === 0) return;
-        for (const batch of this.batches(entries)) {
+        for (const batch of messagesOf(entries, this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes)) {
           try {
             await peer.push(this.opts.self, batch, this.opts.rpcTimeoutMs);
             this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'ok' });
@@ -366,6 +347,28 @@ export class Gossip {
     }
     throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'no member could allocate');
   }
+}
+
+/**
+ * Splits entries into messages of at most `maxEntries` entries and about `maxBytes` (their JSON,
+ * larger than their protobuf form); an entry larger than `maxBytes` goes alone, never dropped.
+ */
+export function messagesOf(entries: LogEntry[], maxEntries: number, maxBytes: number): LogEntry[][] {
+  const out: LogEntry[][] = [];
+  let current: LogEntry[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    const size = JSON.stringify(e).length;
+    if (current.length > 0 && (current.length >= maxEntries || bytes + size > maxBytes)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(e);
+    bytes += size;
+  }
+  if (current.length) out.push(current);
+  return out;
 }
 
 export function toGrpcError(err: unknown): grpc.ServiceError {

@@ -142,7 +142,7 @@ export class LocalLog {
 
   /** Every conflict recorded (newest first, at most `limit`): they stay until an operator looks into the log. */
   conflicts(limit = 100): LogConflict[] {
-    const rows = this.db.prepare('SELECT lsn, received, source, at FROM conflicts ORDER BY at DESC LIMIT ?').all(limit) as Array<{ lsn: number; received: string; source: string; at: number }>;
+    const rows = this.db.prepare('SELECT lsn, received, source, at FROM conflicts ORDER BY at DESC, rowid DESC LIMIT ?').all(limit) as Array<{ lsn: number; received: string; source: string; at: number }>;
     return rows.map((r) => ({ lsn: r.lsn, stored: this.get(r.lsn)!.entry, received: JSON.parse(r.received) as LogEntry, source: r.source, at: r.at }));
   }
 
