@@ -209,20 +209,26 @@ export class Gossip {
       return false;
     });
     const { added } = this.log.addEntries(storable, 'pending', from);
-    for (const e of added) {
-      if (e.kind === 'decommission' && e.member && this.swim.members.decommission(e.member)) {
-        this.logger.warn({ member: e.member, lsn: e.lsn, origin: e.origin }, `member ${e.member} decommissioned (log entry)`);
-      }
-    }
+    this.applyDecommissions(added);
     if (added.length) this.onNewEntries(added);
     return { added, refused };
   }
 
+  /** A decommission entry, once stored here (received, or recorded here), removes its member. */
+  private applyDecommissions(entries: LogEntry[]): void {
+    for (const e of entries) {
+      if (e.kind === 'decommission' && e.member && this.swim.members.decommission(e.member)) {
+        this.logger.warn({ member: e.member, lsn: e.lsn, origin: e.origin }, `member ${e.member} decommissioned (log entry ${e.lsn})`);
+      }
+    }
+  }
+
   /**
-   * Sends new entries to every peer at once; a peer that misses them pulls them later.
-   * Entries announced while a push to a peer is in flight go together in the next one.
+   * Sends new entries (recorded here) to every peer at once; a peer that misses them pulls them
+   * later. Entries announced while a push to a peer is in flight go together in the next one.
    */
   broadcast(entries: LogEntry[]): void {
+    this.applyDecommissions(entries);
     for (const peer of this.peers) {
       const queue = this.outbox.get(peer.name);
       if (queue) queue.push(...entries);

@@ -326,27 +326,37 @@ export class Sidecar implements AdminBackend {
   }
 
   /**
-   * Removes a member for good. First everything the live members hold is pulled here (a member
-   * that cannot be reached fails the call: what it holds is unknown), so an LSN is voided only
-   * when no live replica has its entry. The decommission itself is a log entry, allocated like
-   * a table operation: every replica that stores it, now or later, drops the member.
+   * Removes a member for good. The decommission is a log entry, allocated like a table
+   * operation: every replica that stores it, now or later, drops the member. Then everything
+   * the other members hold is pulled here, and only LSNs of the member that no one holds are
+   * voided; when a member cannot be asked, nothing is voided (what it holds is unknown) and the
+   * call fails: run it again once that member is back, or decommission that one too.
    */
   async decommission(replica: string): Promise<number[]> {
     if (replica === this.config.replica) throw new ChorusError('FAILED_PRECONDITION', 'a replica cannot decommission itself: ask another member');
     const member = this.gossip.swim.members.get(replica);
     if (!member) throw new ChorusError('NOT_FOUND', `no member named ${replica}`);
+    if (member.state !== 'decommissioned') await this.recordDecommission(replica);
+    const unreachable: string[] = [];
     for (const peer of this.peers) {
-      if (peer.name === replica || this.gossip.swim.members.get(peer.name)?.state === 'decommissioned') continue;
-      if (!this.gossip.swim.isAlive(peer.name)) {
-        throw new ChorusError('FAILED_PRECONDITION', `${peer.name} is ${this.gossip.swim.members.get(peer.name)?.state}: what it holds cannot be pulled, so nothing of ${replica} is voided; bring it back (or decommission it first)`);
+      const state = this.gossip.swim.members.get(peer.name)?.state;
+      if (peer.name === replica || state === 'decommissioned') continue;
+      if (state !== 'alive') {
+        unreachable.push(`${peer.name} is ${state}`);
+        continue;
       }
       try {
         await this.gossip.pullAll(peer);
       } catch (err) {
-        throw new ChorusError('FAILED_PRECONDITION', `could not pull everything ${peer.name} holds, so nothing of ${replica} is voided: ${(err as Error).message}`, err);
+        unreachable.push(`${peer.name}: ${(err as Error).message}`);
       }
     }
-    if (member.state !== 'decommissioned') await this.recordDecommission(replica);
+    if (unreachable.length) {
+      throw new ChorusError(
+        'FAILED_PRECONDITION',
+        `${replica} is decommissioned, but nothing it allocated was voided, since what these members hold is not known here: ${unreachable.join('; ')}. Run the decommission again once they answer (or decommission them too)`,
+      );
+    }
     const window = (await this.allocator.read()).window;
     const orphans = window.filter((e) => e[2] === replica && !this.log.get(e[1])).map((e) => e[1]);
     const voided = await this.recovery.voidLsns(orphans, replica);
@@ -386,10 +396,10 @@ export class Sidecar implements AdminBackend {
     } finally {
       this.inFlightAllocations.delete(nonce);
     }
-    this.gossip.swim.members.decommission(replica);
     const names = new Set(JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]);
     names.add(replica);
     this.log.setMeta('decommissioned', JSON.stringify([...names]));
+    // Announcing a decommission entry also applies it here (as for one recovery records).
     this.gossip.broadcast([entry]);
   }
 
