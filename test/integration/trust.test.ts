@@ -48,6 +48,8 @@ describe('nothing from a peer is taken blindly', () => {
         'gossip.probeTimeoutMs': 200,
         'partStore.minRetentionMs': 1000,
         'partStore.gcIntervalMs': 300,
+        // Small messages, so that catching up takes several exchanges.
+        'gossip.maxMessageBytes': 65_536,
       },
     });
     for (const r of cluster.replicas) admins.push(new AdminClient(r.grpc, cluster.info.adminToken));
@@ -231,5 +233,30 @@ describe('nothing from a peer is taken blindly', () => {
     // The forged entry is what the log holds for that LSN; the insert's part was never attached here.
     expect((await entries(1)).find((e) => e.entry.lsn === next)!.entry.blockId).toBe(`202611_${'e'.repeat(32)}`);
     expect((await cluster.clickhouse(1, 'SELECT count() FROM default.t WHERE id = 99')).trim()).toBe('0');
+  });
+
+  it('a decommission first pulls everything the live members hold, over as many exchanges as it takes, and voids none of it', async () => {
+    const stateIn = async (viewer: number, member: string) => (await status(viewer)).members.find((m) => m.name === member)?.state;
+    await devKill(cluster.info.dir, 'r1', 'sidecar', 'STOP');
+    try {
+      // r3 allocates through r2 while r1 sleeps: r3's entries reach r2 only.
+      await expect.poll(() => stateIn(2, 'r1'), { timeout: 10_000, interval: 100 }).not.toBe('alive');
+      for (let i = 0; i < 100; i++) expect((await cluster.chorus(2, { query: 'INSERT INTO default.t FORMAT TabSeparated', body: `2026-11-04\t${1000 + i}\n` })).status).toBe(200);
+      // r3 goes once r2 holds every part (an acknowledged part whose only copy is on a replica
+      // that never comes back is lost, decommission or not).
+      await expect.poll(async () => (await cluster.clickhouse(1, 'SELECT count() FROM default.t WHERE id >= 1000')).trim(), { timeout: 30_000, interval: 200 }).toBe('100');
+      await devKill(cluster.info.dir, 'r3', 'sidecar', 'KILL');
+    } finally {
+      await devKill(cluster.info.dir, 'r1', 'sidecar', 'CONT');
+    }
+    // At once, before r1's own gossip catches up: the decommission must pull all of it itself.
+    const decommissioned = await admins[0]!.call<{ voided: number[] }>('decommission', { replica: 'r3' }, 60_000);
+    expect(decommissioned.voided ?? []).toEqual([]);
+    const fromR2 = (await entries(1)).filter((e) => e.entry.origin === 'r3').map((e) => e.entry.lsn);
+    const fromR1 = (await entries(0)).filter((e) => e.entry.origin === 'r3' && e.state !== 'voided').map((e) => e.entry.lsn);
+    expect(fromR2.length).toBeGreaterThanOrEqual(100);
+    expect(fromR1).toEqual(fromR2);
+    // r1 applies them from r2's copies.
+    await expect.poll(async () => (await cluster.clickhouse(0, 'SELECT count() FROM default.t WHERE id >= 1000')).trim(), { timeout: 30_000, interval: 300 }).toBe('100');
   });
 });
