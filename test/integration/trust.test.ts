@@ -1,10 +1,10 @@
 import * as grpc from '@grpc/grpc-js';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/cli/admin-client.js';
 import { sleep } from '../../src/core/async.js';
-import { devKill } from '../../src/dev/cluster.js';
+import { devKill, PACKAGE_ROOT } from '../../src/dev/cluster.js';
 import { chorusV1 } from '../../src/gossip/proto.js';
 import type { LogEntry } from '../../src/log/entry.js';
 import { TestCluster } from '../support/cluster.js';
@@ -164,6 +164,14 @@ describe('nothing from a peer is taken blindly', () => {
     expect(alarms[0]).toContain(`LSN ${stored.lsn}`);
     expect(await cluster.metric(1, 'chorus_log_conflicts_total')).toBe(1);
     expect((await entries(1)).find((e) => e.entry.lsn === stored.lsn)!.entry.checksumsSha256).toBe(stored.checksumsSha256);
+    // The operator sees it: chorus status lists the alarm and does not call the shard healthy.
+    const cli = spawnSync(process.execPath, [join(PACKAGE_ROOT, 'bin', 'chorus.js'), 'status', '--grpc', cluster.replica(0).grpc], {
+      encoding: 'utf8',
+      env: { ...process.env, CHORUS_ADMIN_TOKEN: cluster.info.adminToken },
+    });
+    expect(cli.status).toBe(3);
+    expect(cli.stdout).toContain('ALARMS (1)');
+    expect(cli.stdout).toContain(`r2: LSN ${stored.lsn}: r1 sent an entry`);
   });
 
   it('a forged SWIM message saying a member (or the receiver itself) is decommissioned changes nothing', async () => {
