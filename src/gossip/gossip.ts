@@ -54,6 +54,7 @@ export class Gossip {
   private exchanging: Promise<unknown> | null = null;
   /** The highest next LSN read from the allocator by this replica's checks. */
   private verifiedNext = 0;
+  private lastNextReadAt = 0;
   private readonly peerNames: ReadonlySet<string>;
   private readonly memberNames: ReadonlySet<string>;
   readonly swim: Swim;
@@ -172,6 +173,10 @@ export class Gossip {
     this.verifiedNext = Math.max(this.verifiedNext, this.allocator.lastSeenNext);
     const cached = this.verifiedNext;
     if (highest < cached + this.opts.lsnAllowance) return { bound: cached + this.opts.lsnAllowance, verified: true };
+    // At most one read per exchange interval, however many messages claim LSNs beyond: a peer
+    // cannot turn its messages into ZooKeeper load. What waits is pulled at a later exchange.
+    if (Date.now() - this.lastNextReadAt < this.opts.intervalMs) return { bound: cached + this.opts.lsnAllowance, verified: false };
+    this.lastNextReadAt = Date.now();
     try {
       this.verifiedNext = Math.max(this.verifiedNext, await this.allocator.refreshNext());
       return { bound: this.verifiedNext, verified: true };
@@ -205,7 +210,7 @@ export class Gossip {
     const storable = valid.filter((e) => {
       if (e.lsn < bound) return true;
       if (verified) refuse('beyond_next_lsn', `LSN ${e.lsn} has not been allocated (the next LSN is ${bound})`, e.lsn);
-      else refuse('unverifiable', `LSN ${e.lsn} is beyond the last next LSN seen (${bound}) and ZooKeeper cannot be asked now`, e.lsn);
+      else refuse('unverifiable', `LSN ${e.lsn} is beyond the last next LSN seen (${bound}) and ZooKeeper cannot be asked now; it is taken when pulled later`, e.lsn);
       return false;
     });
     const { added } = this.log.addEntries(storable, 'pending', from);
