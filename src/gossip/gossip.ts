@@ -191,6 +191,11 @@ export class Gossip {
    * with their sender; their reasons are returned (the caller answers INVALID_ARGUMENT).
    */
   private async receive(raw: unknown[], from: string): Promise<{ added: LogEntry[]; refused: string[] }> {
+    if (raw.length > this.opts.maxEntriesPerMessage) {
+      this.metrics.gossipRefusedEntries.inc({ reason: 'too_many' }, raw.length);
+      this.logger.warn({ from, entries: raw.length }, 'a message with too many entries refused');
+      throw new ChorusError('INVALID_ENTRY', `${raw.length} entries in one message (at most ${this.opts.maxEntriesPerMessage})`);
+    }
     const valid: LogEntry[] = [];
     const refused: string[] = [];
     const refuse = (reason: string, why: string, lsn: unknown) => {

@@ -4,12 +4,15 @@ import { assertSafeFileName, assertSafeName } from '../parts/files.js';
 import { ENTRY_KINDS, type EntryKind, type FileInfo, type LogEntry } from './entry.js';
 
 /**
- * Bounds of one entry. A part of a table of a few thousand columns stays far below them; what
+ * Bounds of one entry. A wide part of a table of a few thousand columns stays below them; what
  * matters is that one entry always fits in one gossip message (gRPC refuses messages above
- * 4 MiB): MAX_FILES_PER_PART files of names up to 255 characters come to about 1.4 MB.
+ * 4 MiB), hence `entryBytes` on its JSON form (larger than its protobuf form). The origin
+ * checks its own entries against the same bounds before allocating (LocalLog.recordIntent), so
+ * an insert beyond them is refused to its client rather than stalling replication.
  */
 export const ENTRY_LIMITS = {
-  filesPerPart: 4096,
+  filesPerPart: 10_000,
+  entryBytes: 3 * 1024 * 1024,
   fileBytes: 2 ** 44,
   partBytes: 2 ** 46,
   rows: 2 ** 48,
@@ -103,6 +106,9 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
     if (!SHA256.test(sha256)) refuse(`file ${name}: sha256 is not 64 lowercase hex digits`);
     return { name, size: count(file, 'size', ENTRY_LIMITS.fileBytes), sha256 };
   });
+
+  const size = JSON.stringify(entry).length;
+  if (size > ENTRY_LIMITS.entryBytes) refuse(`the entry takes ${size} bytes (at most ${ENTRY_LIMITS.entryBytes})`);
 
   const empty = (...fields: Array<keyof LogEntry>) => {
     for (const f of fields) {

@@ -133,13 +133,17 @@ describe('nothing from a peer is taken blindly', () => {
         expect(err?.code, why).toBe(grpc.status.INVALID_ARGUMENT);
         expect(errorCode(err), why).toBe('CHORUS_INVALID_ENTRY');
       }
+      // More entries than one message may carry: refused whole.
+      const flood = await r2.call('push', { from: 'r1', entries: Array.from({ length: 501 }, () => forgedInsert(next - 1)) });
+      expect(errorCode(flood.err)).toBe('CHORUS_INVALID_ENTRY');
       // A sender that is no member of the shard is refused before anything is read.
       const { err } = await r2.call('push', { from: 'mallory', entries: [forgedInsert(next - 1)] });
       expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
     } finally {
       r2.close();
     }
-    expect(await cluster.metric(1, 'chorus_gossip_refused_entries_total')).toBe(refusedBefore + forged.length);
+    expect(await cluster.metric(1, 'chorus_gossip_refused_entries_total')).toBe(refusedBefore + forged.length + 501);
+    expect(await cluster.metric(1, 'chorus_gossip_refused_messages_total', { rpc: 'push' })).toBe(1);
     expect(await cluster.metric(1, 'chorus_gossip_refused_entries_total', { reason: 'beyond_next_lsn' })).toBe(1);
     // Give gossip a few rounds to spread anything that might have been stored.
     await sleep(1500);

@@ -101,8 +101,12 @@ describe('local log: conflicts, decommissions and message sizes', () => {
     expect(log.missingFrom({ ...digest, knownWatermark: 2 }, 1, 256 * 1024).map((e) => e.lsn)).toEqual([3]);
     expect(messagesOf(entries, 500, 256 * 1024).map((m) => m.map((e) => e.lsn))).toEqual([[1], [2], [3, 4], [5], [6]]);
     expect(messagesOf(entries, 2, 1e9).map((m) => m.map((e) => e.lsn))).toEqual([[1, 2], [3, 4], [5, 6]]);
-    // Under gRPC's 4 MiB limit: the largest entry the validator lets through fits in one message.
-    const largest = insert(1, big, { files: Array.from({ length: big }, (_, i) => ({ name: i === 0 ? 'checksums.txt' : `${'x'.repeat(250)}${i}`, size: 1, sha256: sha('c') })) });
-    expect(JSON.stringify(largest).length).toBeLessThan(3 * 1024 * 1024);
+    // Under gRPC's 4 MiB limit: an entry larger than one message could carry is refused, at the
+    // origin before it is allocated.
+    expect(ENTRY_LIMITS.entryBytes).toBeLessThan(4 * 1024 * 1024);
+    const files = Array.from({ length: big }, (_, i) => ({ name: i === 0 ? 'checksums.txt' : `${'x'.repeat(250)}${i}`, size: 1, sha256: sha('c') }));
+    const largest = insert(1, 1, { files, bytes: files.length });
+    expect(JSON.stringify(largest).length).toBeGreaterThan(ENTRY_LIMITS.entryBytes);
+    expect(() => log.recordIntent('n1', [{ dir: '', entry: largest }])).toThrow(expect.objectContaining({ code: 'INVALID_ENTRY' }));
   });
 });
