@@ -79,6 +79,21 @@ export class Allocator {
     this.cached = { state: decodeState(data), version: stat.version };
   }
 
+  private nextRead: Promise<number> | null = null;
+
+  /**
+   * Reads the next LSN again (one getData); callers that ask while a read is in flight share it,
+   * so checks of received entries never queue ZooKeeper requests.
+   */
+  refreshNext(): Promise<number> {
+    this.nextRead ??= this.refresh()
+      .then(() => this.cached!.state.next)
+      .finally(() => {
+        this.nextRead = null;
+      });
+    return this.nextRead;
+  }
+
   async read(): Promise<AllocatorState> {
     await this.refresh();
     return this.cached!.state;

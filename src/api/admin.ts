@@ -25,6 +25,8 @@ export interface AdminStatus {
   paused: boolean;
   allocatingMember: string;
   clone: CloneProgress;
+  /** Conditions an operator must look into (two different entries for one LSN), newest first. */
+  alarms: string[];
 }
 
 export interface EntryInfo {

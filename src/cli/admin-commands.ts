@@ -151,8 +151,10 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
       reachable: s !== undefined,
     };
   });
-  const healthy = members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready));
-  if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members }, null, 2) + '\n');
+  const alarms = [asked, ...own].flatMap((s) => (s ? (s.alarms ?? []).map((a) => `${s.replica}: ${a}`) : []));
+  const unique = [...new Set(alarms)];
+  const healthy = unique.length === 0 && members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready));
+  if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members, alarms: unique }, null, 2) + '\n');
   else {
     out(`shard ${asked.shard} (cluster ${asked.cluster}): asked ${asked.replica}, highest LSN ${asked.maxLsn}, allocating member ${asked.allocatingMember}, ZooKeeper ${asked.zookeeperSession}\n\n`);
     const rows = [['MEMBER', 'STATE', 'APPLIED LSN', 'LAG', 'LAG (s)', 'PART STORE', 'READY']];
@@ -168,6 +170,7 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
       ]);
     }
     out(table(rows));
+    if (unique.length) out(`\nALARMS (${unique.length}):\n${unique.map((a) => `  ${a}\n`).join('')}`);
   }
   return healthy ? EXIT.ok : EXIT.degraded;
 }

@@ -12,6 +12,7 @@ import type { PartStore } from '../parts/store.js';
 import type { TableCatalog, TableInfo } from './catalog.js';
 import { parsePartName } from './dialect.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
+import { canonicalPartition } from './partition.js';
 
 /**
  * Origin and followers attach the same way: hardlink the part from the part store into the
@@ -109,7 +110,8 @@ export class Attacher {
     return this.perTable.run(`${entry.database}.${entry.table}`, async () => {
       const table = `${quoteIdent(entry.database)}.${quoteIdent(entry.table)}`;
       if (entry.kind === 'truncate') await this.ch.exec(`TRUNCATE TABLE ${table}`);
-      else if (entry.kind === 'drop_partition') await this.ch.exec(`ALTER TABLE ${table} DROP PARTITION ${entry.partition}`);
+      // Re-read and re-written: whatever the entry carries, only a literal reaches ClickHouse.
+      else if (entry.kind === 'drop_partition') await this.ch.exec(`ALTER TABLE ${table} DROP PARTITION ${canonicalPartition(entry.partition)}`);
       else throw new ChorusError('INTERNAL', `LSN ${entry.lsn} is not a table operation`);
     });
   }

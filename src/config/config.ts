@@ -98,6 +98,11 @@ export const configSchema = z
         probeTimeoutMs: z.number().int().min(10).default(300),
         suspicionTimeoutMs: z.number().int().min(10).default(3000),
         indirectProbes: z.number().int().min(0).default(2),
+        // Bytes of entries in one push or exchange reply (gRPC refuses messages above 4 MiB).
+        maxMessageBytes: z.number().int().min(64 * 1024).max(3 * 1024 * 1024).default(1024 * 1024),
+        // Received LSNs this far beyond the allocator's last seen next LSN are checked against
+        // ZooKeeper (one read); nearer ones are taken without a request.
+        lsnAllowance: z.number().int().min(0).default(10_000),
       })
       .strict()
       .prefault({}),

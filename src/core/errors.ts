@@ -28,6 +28,12 @@ export const ErrorCodes = {
   FILESYSTEM_MISMATCH: 500,
   STORAGE_UNSUPPORTED: 400,
   PEER_UNAVAILABLE: 503,
+  /** A log entry received from a peer failed validation; nothing of it was stored. */
+  INVALID_ENTRY: 400,
+  /** A gossip message claims a sender other than the one its transport proves. */
+  PERMISSION_DENIED: 403,
+  /** Two different entries for one LSN: the log of the shard is inconsistent. */
+  LOG_CONFLICT: 500,
   INTERNAL: 500,
 } as const;
 

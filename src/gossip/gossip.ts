@@ -3,7 +3,8 @@ import type { Allocator } from '../allocator/allocator.js';
 import type { Allocation, AllocationRequest } from '../allocator/window.js';
 import type { Logger } from '../core/logger.js';
 import { ChorusError } from '../core/errors.js';
-import { ENTRY_KINDS, type Digest, type LogEntry } from '../log/entry.js';
+import type { Digest, LogEntry } from '../log/entry.js';
+import { validateEntry } from '../log/validate.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Peer } from './peers.js';
@@ -17,6 +18,17 @@ export interface GossipOptions {
   allocateTimeoutMs: number;
   /** At most this many entries in one reply or push. */
   maxEntriesPerMessage: number;
+  /**
+   * And about this many bytes (entries as stored JSON), below gRPC's 4 MiB message limit; one
+   * entry travels alone whatever its size (the validator bounds it well below the limit).
+   */
+  maxMessageBytes: number;
+  /**
+   * Received LSNs below the allocator's last seen next LSN plus this many are taken without
+   * asking ZooKeeper; one beyond it costs one read of the allocator's znode (shared by every
+   * batch waiting for it), and is refused if it is at or beyond the next LSN read.
+   */
+  lsnAllowance: number;
   swim: SwimOptions;
   /**
    * The replica name the caller's TLS client certificate proves, or null when the transport is
@@ -26,14 +38,25 @@ export interface GossipOptions {
   identify?: (call: grpc.ServerUnaryCall<unknown, unknown>) => string | null;
 }
 
+/** Ranges in one digest: a replica's known LSNs above its watermark are a few gaps, not millions. */
+const MAX_DIGEST_RANGES = 10_000;
+
 /**
  * Log dissemination between the sidecars of a shard: push on append, periodic digest
  * exchange with a random peer to pull (and push back) what either side lacks, and the
- * forwarding of allocation requests to the shard's allocating replica.
+ * forwarding of allocation requests to the shard's allocating replica. Nothing a peer sends is
+ * taken blindly: its claimed name must be the one its transport proves, every entry passes
+ * validateEntry and an LSN bound, and a peer's progress is recorded only from the peer itself.
  */
 export class Gossip {
   private timer: NodeJS.Timeout | null = null;
-  private exchanging = false;
+  /** The exchange running now, if any: a full pull waits for it rather than skipping. */
+  private exchanging: Promise<unknown> | null = null;
+  /** The highest next LSN read from the allocator by this replica's checks. */
+  private verifiedNext = 0;
+  private lastNextReadAt = 0;
+  private readonly peerNames: ReadonlySet<string>;
+  private readonly memberNames: ReadonlySet<string>;
   readonly swim: Swim;
 
   constructor(
@@ -46,32 +69,77 @@ export class Gossip {
     private readonly logger: Logger,
   ) {
     this.swim = new Swim(opts.self, peers, opts.swim, logger.child({ component: 'membership' }));
+    this.peerNames = new Set(peers.map((p) => p.name).filter((n) => n !== opts.self));
+    this.memberNames = new Set([...this.peerNames, opts.self]);
+  }
+
+  /**
+   * The sender of a call: the name its certificate proves, which the message's claim must match;
+   * without TLS, the claim itself, which must at least be a configured peer.
+   */
+  private sender(call: grpc.ServerUnaryCall<unknown, unknown>, claimed: string, rpc: string): { name: string; proven: boolean } {
+    const proven = this.opts.identify?.(call) ?? null;
+    const refuse = (why: string): never => {
+      this.metrics.gossipRefusedMessages.inc({ rpc });
+      this.logger.warn({ rpc, claimed: claimed.slice(0, 100), proven, peer: call.getPeer() }, `gossip ${rpc} refused: ${why}`);
+      throw new ChorusError('PERMISSION_DENIED', why);
+    };
+    if (proven !== null) {
+      if (claimed !== proven) refuse(`the message says it is from ${JSON.stringify(claimed.slice(0, 100))} but the caller's certificate is ${proven}'s`);
+      if (!this.peerNames.has(proven)) refuse(`${proven} is not a peer of this replica`);
+      return { name: proven, proven: true };
+    }
+    if (!this.peerNames.has(claimed)) refuse(`${JSON.stringify(claimed.slice(0, 100))} is not a configured peer`);
+    return { name: claimed, proven: false };
   }
 
   /** The gRPC handlers of the Gossip service, to be added to the replica's server. */
   register(server: grpc.Server): void {
     const Gossip = chorusV1('chorus/v1/gossip.proto').Gossip!;
     server.addService(Gossip.service, {
-      ...this.swim.handlers(),
-      push: (call: grpc.ServerUnaryCall<{ from: string; entries: LogEntry[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      ...this.swim.handlers((call, claimed) => {
         try {
-          const added = this.receive(call.request.entries);
-          cb(null, { added: added.length });
+          this.sender(call, claimed, 'ping');
+          return null;
         } catch (err) {
-          cb(toGrpcError(err));
+          return toGrpcError(err);
         }
+      }),
+      push: (call: grpc.ServerUnaryCall<{ from: string; entries: unknown[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        let from: string;
+        try {
+          from = this.sender(call, call.request.from, 'push').name;
+        } catch (err) {
+          return cb(toGrpcError(err));
+        }
+        this.receive(call.request.entries, from)
+          .then(({ added, refused }) => {
+            if (refused.length) cb(toGrpcError(new ChorusError('INVALID_ENTRY', `${refused.length} of ${call.request.entries.length} entries refused (${refused[0]})`)));
+            else cb(null, { added: added.length });
+          })
+          .catch((err: unknown) => cb(toGrpcError(err)));
       },
       exchange: (call: grpc.ServerUnaryCall<Digest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         try {
           const theirs = call.request;
-          this.log.setPeerProgress(theirs.from, theirs.appliedWatermark, theirs.maxLsn);
-          cb(null, { digest: this.log.digest(this.opts.self), entries: this.log.missingFrom(theirs, this.opts.maxEntriesPerMessage) });
+          const sender = this.sender(call, theirs.from, 'exchange');
+          if (theirs.knownAbove.length > MAX_DIGEST_RANGES) throw new ChorusError('INVALID_ENTRY', `a digest with ${theirs.knownAbove.length} ranges (at most ${MAX_DIGEST_RANGES})`);
+          // Progress decides what GC deletes: only what a member says of itself, proven by its
+          // certificate, counts. Without TLS the claim proves nothing, and this replica learns the
+          // peer's progress from its own exchanges with it instead (the peer it dialed).
+          if (sender.proven) this.log.setPeerProgress(sender.name, Number(theirs.appliedWatermark), Number(theirs.maxLsn));
+          cb(null, { digest: this.log.digest(this.opts.self), entries: this.log.missingFrom(theirs, this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes) });
         } catch (err) {
           cb(toGrpcError(err));
         }
       },
       allocate: (call: grpc.ServerUnaryCall<{ from: string; nonce: string; blockIds: string[]; tables: string[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         const { from, nonce, blockIds, tables } = call.request;
+        try {
+          this.sender(call, from, 'allocate');
+        } catch (err) {
+          return cb(toGrpcError(err));
+        }
         this.allocator
           .allocate({ origin: from, nonce, blockIds: blockIds.map((b) => b || null), tables: tables.length ? tables : undefined })
           .then((allocations) => cb(null, { allocations }))
@@ -96,17 +164,81 @@ export class Gossip {
     this.timer = null;
   }
 
-  private receive(entries: LogEntry[]): LogEntry[] {
-    const added = this.log.addEntries(entries.map(normaliseEntry));
-    if (added.length) this.onNewEntries(added);
-    return added;
+  /**
+   * The LSN every received entry must stay below. The allocator's cached next LSN (plus the
+   * allowance) answers without ZooKeeper; beyond it, one read of the znode decides.
+   */
+  private async lsnBound(highest: number): Promise<{ bound: number; verified: boolean }> {
+    // The allocator forgets its cache on a ZooKeeper error; what it saw before still holds.
+    this.verifiedNext = Math.max(this.verifiedNext, this.allocator.lastSeenNext);
+    const cached = this.verifiedNext;
+    if (highest < cached + this.opts.lsnAllowance) return { bound: cached + this.opts.lsnAllowance, verified: true };
+    // At most one read per exchange interval, however many messages claim LSNs beyond: a peer
+    // cannot turn its messages into ZooKeeper load. What waits is pulled at a later exchange.
+    if (Date.now() - this.lastNextReadAt < this.opts.intervalMs) return { bound: cached + this.opts.lsnAllowance, verified: false };
+    this.lastNextReadAt = Date.now();
+    try {
+      this.verifiedNext = Math.max(this.verifiedNext, await this.allocator.refreshNext());
+      return { bound: this.verifiedNext, verified: true };
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'could not read the next LSN to check received entries; entries beyond the last one seen wait');
+      return { bound: cached + this.opts.lsnAllowance, verified: false };
+    }
   }
 
   /**
-   * Sends new entries to every peer at once; a peer that misses them pulls them later.
-   * Entries announced while a push to a peer is in flight go together in the next one.
+   * Validates and stores entries from `from`. Refused ones are not stored, counted and logged
+   * with their sender; their reasons are returned (the caller answers INVALID_ARGUMENT).
+   */
+  private async receive(raw: unknown[], from: string): Promise<{ added: LogEntry[]; refused: string[] }> {
+    if (raw.length > this.opts.maxEntriesPerMessage) {
+      this.metrics.gossipRefusedEntries.inc({ reason: 'too_many' }, raw.length);
+      this.logger.warn({ from, entries: raw.length }, 'a message with too many entries refused');
+      throw new ChorusError('INVALID_ENTRY', `${raw.length} entries in one message (at most ${this.opts.maxEntriesPerMessage})`);
+    }
+    const valid: LogEntry[] = [];
+    const refused: string[] = [];
+    const refuse = (reason: string, why: string, lsn: unknown) => {
+      this.metrics.gossipRefusedEntries.inc({ reason });
+      this.logger.warn({ from, lsn: String(lsn).slice(0, 30), why }, 'entry from a peer refused');
+      refused.push(`LSN ${String(lsn).slice(0, 30)}: ${why}`);
+    };
+    for (const r of raw) {
+      try {
+        valid.push(validateEntry(r, { members: this.memberNames }));
+      } catch (err) {
+        refuse('invalid', (err as Error).message, (r as { lsn?: unknown } | null)?.lsn);
+      }
+    }
+    const highest = valid.reduce((m, e) => Math.max(m, e.lsn), 0);
+    const { bound, verified } = valid.length ? await this.lsnBound(highest) : { bound: 0, verified: true };
+    const storable = valid.filter((e) => {
+      if (e.lsn < bound) return true;
+      if (verified) refuse('beyond_next_lsn', `LSN ${e.lsn} has not been allocated (the next LSN is ${bound})`, e.lsn);
+      else refuse('unverifiable', `LSN ${e.lsn} is beyond the last next LSN seen (${bound}) and ZooKeeper cannot be asked now; it is taken when pulled later`, e.lsn);
+      return false;
+    });
+    const { added } = this.log.addEntries(storable, 'pending', from);
+    this.applyDecommissions(added);
+    if (added.length) this.onNewEntries(added);
+    return { added, refused };
+  }
+
+  /** A decommission entry, once stored here (received, or recorded here), removes its member. */
+  private applyDecommissions(entries: LogEntry[]): void {
+    for (const e of entries) {
+      if (e.kind === 'decommission' && e.member && this.swim.members.decommission(e.member)) {
+        this.logger.warn({ member: e.member, lsn: e.lsn, origin: e.origin }, `member ${e.member} decommissioned (log entry ${e.lsn})`);
+      }
+    }
+  }
+
+  /**
+   * Sends new entries (recorded here) to every peer at once; a peer that misses them pulls them
+   * later. Entries announced while a push to a peer is in flight go together in the next one.
    */
   broadcast(entries: LogEntry[]): void {
+    this.applyDecommissions(entries);
     for (const peer of this.peers) {
       const queue = this.outbox.get(peer.name);
       if (queue) queue.push(...entries);
@@ -125,9 +257,9 @@ export class Gossip {
         const entries = this.outbox.get(peer.name) ?? [];
         this.outbox.delete(peer.name);
         if (entries.length === 0) return;
-        for (let i = 0; i < entries.length; i += this.opts.maxEntriesPerMessage) {
+        for (const batch of messagesOf(entries, this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes)) {
           try {
-            await peer.push(this.opts.self, entries.slice(i, i + this.opts.maxEntriesPerMessage), this.opts.rpcTimeoutMs);
+            await peer.push(this.opts.self, batch, this.opts.rpcTimeoutMs);
             this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'ok' });
           } catch (err) {
             this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'error' });
@@ -143,19 +275,52 @@ export class Gossip {
   /** One anti-entropy round with a random live peer: pull what we lack, push what it lacks. */
   async exchangeOnce(peer = this.randomLivePeer()): Promise<void> {
     if (!peer || this.exchanging) return;
-    this.exchanging = true;
     try {
-      const reply = await peer.exchange(this.log.digest(this.opts.self), this.opts.rpcTimeoutMs);
-      this.receive(reply.entries);
-      this.log.setPeerProgress(peer.name, reply.digest.appliedWatermark, reply.digest.maxLsn);
-      const theyLack = this.log.missingFrom(reply.digest, this.opts.maxEntriesPerMessage);
-      if (theyLack.length) await peer.push(this.opts.self, theyLack, this.opts.rpcTimeoutMs);
+      await this.exclusive(() => this.exchangeWith(peer));
       this.metrics.gossipRounds.inc({ kind: 'exchange', outcome: 'ok' });
     } catch (err) {
       this.metrics.gossipRounds.inc({ kind: 'exchange', outcome: 'error' });
       this.logger.debug({ peer: peer.name, err: (err as Error).message }, 'digest exchange failed');
+    }
+  }
+
+  /** Runs `fn` once no other exchange runs (one at a time, so rounds never overlap). */
+  private async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.exchanging) await this.exchanging.catch(() => undefined);
+    const run = fn();
+    this.exchanging = run;
+    try {
+      return await run;
     } finally {
-      this.exchanging = false;
+      this.exchanging = null;
+    }
+  }
+
+  /** One exchange; returns how many entries the peer sent and how many were new here. Throws on failure. */
+  private async exchangeWith(peer: Peer): Promise<{ received: number; added: number; refused: string[] }> {
+    const reply = await peer.exchange(this.log.digest(this.opts.self), this.opts.rpcTimeoutMs);
+    const { added, refused } = await this.receive(reply.entries, peer.name);
+    // The peer dialed is the one whose address (and, with TLS, certificate) is configured: its
+    // digest speaks for itself, whatever name it carries.
+    this.log.setPeerProgress(peer.name, Number(reply.digest.appliedWatermark), Number(reply.digest.maxLsn));
+    const theyLack = this.log.missingFrom(reply.digest, this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes);
+    if (theyLack.length) await peer.push(this.opts.self, theyLack, this.opts.rpcTimeoutMs);
+    return { received: reply.entries.length, added: added.length, refused };
+  }
+
+  /**
+   * Pulls everything `peer` holds that this replica lacks: waits for a running exchange, then
+   * exchanges until a round brings nothing. Throws when the peer cannot be reached or sends
+   * entries this replica refuses (what it holds is then not known here).
+   */
+  async pullAll(peer: Peer): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const round = await this.exclusive(() => this.exchangeWith(peer));
+      if (round.refused.length) throw new ChorusError('FAILED_PRECONDITION', `${peer.name} holds entries this replica refuses (${round.refused[0]})`);
+      if (round.received === 0) return total;
+      if (round.added === 0) throw new ChorusError('FAILED_PRECONDITION', `${peer.name} keeps sending entries that conflict with this replica's log (see the alarms of chorus status)`);
+      total += round.added;
     }
   }
 
@@ -200,24 +365,26 @@ export class Gossip {
   }
 }
 
-function normaliseEntry(e: LogEntry): LogEntry {
-  return {
-    lsn: Number(e.lsn),
-    kind: ENTRY_KINDS.includes(e.kind) ? e.kind : 'void',
-    database: e.database,
-    table: e.table,
-    partitionId: e.partitionId,
-    blockId: e.blockId,
-    partName: e.partName,
-    checksumsSha256: e.checksumsSha256,
-    rows: Number(e.rows),
-    bytes: Number(e.bytes),
-    files: e.files.map((f) => ({ name: f.name, size: Number(f.size), sha256: f.sha256 })),
-    origin: e.origin,
-    allocatedAtMs: Number(e.allocatedAtMs),
-    barrier: Number(e.barrier ?? 0),
-    partition: e.partition ?? '',
-  };
+/**
+ * Splits entries into messages of at most `maxEntries` entries and about `maxBytes` (their JSON,
+ * larger than their protobuf form); an entry larger than `maxBytes` goes alone, never dropped.
+ */
+export function messagesOf(entries: LogEntry[], maxEntries: number, maxBytes: number): LogEntry[][] {
+  const out: LogEntry[][] = [];
+  let current: LogEntry[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    const size = JSON.stringify(e).length;
+    if (current.length > 0 && (current.length >= maxEntries || bytes + size > maxBytes)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(e);
+    bytes += size;
+  }
+  if (current.length) out.push(current);
+  return out;
 }
 
 export function toGrpcError(err: unknown): grpc.ServiceError {
@@ -225,7 +392,9 @@ export function toGrpcError(err: unknown): grpc.ServiceError {
   const status =
     e.code === 'UNAUTHENTICATED'
       ? grpc.status.UNAUTHENTICATED
-      : e.code === 'FAILED_PRECONDITION'
+      : e.code === 'PERMISSION_DENIED'
+        ? grpc.status.PERMISSION_DENIED
+        : e.code === 'FAILED_PRECONDITION'
         ? grpc.status.FAILED_PRECONDITION
         : e.httpStatus === 503
       ? grpc.status.UNAVAILABLE

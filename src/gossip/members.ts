@@ -22,6 +22,12 @@ export interface Member extends MemberUpdate {
 const RANK: Record<MemberState, number> = { alive: 0, suspect: 1, dead: 2, decommissioned: 3 };
 
 /**
+ * States a SWIM message may carry. Decommissioned is not one of them: it is decided through the
+ * Admin API and travels as a log entry, so a rumour (or a forged message) cannot remove a member.
+ */
+const WIRE_STATES: ReadonlySet<string> = new Set<MemberState>(['alive', 'suspect', 'dead']);
+
+/**
  * Whether `update` replaces `current`: a decommission always; otherwise a higher incarnation,
  * or the same incarnation with a graver state (alive < suspect < dead).
  */
@@ -59,6 +65,7 @@ export class MemberTable {
 
   /** Applies an update heard from anywhere; returns true when it changed the view. */
   apply(update: MemberUpdate): boolean {
+    if (!WIRE_STATES.has(update.state) || !Number.isSafeInteger(update.incarnation) || update.incarnation < 0) return false;
     if (update.name === this.self) return this.aboutSelf(update);
     const current = this.members.get(update.name);
     if (!current || !supersedes(update, current)) return false;
@@ -71,11 +78,6 @@ export class MemberTable {
   private aboutSelf(update: MemberUpdate): boolean {
     const me = this.members.get(this.self)!;
     if (me.state === 'decommissioned') return false;
-    if (update.state === 'decommissioned') {
-      this.members.set(this.self, { ...update, since: this.now() });
-      this.enqueue(update);
-      return true;
-    }
     if (update.state === 'alive' || update.incarnation < this.incarnation) return false;
     this.incarnation = update.incarnation + 1;
     const refutation: MemberUpdate = { name: this.self, state: 'alive', incarnation: this.incarnation };
@@ -114,10 +116,16 @@ export class MemberTable {
     return dead;
   }
 
+  /**
+   * A decommission entry of the log names `name` (or the meta that records one): final, and
+   * never announced by SWIM, since receivers ignore that state from the wire.
+   */
   decommission(name: string): boolean {
     const m = this.members.get(name);
-    if (!m) return false;
-    return name === this.self ? this.aboutSelf({ name, state: 'decommissioned', incarnation: m.incarnation }) : this.apply({ name, state: 'decommissioned', incarnation: m.incarnation });
+    if (!m || m.state === 'decommissioned') return false;
+    this.members.set(name, { name, state: 'decommissioned', incarnation: m.incarnation, since: this.now() });
+    this.outbox.delete(name);
+    return true;
   }
 
   private enqueue(update: MemberUpdate): void {

@@ -36,13 +36,21 @@ export class Swim {
     return this.members.get(name)?.state === 'alive';
   }
 
-  handlers(): grpc.UntypedServiceImplementation {
+  /**
+   * The Ping and PingReq handlers. `refuse` answers whether the call's claimed sender is not the
+   * one its transport proves (then nothing of the message is taken in).
+   */
+  handlers(refuse: (call: grpc.ServerUnaryCall<unknown, unknown>, claimed: string) => grpc.ServiceError | null): grpc.UntypedServiceImplementation {
     return {
       ping: (call: grpc.ServerUnaryCall<{ from: string; updates: MemberUpdate[] }, PingReply>, cb: grpc.sendUnaryData<PingReply>) => {
+        const refused = refuse(call, call.request.from);
+        if (refused) return cb(refused);
         this.receive(call.request.from, call.request.updates);
         cb(null, { from: this.self, ok: true, updates: this.members.takeUpdates() });
       },
       pingReq: (call: grpc.ServerUnaryCall<{ from: string; target: string; updates: MemberUpdate[] }, PingReply>, cb: grpc.sendUnaryData<PingReply>) => {
+        const refused = refuse(call, call.request.from);
+        if (refused) return cb(refused);
         this.receive(call.request.from, call.request.updates);
         const target = this.peers.find((p) => p.name === call.request.target);
         if (!target) return cb(null, { from: this.self, ok: false, updates: this.members.takeUpdates() });

@@ -14,6 +14,20 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { PartStore } from '../parts/store.js';
 import { barrierMarker } from '../allocator/window.js';
 import { blockIdOf, type StagingPool } from './staging.js';
+import { canonicalPartition } from '../clickhouse/partition.js';
+import type { LogConflict } from '../log/store.js';
+
+/**
+ * The origin records only its own entries: an LSN it was allocated that already holds another
+ * entry (forged, or a broken allocator) is an alarm, and the insert is not acknowledged.
+ */
+function assertOwnEntries(conflicts: LogConflict[]): void {
+  if (conflicts.length === 0) return;
+  throw new ChorusError(
+    'LOG_CONFLICT',
+    `LSN ${conflicts.map((c) => c.lsn).join(', ')} allocated to this insert already holds another entry (from ${conflicts.map((c) => c.stored.origin).join(', ')}); nothing is acknowledged, see the alarms of chorus status`,
+  );
+}
 
 export interface InsertRequest {
   database: string;
@@ -163,8 +177,9 @@ export class InsertPipeline {
       }
       try {
         for (const [i, d] of drafts.entries()) if (!allocations[i]!.duplicate) await store.commit(d.dir, allocations[i]!.lsn);
-        log.resolveIntent(nonce, fresh);
+        const { conflicts } = log.resolveIntent(nonce, fresh);
         intentOpen = false;
+        assertOwnEntries(conflicts);
       } catch (err) {
         // Allocated but not recorded: this replica allocated them, so it may void them.
         await this.deps.voidLsns(fresh.map((e) => e.lsn)).catch((voidErr: unknown) => this.deps.logger.error({ err: voidErr }, 'voiding failed; recovery will retry'));
@@ -243,12 +258,15 @@ export class InsertPipeline {
     const { catalog, staging, log } = this.deps;
     const table = await catalog.resolve(op.database, op.table);
     const label = `${table.database}.${table.name}`;
+    // Every replica splices the partition into SQL: only a literal in canonical form is checked,
+    // recorded and sent (followers refuse any other form).
+    const partition = op.kind === 'drop_partition' ? canonicalPartition(op.partition) : '';
     if (op.kind === 'drop_partition') {
       // The expression is checked on an (empty) staging table of the same structure first:
       // a bad one is refused before any LSN is allocated.
       const stage = await staging.acquire(table);
       try {
-        await this.deps.ch.exec(`ALTER TABLE ${stage.qualified} DROP PARTITION ${op.partition}`);
+        await this.deps.ch.exec(`ALTER TABLE ${stage.qualified} DROP PARTITION ${partition}`);
       } catch (err) {
         throw new ChorusError('BAD_QUERY', `bad partition expression for ${label}: ${(err as Error).message}`, err);
       } finally {
@@ -270,7 +288,7 @@ export class InsertPipeline {
         bytes: 0,
         files: [],
         origin: this.deps.self,
-        partition: op.kind === 'drop_partition' ? op.partition : '',
+        partition,
       },
     };
     this.deps.inFlight.add(nonce);
@@ -279,7 +297,7 @@ export class InsertPipeline {
       log.recordIntent(nonce, [draft]);
       const [allocation] = await this.deps.allocate({ nonce, origin: this.deps.self, blockIds: [draft.entry.blockId], tables: [label] });
       entry = { ...draft.entry, lsn: allocation!.lsn, allocatedAtMs: Date.now(), barrier: 0 };
-      log.resolveIntent(nonce, [entry], 'pending');
+      assertOwnEntries(log.resolveIntent(nonce, [entry], 'pending').conflicts);
     } finally {
       this.deps.inFlight.delete(nonce);
     }

@@ -7,9 +7,11 @@ export interface FileInfo {
 /**
  * 'insert': a part to attach. 'drop_partition' and 'truncate': applied in LSN order relative to
  * the table's inserts. 'void': an LSN its origin allocated but could not record.
+ * 'decommission': `member` leaves the shard for good (durable, so a replica that was away learns
+ * it as it learns any entry; never a gossip rumour).
  */
-export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void';
-export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void'];
+export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void' | 'decommission';
+export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void', 'decommission'];
 
 /** A replication log entry: what every replica must apply. Immutable once allocated. */
 export interface LogEntry {
@@ -30,8 +32,10 @@ export interface LogEntry {
   allocatedAtMs: number;
   /** Inserts: a DROP PARTITION / TRUNCATE of the same table to apply first (0: none). */
   barrier: number;
-  /** drop_partition: the partition expression as the client wrote it. */
+  /** drop_partition: the partition literal in canonical form (canonicalPartition), never raw SQL. */
   partition: string;
+  /** decommission: the member that leaves the shard. */
+  member?: string;
 }
 
 export function voidEntry(lsn: number, origin: string): LogEntry {

@@ -2,6 +2,17 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { inRanges, toRanges, voidEntry, type Digest, type EntryDraft, type EntryState, type LogEntry, type Range } from './entry.js';
+import { sameEntry, validateEntry } from './validate.js';
+
+/** Two different entries for one LSN: the one stored here and the one that arrived. */
+export interface LogConflict {
+  lsn: number;
+  stored: LogEntry;
+  received: LogEntry;
+  /** Who sent the received one: a peer's name, or 'local' for this replica's own record. */
+  source: string;
+  at: number;
+}
 
 interface EntryRow {
   lsn: number;
@@ -60,6 +71,13 @@ export class LocalLog {
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
       );
+      CREATE TABLE IF NOT EXISTS conflicts (
+        lsn INTEGER NOT NULL,
+        received TEXT NOT NULL,
+        source TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (lsn, received)
+      );
       CREATE TABLE IF NOT EXISTS peers (
         name TEXT PRIMARY KEY,
         applied_watermark INTEGER NOT NULL,
@@ -78,23 +96,62 @@ export class LocalLog {
     this.db.close();
   }
 
-  /** Adds entries not yet known (void entries as voided); returns the ones that were new. */
-  addEntries(entries: LogEntry[], state: EntryState = 'pending'): LogEntry[] {
-    const added = this.db.transaction(() => this.insertEntries(entries, state))();
-    if (added.length) this.advanceWatermarks();
-    return added;
+  /** Called for every conflict found (after it is recorded): the sidecar counts and logs it. */
+  onConflict: (conflict: LogConflict) => void = () => undefined;
+
+  /**
+   * Adds entries not yet known (void entries as voided, decommissions as applied); returns the
+   * ones that were new. An entry whose LSN holds a different entry is not stored: it is recorded
+   * as a conflict (an alarm), and an identical copy is ignored.
+   */
+  addEntries(entries: LogEntry[], state: EntryState = 'pending', source = 'local'): { added: LogEntry[]; conflicts: LogConflict[] } {
+    const result = this.db.transaction(() => this.insertEntries(entries, state, source))();
+    this.afterInsert(result);
+    return result;
   }
 
-  private insertEntries(entries: LogEntry[], state: EntryState): LogEntry[] {
+  private afterInsert(result: { added: LogEntry[]; conflicts: LogConflict[] }): void {
+    if (result.added.length) this.advanceWatermarks();
+    for (const c of result.conflicts) this.onConflict(c);
+  }
+
+  private insertEntries(entries: LogEntry[], state: EntryState, source: string): { added: LogEntry[]; conflicts: LogConflict[] } {
     const insert = this.db.prepare(
       'INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, kind, bytes, body, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
     );
     const added: LogEntry[] = [];
+    const conflicts: LogConflict[] = [];
     for (const e of entries) {
-      const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.kind, e.bytes, JSON.stringify(e), e.kind === 'void' ? 'voided' : state);
+      const initial = e.kind === 'void' ? 'voided' : e.kind === 'decommission' ? 'applied' : state;
+      const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.kind, e.bytes, JSON.stringify(e), initial);
       if (r.changes > 0) added.push(e);
+      else {
+        const conflict = this.checkSame(e, source);
+        if (conflict) conflicts.push(conflict);
+      }
     }
-    return added;
+    return { added, conflicts };
+  }
+
+  /** Records a conflict when `received` differs from the entry stored for its LSN. */
+  private checkSame(received: LogEntry, source: string): LogConflict | undefined {
+    const stored = this.get(received.lsn)?.entry;
+    if (!stored || sameEntry(stored, received)) return undefined;
+    const at = Date.now();
+    this.db.prepare('INSERT OR IGNORE INTO conflicts (lsn, received, source, at) VALUES (?, ?, ?, ?)').run(received.lsn, JSON.stringify(received), source, at);
+    return { lsn: received.lsn, stored, received, source, at };
+  }
+
+  /** Every conflict recorded (newest first, at most `limit`): they stay until an operator looks into the log. */
+  conflicts(limit = 100): LogConflict[] {
+    const rows = this.db.prepare('SELECT lsn, received, source, at FROM conflicts ORDER BY at DESC, rowid DESC LIMIT ?').all(limit) as Array<{ lsn: number; received: string; source: string; at: number }>;
+    return rows.map((r) => ({ lsn: r.lsn, stored: this.get(r.lsn)!.entry, received: JSON.parse(r.received) as LogEntry, source: r.source, at: r.at }));
+  }
+
+  /** Members named by decommission entries of the log. */
+  decommissionedMembers(): string[] {
+    const rows = this.db.prepare("SELECT body FROM entries WHERE kind = 'decommission'").all() as Array<{ body: string }>;
+    return rows.map((r) => (JSON.parse(r.body) as LogEntry).member ?? '').filter(Boolean);
   }
 
   /**
@@ -102,6 +159,9 @@ export class LocalLog {
    * request's nonce: after a crash, the allocator's window says (by nonce) what was allocated.
    */
   recordIntent(nonce: string, drafts: EntryDraft[]): void {
+    // Every peer validates the entry it receives: one it would refuse (a table name that cannot be
+    // a path, say) is refused here, before an LSN is allocated for it.
+    for (const d of drafts) validateEntry({ ...d.entry, lsn: 1, allocatedAtMs: 0, barrier: 0 }, { members: new Set([d.entry.origin, d.entry.member ?? d.entry.origin]) });
     this.db.prepare('INSERT INTO intents (nonce, body, created_at) VALUES (?, ?, ?)').run(nonce, JSON.stringify(drafts), Date.now());
   }
 
@@ -110,15 +170,26 @@ export class LocalLog {
     return rows.map((r) => ({ nonce: r.nonce, drafts: JSON.parse(r.body) as EntryDraft[], createdAt: r.createdAt }));
   }
 
-  /** The intent's allocated entries become log entries and the intent goes, in one transaction. */
-  resolveIntent(nonce: string, entries: LogEntry[], state: EntryState = 'stored'): LogEntry[] {
-    const added = this.db.transaction(() => {
-      const result = this.insertEntries(entries, state);
+  /**
+   * The intent's allocated entries become log entries and the intent goes, in one transaction.
+   * An LSN that already holds another entry (not this origin's own) is returned as a conflict:
+   * the caller must not acknowledge that entry as stored.
+   */
+  resolveIntent(nonce: string, entries: LogEntry[], state: EntryState = 'stored'): { added: LogEntry[]; conflicts: LogConflict[] } {
+    const result = this.db.transaction(() => {
+      const inserted = this.insertEntries(entries, state, 'local');
       this.db.prepare('DELETE FROM intents WHERE nonce = ?').run(nonce);
-      return result;
+      return inserted;
     })();
-    if (added.length) this.advanceWatermarks();
-    return added;
+    this.afterInsert(result);
+    return result;
+  }
+
+  /** Checks an entry this replica would record against the one its LSN holds (recovery's check). */
+  checkOwn(entry: LogEntry): LogConflict | undefined {
+    const conflict = this.checkSame(entry, 'local');
+    if (conflict) this.onConflict(conflict);
+    return conflict;
   }
 
   listEntries(q: { fromLsn: number; toLsn: number; table: string; state: string; limit: number }): Array<{ entry: LogEntry; state: EntryState; attempts: number; lastError: string }> {
@@ -185,9 +256,9 @@ export class LocalLog {
   loadSnapshotEntries(entries: LogEntry[], applied: Range[]): void {
     const covered = (lsn: number) => inRanges(applied, lsn);
     this.db.transaction(() => {
-      this.insertEntries(entries.filter((e) => !covered(e.lsn)), 'pending');
-      this.insertEntries(entries.filter((e) => covered(e.lsn) && e.kind !== 'void'), 'applied');
-      this.insertEntries(entries.filter((e) => e.kind === 'void'), 'voided');
+      this.insertEntries(entries.filter((e) => !covered(e.lsn)), 'pending', 'snapshot');
+      this.insertEntries(entries.filter((e) => covered(e.lsn) && e.kind !== 'void'), 'applied', 'snapshot');
+      this.insertEntries(entries.filter((e) => e.kind === 'void'), 'voided', 'snapshot');
       const mark = this.db.prepare("UPDATE entries SET state = 'applied' WHERE lsn = ? AND state IN ('pending', 'stored')");
       for (const e of entries) if (covered(e.lsn) && e.kind !== 'void') mark.run(e.lsn);
     })();
@@ -206,7 +277,14 @@ export class LocalLog {
 
   /** Voids LSNs that have no entry here; an LSN with an entry is never voided. Returns the voided ones. */
   voidUnrecorded(lsns: number[], origin: string): LogEntry[] {
-    return this.addEntries(lsns.map((lsn) => voidEntry(lsn, origin)));
+    // An LSN that has an entry is left alone (INSERT OR IGNORE): a void never overrides, and is
+    // no conflict here either, since the caller asks only about LSNs it found unrecorded.
+    const result = this.db.transaction(() => {
+      const insert = this.db.prepare("INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, kind, bytes, body, state) VALUES (?, '', '', '', 'void', 0, ?, 'voided')");
+      return lsns.map((lsn) => voidEntry(lsn, origin)).filter((e) => insert.run(e.lsn, JSON.stringify(e)).changes > 0);
+    })();
+    if (result.length) this.advanceWatermarks();
+    return result;
   }
 
   /** ATTACH is about to run for `lsn` with this block floor: a retry may find the part already attached. */
@@ -361,14 +439,21 @@ export class LocalLog {
     };
   }
 
-  /** Entries this replica knows that a peer with `digest` lacks, oldest first. */
-  missingFrom(digest: Digest, limit: number): LogEntry[] {
+  /**
+   * Entries this replica knows that a peer with `digest` lacks, oldest first: at most `limit`
+   * of them and about `maxBytes` (their stored JSON, larger than their protobuf form), but
+   * always at least one, so that a large entry still travels.
+   */
+  missingFrom(digest: Digest, limit: number, maxBytes = Infinity): LogEntry[] {
     const rows = this.db
       .prepare('SELECT lsn, body FROM entries WHERE lsn > ? ORDER BY lsn')
-      .iterate(digest.knownWatermark) as IterableIterator<{ lsn: number; body: string }>;
+      .iterate(Number(digest.knownWatermark)) as IterableIterator<{ lsn: number; body: string }>;
     const out: LogEntry[] = [];
+    let bytes = 0;
     for (const row of rows) {
-      if (digest.knownAbove.some((r) => row.lsn >= r.first && row.lsn <= r.last)) continue;
+      if (digest.knownAbove.some((r) => row.lsn >= Number(r.first) && row.lsn <= Number(r.last))) continue;
+      if (out.length > 0 && bytes + row.body.length > maxBytes) break;
+      bytes += row.body.length;
       out.push(JSON.parse(row.body) as LogEntry);
       if (out.length >= limit) break;
     }

@@ -46,6 +46,23 @@ export class Metrics {
     labelNames: ['kind', 'outcome'],
     registers: [this.registry],
   });
+  readonly gossipRefusedEntries = new Counter({
+    name: 'chorus_gossip_refused_entries_total',
+    help: 'Log entries received from peers and refused (not stored), by reason (invalid, beyond_next_lsn, unverifiable)',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+  readonly gossipRefusedMessages = new Counter({
+    name: 'chorus_gossip_refused_messages_total',
+    help: 'Gossip calls refused because their claimed sender is not the proven (or a configured) peer, by RPC',
+    labelNames: ['rpc'],
+    registers: [this.registry],
+  });
+  readonly logConflicts = new Counter({
+    name: 'chorus_log_conflicts_total',
+    help: 'Entries that differ from the entry stored for the same LSN (an alarm: see chorus status)',
+    registers: [this.registry],
+  });
   readonly fetchBytes = new Counter({
     name: 'chorus_fetch_bytes_total',
     help: 'Part bytes fetched from peers and verified',

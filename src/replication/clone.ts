@@ -10,6 +10,7 @@ import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { FileInfo, LogEntry, Range } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
+import { validateEntry } from '../log/validate.js';
 import { downloadPart } from '../parts/fetch.js';
 import type { InterserverClient } from '../tls/https.js';
 import { assertSafeFileName, assertSafeName, linkPart, manifestOf } from '../parts/files.js';
@@ -191,7 +192,18 @@ export class Cloner {
   progress: CloneProgress = { state: 'idle', parts: 0, partsDone: 0, bytes: 0, bytesDone: 0, bytesPerSec: 0, unreplicated: 0 };
 
   constructor(
-    private readonly deps: { ch: ClickHouseHttp; catalog: TableCatalog; attacher: Attacher; log: LocalLog; store: PartStore; logger: Logger; timeoutMs: number; databases: string[] },
+    private readonly deps: {
+      ch: ClickHouseHttp;
+      catalog: TableCatalog;
+      attacher: Attacher;
+      log: LocalLog;
+      store: PartStore;
+      logger: Logger;
+      timeoutMs: number;
+      databases: string[];
+      /** The shard's members: the only origins an entry of the snapshot may name (see validateEntry). */
+      members: ReadonlySet<string>;
+    },
   ) {}
 
   async clone(source: { name: string; interserver: InterserverClient }): Promise<CloneProgress> {
@@ -285,9 +297,9 @@ export class Cloner {
     for await (const line of ndjsonLines(res)) {
       let entry: LogEntry;
       try {
-        entry = JSON.parse(line) as LogEntry;
-      } catch {
-        throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries from ${manifest.source}: a line is not JSON`);
+        entry = validateEntry(JSON.parse(line), { members: this.deps.members });
+      } catch (err) {
+        throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries from ${manifest.source}: ${(err as Error).message}`, err);
       }
       if (entry.lsn > manifest.maxLsn) throw new ChorusError('PEER_UNAVAILABLE', `snapshot entries from ${manifest.source}: LSN ${entry.lsn} is beyond the snapshot's ${manifest.maxLsn}`);
       batch.push(entry);

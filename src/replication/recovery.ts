@@ -85,7 +85,13 @@ export class Recovery {
       const lost: number[] = [];
       for (const draft of intent.drafts) {
         const lsn = own.get(draft.entry.blockId);
-        if (lsn === undefined || log.get(lsn)) continue;
+        if (lsn === undefined) continue;
+        // Already recorded: by this replica before the crash, or, if it is not the same entry, by
+        // someone else (an alarm, recorded by checkOwn; the LSN is then neither recorded nor voided).
+        if (log.get(lsn)) {
+          log.checkOwn({ ...draft.entry, lsn, allocatedAtMs: 0, barrier: 0 });
+          continue;
+        }
         if (draft.entry.kind !== 'insert') {
           entries.push({ ...draft.entry, lsn, allocatedAtMs: Date.now(), barrier: 0 });
           continue;
@@ -94,7 +100,7 @@ export class Recovery {
         if (await store.has(lsn)) entries.push({ ...draft.entry, lsn, allocatedAtMs: Date.now(), barrier: barrierOf(draft, lsn) });
         else lost.push(lsn);
       }
-      const added = log.resolveIntent(intent.nonce, entries);
+      const { added } = log.resolveIntent(intent.nonce, entries);
       await store.discardPending(intent.nonce);
       if (added.length) {
         this.deps.announce(added);

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { FastifyInstance } from 'fastify';
-import { Allocator } from '../allocator/allocator.js';
+import { Allocator, newNonce } from '../allocator/allocator.js';
 import { ZkSession } from '../allocator/zk.js';
 import { registerAdmin, type AdminBackend, type AdminStatus, type EntryInfo } from '../api/admin.js';
 import { registerOperationalRoutes, type Readiness } from '../api/http-routes.js';
@@ -22,6 +22,7 @@ import { InsertPipeline } from '../insert/pipeline.js';
 import { createHttpServer } from '../insert/server.js';
 import { StagingPool } from '../insert/staging.js';
 import { LocalLog } from '../log/store.js';
+import type { EntryDraft, LogEntry } from '../log/entry.js';
 import { Metrics } from '../metrics/metrics.js';
 import { createInterserverServer } from '../parts/server.js';
 import { PartStoreGc } from '../parts/gc.js';
@@ -130,6 +131,8 @@ export class Sidecar implements AdminBackend {
         allocateTimeoutMs: config.gossip.allocateTimeoutMs,
         maxEntriesPerMessage: 500,
         identify: this.transport.identify,
+        maxMessageBytes: config.gossip.maxMessageBytes,
+        lsnAllowance: config.gossip.lsnAllowance,
         swim: {
           probeIntervalMs: config.gossip.probeIntervalMs,
           probeTimeoutMs: config.gossip.probeTimeoutMs,
@@ -206,6 +209,7 @@ export class Sidecar implements AdminBackend {
       logger: logger.child({ component: 'clone' }),
       timeoutMs: config.clickhouse.requestTimeoutMs,
       databases: config.clickhouse.databases,
+      members: new Set([config.replica, ...config.peers.map((p) => p.name)]),
     });
     this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots, https: this.transport.httpsServerOptions() });
     this.transport.reloadServer(this.interserver.server);
@@ -213,7 +217,13 @@ export class Sidecar implements AdminBackend {
     registerAdmin(this.grpcServer, this, config.admin.token);
     // grpcurl and other tools list and call the services without the proto files.
     new ReflectionService(protoLoader.loadSync(['chorus/v1/gossip.proto', 'chorus/v1/admin.proto'], LOADER_OPTIONS)).addToServer(this.grpcServer);
-    for (const name of JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]) this.gossip.swim.members.decommission(name);
+    for (const name of [...(JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]), ...this.log.decommissionedMembers()]) {
+      this.gossip.swim.members.decommission(name);
+    }
+    this.log.onConflict = (c) => {
+      this.metrics.logConflicts.inc();
+      logger.error({ lsn: c.lsn, source: c.source, stored: c.stored, received: c.received }, `ALARM: two different entries for LSN ${c.lsn} (the other from ${c.source})`);
+    };
   }
 
   /** The lowest applied watermark among members that count (not decommissioned); 0 when one is unknown. */
@@ -278,6 +288,9 @@ export class Sidecar implements AdminBackend {
       paused: this.applier.paused,
       allocatingMember: this.gossip.allocatingMember(),
       clone: this.cloner.progress,
+      alarms: this.log.conflicts().map(
+        (c) => `LSN ${c.lsn}: ${c.source === 'local' ? 'this replica allocated it, but it' : `${c.source} sent an entry (${c.received.kind} from ${c.received.origin}) that differs from the one stored here, which`} holds ${c.stored.kind} from ${c.stored.origin} (${new Date(c.at).toISOString()})`,
+      ),
     };
   }
 
@@ -322,24 +335,81 @@ export class Sidecar implements AdminBackend {
   }
 
   /**
-   * Removes a member for good. Before voiding anything, everything the live members hold is
-   * pulled here: an LSN is voided only when no live replica has its entry.
+   * Removes a member for good. The decommission is a log entry, allocated like a table
+   * operation: every replica that stores it, now or later, drops the member. Then everything
+   * the other members hold is pulled here, and only LSNs of the member that no one holds are
+   * voided; when a member cannot be asked, nothing is voided (what it holds is unknown) and the
+   * call fails: run it again once that member is back, or decommission that one too.
    */
   async decommission(replica: string): Promise<number[]> {
     if (replica === this.config.replica) throw new ChorusError('FAILED_PRECONDITION', 'a replica cannot decommission itself: ask another member');
-    if (!this.gossip.swim.members.get(replica)) throw new ChorusError('NOT_FOUND', `no member named ${replica}`);
-    this.gossip.swim.members.decommission(replica);
-    const names = new Set(JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]);
-    names.add(replica);
-    this.log.setMeta('decommissioned', JSON.stringify([...names]));
+    const member = this.gossip.swim.members.get(replica);
+    if (!member) throw new ChorusError('NOT_FOUND', `no member named ${replica}`);
+    if (member.state !== 'decommissioned') await this.recordDecommission(replica);
+    const unreachable: string[] = [];
     for (const peer of this.peers) {
-      if (peer.name !== replica && this.gossip.swim.isAlive(peer.name)) await this.gossip.exchangeOnce(peer);
+      const state = this.gossip.swim.members.get(peer.name)?.state;
+      if (peer.name === replica || state === 'decommissioned') continue;
+      if (state !== 'alive') {
+        unreachable.push(`${peer.name} is ${state}`);
+        continue;
+      }
+      try {
+        await this.gossip.pullAll(peer);
+      } catch (err) {
+        unreachable.push(`${peer.name}: ${(err as Error).message}`);
+      }
+    }
+    if (unreachable.length) {
+      throw new ChorusError(
+        'FAILED_PRECONDITION',
+        `${replica} is decommissioned, but nothing it allocated was voided, since what these members hold is not known here: ${unreachable.join('; ')}. Run the decommission again once they answer (or decommission them too)`,
+      );
     }
     const window = (await this.allocator.read()).window;
     const orphans = window.filter((e) => e[2] === replica && !this.log.get(e[1])).map((e) => e[1]);
     const voided = await this.recovery.voidLsns(orphans, replica);
     this.logger.warn({ replica, voided }, 'member decommissioned');
     return voided;
+  }
+
+  /** Allocates, records and announces the decommission entry, then applies it here. */
+  private async recordDecommission(replica: string): Promise<void> {
+    const nonce = newNonce();
+    const draft: EntryDraft = {
+      dir: '',
+      entry: {
+        kind: 'decommission',
+        database: '',
+        table: '',
+        partitionId: '',
+        blockId: '',
+        partName: '',
+        checksumsSha256: '',
+        rows: 0,
+        bytes: 0,
+        files: [],
+        origin: this.config.replica,
+        partition: '',
+        member: replica,
+      },
+    };
+    this.inFlightAllocations.add(nonce);
+    let entry: LogEntry;
+    try {
+      this.log.recordIntent(nonce, [draft]);
+      const [allocation] = await this.gossip.allocate({ nonce, origin: this.config.replica, blockIds: [null] });
+      entry = { ...draft.entry, lsn: allocation!.lsn, allocatedAtMs: Date.now(), barrier: 0 };
+      const { conflicts } = this.log.resolveIntent(nonce, [entry]);
+      if (conflicts.length) throw new ChorusError('LOG_CONFLICT', `LSN ${entry.lsn} allocated to the decommission already holds another entry`);
+    } finally {
+      this.inFlightAllocations.delete(nonce);
+    }
+    const names = new Set(JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]);
+    names.add(replica);
+    this.log.setMeta('decommissioned', JSON.stringify([...names]));
+    // Announcing a decommission entry also applies it here (as for one recovery records).
+    this.gossip.broadcast([entry]);
   }
 
   setPaused(paused: boolean): boolean {

@@ -2,8 +2,10 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
+import { AdminClient } from '../../src/cli/admin-client.js';
 import { devKill, PACKAGE_ROOT } from '../../src/dev/cluster.js';
-import { cliEnv, TestCluster } from '../support/cluster.js';
+import type { LogEntry } from '../../src/log/entry.js';
+import { cliEnv, cliTransportFor, TestCluster } from '../support/cluster.js';
 
 interface Status {
   members: Array<{ name: string; state: string }>;
@@ -18,6 +20,7 @@ describe('membership and part-store GC', () => {
     cluster = await TestCluster.start({
       replicas: 3,
       sidecarConfig: {
+        testFaults: true,
         'gossip.probeIntervalMs': 200,
         'gossip.probeTimeoutMs': 200,
         'gossip.suspicionTimeoutMs': 2000,
@@ -77,8 +80,13 @@ describe('membership and part-store GC', () => {
     }
   });
 
-  it('a member that is gone holds part copies back until it is decommissioned; then GC frees them', async () => {
-    await devKill(cluster.info.dir, 'r3', 'sidecar', 'KILL');
+  it('a member that is gone holds part copies back until it is decommissioned; then GC frees them, and exactly the LSNs nobody holds are voided', async () => {
+    // r3 is allocated an LSN and dies before recording it: nobody holds that LSN, so the
+    // decommission must void it, and nothing else.
+    const orphan = await cluster.nextLsn();
+    await cluster.armFaults(2, { crashAt: 'insert.after-allocate' } as never);
+    await cluster.chorus(2, { query: 'INSERT INTO default.gc FORMAT TabSeparated', body: '2026-11-02\t999\n' }).catch(() => undefined);
+    await expect.poll(() => cluster.nextLsn(), { timeout: 10_000, interval: 100 }).toBe(orphan + 1);
     for (let i = 100; i < 110; i++) {
       const res = await cluster.chorus(i % 2, { query: 'INSERT INTO default.gc FORMAT TabSeparated', body: `2026-11-02\t${i}\n` });
       expect(res.status).toBe(200);
@@ -91,9 +99,27 @@ describe('membership and part-store GC', () => {
       encoding: 'utf8',
       env: { ...process.env, ...cliEnv(cluster.info), CHORUS_ADMIN_TOKEN: cluster.info.adminToken },
     });
-    expect(out).toContain('r3 decommissioned');
+    expect(out).toBe(`r3 decommissioned; voided LSNs: ${orphan}\n`);
     expect(await stateOf(0, 'r3')).toBe('decommissioned');
+    // r2 learns it from the log (a decommission entry), not from a SWIM rumour.
     await expect.poll(() => stateOf(1, 'r3'), { timeout: 10_000, interval: 200 }).toBe('decommissioned');
+    for (const i of [0, 1]) {
+      const admin = new AdminClient(cluster.replica(i).grpc, cluster.info.adminToken, cliTransportFor(cluster.info));
+      try {
+        await expect
+          .poll(async () => {
+            const log = (await admin.call<{ entries: Array<{ entry: LogEntry; state: string }> }>('listEntries', { limit: 10_000 })).entries;
+            return {
+              voided: log.filter((e) => e.state === 'voided').map((e) => `${e.entry.lsn}:${e.entry.origin}`),
+              decommissions: log.filter((e) => e.entry.kind === 'decommission').map((e) => `${e.entry.member}:${e.state}`),
+              unapplied: log.filter((e) => e.state !== 'applied' && e.state !== 'voided').length,
+            };
+          }, { timeout: 10_000, interval: 200 })
+          .toEqual({ voided: [`${orphan}:r3`], decommissions: ['r3:applied'], unapplied: 0 });
+      } finally {
+        admin.close();
+      }
+    }
     for (const i of [0, 1]) await expect.poll(() => onDisk(i), { timeout: 20_000, interval: 300 }).toBe(0);
   });
 });

@@ -23,6 +23,7 @@ import { PeerTransport } from '../../src/tls/transport.js';
  *   grpcCredentials(info)          grpc-js credentials for `new SomeService(address, creds)`
  *   httpsAgent(info)               an https.Agent for `https.get(url, { agent })`
  *   interserverClient(info, name)  the client the sidecars themselves use for that replica
+ *   cliTransportFor(info)          the CLI's transport, for `new AdminClient(address, token, transport)`
  *   cliEnv(info)                   env for the `chorus` CLI (CHORUS_DEV_DIR: it reads the rest)
  * On an insecure cluster they return plaintext equivalents (tlsFor: undefined).
  */
@@ -40,14 +41,18 @@ export function httpsAgent(info: ClusterInfo, files?: TlsFiles): https.Agent {
   return new https.Agent({ ...tlsFor(info, files ?? info.tls.cli), servername: 'localhost', checkServerIdentity: () => undefined });
 }
 
-export function interserverClient(info: ClusterInfo, replica: string): InterserverClient {
-  const r = info.replicas.find((x) => x.name === replica)!;
+/** The transport the CLI would use with the cluster's CLI certificate (for AdminClient). */
+export function cliTransportFor(info: ClusterInfo): PeerTransport {
   const cli = info.tls.cli;
-  const transport = PeerTransport.fromSettings(
+  return PeerTransport.fromSettings(
     { ca: cli?.ca ?? '', cert: cli?.cert ?? '', key: cli?.key ?? '', insecure: info.tls.insecure, reloadIntervalMs: 60_000 },
     silentLogger(),
   );
-  return transport.interserverClient({ name: r.name, interserver: r.interserver });
+}
+
+export function interserverClient(info: ClusterInfo, replica: string): InterserverClient {
+  const r = info.replicas.find((x) => x.name === replica)!;
+  return cliTransportFor(info).interserverClient({ name: r.name, interserver: r.interserver });
 }
 
 export function cliEnv(info: ClusterInfo): Record<string, string> {

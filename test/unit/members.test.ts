@@ -54,4 +54,24 @@ describe('SWIM membership rules', () => {
     t.decommission('r3');
     expect(t.active().map((m) => m.name)).toEqual(['r1', 'r2']);
   });
+
+  it('takes no decommission from the wire: a SWIM update saying so changes nothing', () => {
+    const t = new MemberTable('r1', ['r1', 'r2', 'r3']);
+    const before = t.list();
+    expect(t.apply({ name: 'r2', state: 'decommissioned', incarnation: 99 })).toBe(false);
+    expect(t.apply({ name: 'r1', state: 'decommissioned', incarnation: 99 })).toBe(false);
+    expect(t.apply({ name: 'r2', state: 'gone' as never, incarnation: 1 })).toBe(false);
+    expect(t.list()).toEqual(before);
+    expect(t.active().map((m) => m.name)).toEqual(['r1', 'r2', 'r3']);
+    // Nothing to pass on either.
+    expect(t.takeUpdates()).toEqual([{ name: 'r1', state: 'alive', incarnation: 0 }]);
+  });
+
+  it('a decommission from the log is final and is not gossiped', () => {
+    const t = new MemberTable('r1', ['r1', 'r2']);
+    expect(t.decommission('r2')).toBe(true);
+    expect(t.apply({ name: 'r2', state: 'alive', incarnation: 50 })).toBe(false);
+    expect(t.get('r2')!.state).toBe('decommissioned');
+    expect(t.takeUpdates().map((u) => u.name)).toEqual(['r1']);
+  });
 });

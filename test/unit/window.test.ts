@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { applyBatch, barrierMarker, decodeState, encodeState, EMPTY_STATE } from '../../src/allocator/window.js';
+import { applyBatch, barrierMarker, decodeState, encodeState, EMPTY_STATE, removeLsns } from '../../src/allocator/window.js';
 
 const req = (nonce: string, ...blockIds: Array<string | null>) => ({ nonce, origin: 'r1', blockIds });
 
@@ -71,5 +71,45 @@ describe('allocator window', () => {
     expect(decodeState(encodeState(state))).toEqual(state);
     expect(decodeState(Buffer.alloc(0))).toEqual(EMPTY_STATE);
     expect(() => decodeState(Buffer.from('{"v":9,"next":1,"w":[]}'))).toThrow(/unrecognised/);
+  });
+
+  it('removeLsns takes voided LSNs out of the window: their blocks get new LSNs, and the next LSN stays', () => {
+    const { state } = applyBatch(EMPTY_STATE, [req('a', 'p_1', 'p_2', null)], 10);
+    const removed = removeLsns(state, [2, 3, 99]);
+    expect(removed.changed).toBe(true);
+    expect(removed.state.next).toBe(4);
+    expect(removed.state.window).toEqual([['p_1', 1, 'r1', 'a']]);
+    // p_1 is still a duplicate; p_2, voided, is allocated again (never below the next LSN).
+    expect(applyBatch(removed.state, [req('b', 'p_1', 'p_2')], 10).results[0]).toEqual([
+      { lsn: 1, duplicate: true, barrier: 0 },
+      { lsn: 4, duplicate: false, barrier: 0 },
+    ]);
+    const none = removeLsns(removed.state, [2, 42]);
+    expect(none.changed).toBe(false);
+    expect(none.state).toBe(removed.state);
+  });
+
+  it('recognises a request by its nonce only while its entries are in the window; after the window slides, a retry is a new allocation', () => {
+    const landed = applyBatch(EMPTY_STATE, [req('n1', 'p_1', null)], 3).state;
+    // Within the window: the retry gets its own LSNs back.
+    expect(applyBatch(landed, [req('n1', 'p_1', null)], 3).results[0]).toEqual([
+      { lsn: 1, duplicate: false, barrier: 0 },
+      { lsn: 2, duplicate: false, barrier: 0 },
+    ]);
+    // Partly slid out: the entry still in the window is recognised, the one slid out is allocated again.
+    let state = applyBatch(landed, [req('x', 'q_1'), req('y', 'q_2')], 3).state;
+    expect(state.window.map((e) => e[1])).toEqual([2, 3, 4]);
+    expect(applyBatch(state, [req('n1', 'p_1', null)], 3).results[0]).toEqual([
+      { lsn: 5, duplicate: false, barrier: 0 },
+      { lsn: 2, duplicate: false, barrier: 0 },
+    ]);
+    // Wholly slid out: nothing of n1 is known; the retry is allocated anew and LSNs 1 and 2 are
+    // the origin's to record or void (recovery finds no trace of them by nonce once they left).
+    state = applyBatch(state, [req('z', 'q_3'), req('w', 'q_4')], 3).state;
+    expect(state.window.some((e) => e[3] === 'n1')).toBe(false);
+    expect(applyBatch(state, [req('n1', 'p_1', null)], 3).results[0]).toEqual([
+      { lsn: 7, duplicate: false, barrier: 0 },
+      { lsn: 8, duplicate: false, barrier: 0 },
+    ]);
   });
 });
