@@ -232,8 +232,9 @@ describe('nothing from a peer is taken blindly', () => {
       const believed = (await status(0)).members.find((m) => m.name === 'r3')!.appliedWatermark;
       const r1 = forger(cluster, cluster.replica(0).grpc);
       try {
-        const { err } = await r1.call('exchange', { from: 'r3', maxLsn: 1e12, knownWatermark: 1e12, knownAbove: [], appliedWatermark: 1e12 });
-        expect(err).toBeNull();
+        // r2's certificate, r3's name: the digest is refused, whatever it says.
+        const { err } = await r1.call('exchange', { from: 'r3', maxLsn: 1e12, knownWatermark: 1e12, knownAbove: [], appliedWatermark: 1e12 }, 'r2');
+        expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
       } finally {
         r1.close();
       }
