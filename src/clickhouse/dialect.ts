@@ -56,6 +56,24 @@ export class Dialect {
     return settings;
   }
 
+  /**
+   * A statement that, run as a client's ClickHouse user, fails exactly when that user may not do
+   * `action` to `qualified` and otherwise changes nothing; `granted` is the answer it gives
+   * when it reports rather than fails (CHECK GRANT answers 0 or 1).
+   * - insert: an INSERT of no rows writes no part, and ClickHouse checks the user's rights
+   *   (readonly profiles and allow_databases on 18.16, the INSERT grant with RBAC) first.
+   * - drop_partition: a partition ID no partition has (partition IDs are digits, hex hashes and
+   *   `-`; newer releases refuse an ID of other characters, so letters only) drops nothing.
+   * - truncate: `CHECK GRANT TRUNCATE` from 24.7; before it, the drop probe, which checks the same
+   *   rights on 18.16 (readonly, allow_databases) and ALTER DELETE where RBAC exists without
+   *   CHECK GRANT (20.x-24.6: an approximation, ClickHouse still checks TRUNCATE on apply).
+   */
+  grantProbe(action: 'insert' | 'drop_partition' | 'truncate', qualified: string): { sql: string; granted?: string } {
+    if (action === 'insert') return { sql: `INSERT INTO ${qualified} FORMAT TabSeparated` };
+    if (action === 'truncate' && this.atLeast(24, 7)) return { sql: `CHECK GRANT TRUNCATE ON ${qualified}`, granted: '1' };
+    return { sql: `ALTER TABLE ${qualified} DROP PARTITION ID 'chorusgrantprobe'` };
+  }
+
   /** The name ClickHouse gives a database engine that keeps table files under `store/<uuid>` (20.10+ default). */
   get defaultDatabaseEngine(): 'Atomic' | 'Ordinary' {
     return this.atLeast(20, 10) ? 'Atomic' : 'Ordinary';

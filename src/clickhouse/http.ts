@@ -16,6 +16,8 @@ export class ClickHouseQueryError extends ChorusError {
     message: string,
     /** The exception's name (`UNKNOWN_TABLE`), which releases since 21.11 put in the message. */
     readonly clickhouseName?: string,
+    /** ClickHouse's HTTP answer as it was: what a client's refusal is returned with. */
+    readonly answer?: { status: number; body: string },
   ) {
     super('CLICKHOUSE_ERROR', message);
   }
@@ -55,6 +57,13 @@ export function exceptionInBody(text: string): string | undefined {
   return plain?.[1];
 }
 
+export interface ClickHouseCredentials {
+  user: string;
+  password: string;
+}
+
+export const credentialHeaders = (c: ClickHouseCredentials): Record<string, string> => ({ 'X-ClickHouse-User': c.user, 'X-ClickHouse-Key': c.password });
+
 export const quoteIdent = (name: string) => '`' + name.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
 export const quoteString = (value: string) => "'" + value.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
 
@@ -90,13 +99,20 @@ export class ClickHouseHttp {
   }
 
   private authHeaders(): Record<string, string> {
-    return { 'X-ClickHouse-User': this.target.user, 'X-ClickHouse-Key': this.target.password };
+    return credentialHeaders(this.target);
   }
 
   /** Sends `query` (and `body`, appended by ClickHouse to the query as its data); resolves with the response text. */
   request(
     query: string,
-    opts: { body?: Readable | Buffer | string; params?: Record<string, string>; headers?: Record<string, string>; signal?: AbortSignal } = {},
+    opts: {
+      body?: Readable | Buffer | string;
+      params?: Record<string, string>;
+      headers?: Record<string, string>;
+      signal?: AbortSignal;
+      /** Run as this ClickHouse user instead of Chorus's own (a client's rights checked by ClickHouse). */
+      as?: ClickHouseCredentials;
+    } = {},
   ): Promise<string> {
     const url = new URL(this.base);
     url.searchParams.set('query', query);
@@ -104,7 +120,7 @@ export class ClickHouseHttp {
     return new Promise((resolve, reject) => {
       const req = http.request(
         url,
-        { method: 'POST', agent: this.agent, headers: { ...opts.headers, ...this.authHeaders() }, timeout: this.target.requestTimeoutMs, signal: opts.signal },
+        { method: 'POST', agent: this.agent, headers: { ...opts.headers, ...(opts.as ? credentialHeaders(opts.as) : this.authHeaders()) }, timeout: this.target.requestTimeoutMs, signal: opts.signal },
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
@@ -116,7 +132,7 @@ export class ClickHouseHttp {
             if (res.statusCode === 200 && !late) resolve(text);
             else {
               const { code, name, message } = parseClickHouseError(late ?? text, Array.isArray(headerCode) ? headerCode[0] : headerCode);
-              reject(new ClickHouseQueryError(code, message || `ClickHouse answered HTTP ${res.statusCode}`, name));
+              reject(new ClickHouseQueryError(code, message || `ClickHouse answered HTTP ${res.statusCode}`, name, { status: res.statusCode ?? 500, body: late ?? text }));
             }
           });
         },

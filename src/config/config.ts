@@ -39,6 +39,14 @@ export const configSchema = z
         dedupWindow: z.number().int().min(1).max(100_000).default(1000),
         maxBatch: z.number().int().min(1).default(500),
         idleCloseMs: z.number().int().min(100).default(60_000),
+        /** Allocation requests that may wait for ZooKeeper at once; more are refused with ALLOCATOR_UNAVAILABLE. */
+        maxQueuedAllocations: z.number().int().min(1).default(10_000),
+        /**
+         * How long a batch whose write to ZooKeeper has an unknown outcome is re-read and retried
+         * before its inserts are answered ALLOCATOR_UNAVAILABLE (not acknowledged; their intents
+         * stay for recovery, and a client's retry is deduplicated).
+         */
+        unknownOutcomeRetryMs: z.number().int().min(0).default(10_000),
       })
       .strict()
       .prefault({}),
@@ -48,6 +56,15 @@ export const configSchema = z
         port: z.number().int().min(0).max(65535).default(8124),
         maxInsertBytes: z.number().int().positive().default(1024 ** 3),
         maxQueryBytes: z.number().int().positive().default(1024 * 1024),
+        /** How long a client's positive grant answer (see GrantChecker) is reused; 0 asks ClickHouse every time. */
+        grantCacheMs: z.number().int().min(0).default(2000),
+        /**
+         * Longest time a request may take to arrive whole (headers and body), on the insert path
+         * and the proxy: a client that sends slowly cannot hold a staging table longer.
+         */
+        requestTimeoutMs: z.number().int().min(1000).default(300_000),
+        /** A keep-alive connection with no request for this long is closed. */
+        keepAliveTimeoutMs: z.number().int().min(0).default(10_000),
       })
       .strict()
       .prefault({}),

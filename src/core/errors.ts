@@ -28,6 +28,10 @@ export const ErrorCodes = {
   FILESYSTEM_MISMATCH: 500,
   STORAGE_UNSUPPORTED: 400,
   PEER_UNAVAILABLE: 503,
+  /** ClickHouse refused the client's user (credentials or rights); the reply carries ClickHouse's own status and text. */
+  CLICKHOUSE_REFUSED: 403,
+  /** A statement that would change a replicated table on this replica only. */
+  NOT_REPLICATED_STATEMENT: 400,
   INTERNAL: 500,
 } as const;
 

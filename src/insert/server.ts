@@ -6,7 +6,8 @@ import type { Config } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { parseInsert, parseTableOp, type InsertTarget } from './parse.js';
+import { ClickHouseRefusal, clientCredentials, type GrantChecker } from './clients.js';
+import { findUnreplicatedWrite, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
 import type { InsertPipeline } from './pipeline.js';
 
 /** URL parameters that are Chorus's to honour, or about the client's session, not the staging insert's. */
@@ -34,10 +35,27 @@ export interface HttpDeps {
   metrics: Metrics;
   logger: Logger;
   acceptingInserts: () => boolean;
+  /** Asks ClickHouse, as the client's user, whether it may do what it asks. */
+  grants: GrantChecker;
+}
+
+/** The metric label of a table Chorus does not replicate: client input never becomes a label. */
+const OTHER_TABLE_LABEL = '(not replicated)';
+
+/** Codes whose request changed nothing, or was deduplicated, so that sending it again is safe. */
+function retryAfterSeconds(e: ChorusError): number | undefined {
+  return e.httpStatus === 503 ? 1 : undefined;
 }
 
 export function sendError(reply: FastifyReply, err: unknown): FastifyReply {
   const e = ChorusError.from(err);
+  if (e instanceof ClickHouseRefusal) {
+    // ClickHouse's own answer to this user, as a client talking to ClickHouse would see it.
+    if (e.clickhouseCode !== undefined) reply.header('X-ClickHouse-Exception-Code', String(e.clickhouseCode));
+    return reply.code(e.status).header('X-Chorus-Error-Code', e.qualifiedCode).header('Content-Type', 'text/plain; charset=utf-8').send(e.body);
+  }
+  const retryAfter = retryAfterSeconds(e);
+  if (retryAfter !== undefined) reply.header('Retry-After', String(retryAfter));
   return reply
     .code(e.httpStatus)
     .header('X-Chorus-Error-Code', e.qualifiedCode)
@@ -59,6 +77,8 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     // While closing, requests still get Chorus's own answers (SHUTTING_DOWN with its code), not
     // fastify's bare 503.
     return503OnClosing: false,
+    requestTimeout: config.http.requestTimeoutMs,
+    keepAliveTimeout: config.http.keepAliveTimeoutMs,
   });
   // Bodies are streamed, never buffered: leave request.raw unread for the handlers.
   app.removeAllContentTypeParsers();
@@ -71,12 +91,17 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     reply.hijack();
     const headers = { ...req.headers, host: clickhouse.host };
     const upstream = http.request(
-      { protocol: clickhouse.protocol, hostname: clickhouse.hostname, port: clickhouse.port, path: req.raw.url, method: req.method, headers, agent },
+      { protocol: clickhouse.protocol, hostname: clickhouse.hostname, port: clickhouse.port, path: req.raw.url, method: req.method, headers, agent, timeout: config.clickhouse.requestTimeoutMs },
       (res) => {
         reply.raw.writeHead(res.statusCode ?? 502, res.headers);
         res.pipe(reply.raw);
       },
     );
+    upstream.on('timeout', () => upstream.destroy(new Error(`no answer within clickhouse.requestTimeoutMs (${config.clickhouse.requestTimeoutMs} ms)`)));
+    // A client that goes away stops its query on ClickHouse too.
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableEnded) upstream.destroy();
+    });
     upstream.on('error', (err) => {
       if (!reply.raw.headersSent) {
         const e = new ChorusError('CLICKHOUSE_UNAVAILABLE', `ClickHouse at ${config.clickhouse.url} unreachable: ${err.message}`);
@@ -98,8 +123,12 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
   ) => {
     const params = Object.fromEntries(new URL(req.url, 'http://x').searchParams);
     const database = target.database ?? params.database ?? header(req, 'x-clickhouse-database') ?? 'default';
-    const label = `${database}.${target.table}`;
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down and takes no more inserts; send it to another replica');
+    const replicated = await deps.pipeline.replicates(database, target.table);
+    const label = replicated ? `${database}.${target.table}` : OTHER_TABLE_LABEL;
+    const aborted = abortOnDisconnect(req, reply);
+    // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
+    if (replicated) await deps.grants.check(clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams), 'insert', database, target.table, aborted);
     const stagingParams = Object.fromEntries(Object.entries(params).filter(([k]) => !NOT_PASSED_TO_STAGING.has(k)));
     const encoding = header(req, 'content-encoding');
     const started = process.hrtime.bigint();
@@ -113,6 +142,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
         headers: encoding ? { 'Content-Encoding': encoding } : {},
         dedupToken: params.insert_deduplication_token,
         bodyFailure: () => bodyState.failure,
+        signal: aborted,
       });
       const outcome = result.blocks > 0 && result.deduplicated === result.blocks ? 'deduplicated' : 'ok';
       deps.metrics.inserts.inc({ table: label, outcome });
@@ -160,9 +190,27 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const database = op.database ?? params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
     if (!(await deps.pipeline.replicates(database, op.table))) return false;
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down; send it to another replica');
+    await deps.grants.check(clientCredentials(req.headers, params), op.kind, database, op.table, abortOnDisconnect(req, reply));
     const lsn = await deps.pipeline.tableOp({ kind: op.kind, database, table: op.table, partition: op.kind === 'drop_partition' ? op.partition : '' });
     await reply.header('X-Chorus-LSN', String(lsn)).send('');
     return true;
+  };
+
+  /** Refuses a statement that would change a replicated table on this replica only. */
+  const guard = async (req: FastifyRequest, statement: string): Promise<void> => {
+    const write = findUnreplicatedWrite(statement);
+    if (!write) return;
+    const params = new URL(req.url, 'http://x').searchParams;
+    const fallback = params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
+    for (const t of write.tables) {
+      const database = t.database ?? fallback;
+      if (await deps.pipeline.replicates(database, t.table)) {
+        throw new ChorusError(
+          'NOT_REPLICATED_STATEMENT',
+          `${write.statement} on ${database}.${t.table}: Chorus replicates this table and does not replicate this statement, which would change one replica only; Chorus replicates INSERT, ALTER TABLE ... DROP PARTITION <literal> and TRUNCATE TABLE <table>. Stop writes and run it on every replica's ClickHouse directly (port 8123) if you must`,
+        );
+      }
+    }
   };
 
   const root = async (req: FastifyRequest, reply: FastifyReply) => {
@@ -175,6 +223,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
       const parsed = parseInsert(query, { final: true });
       if (parsed.kind !== 'insert') {
         if (await tableOp(req, reply, query)) return;
+        await guard(req, query);
         return proxy(req, reply, req.method === 'GET' ? null : req.raw);
       }
       const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
@@ -183,12 +232,19 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     if (req.method !== 'POST') return proxy(req, reply, null);
     // The whole statement is in the body: read just enough of it to find the table.
     const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
-    const { head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes);
+    let { head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes);
     const text = head.toString('latin1');
     const parsed = parseInsert(text, { final: ended || head.length >= config.http.maxQueryBytes });
+    if (parsed.kind !== 'insert' && !ended) {
+      // Anything but an INSERT is all statement: read it whole, so the guard sees all of it.
+      ({ head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes, head));
+      if (!ended) throw new ChorusError('REQUEST_TOO_LARGE', `a statement other than INSERT longer than http.maxQueryBytes (${config.http.maxQueryBytes})`);
+    }
     const rest = (prefix: Buffer) => Readable.from(concatStreams(prefix, ended ? null : bodyState.stream));
     if (parsed.kind !== 'insert') {
-      if (ended && (await tableOp(req, reply, head.toString('utf8')))) return;
+      const statement = head.toString('utf8');
+      if (await tableOp(req, reply, statement)) return;
+      await guard(req, statement);
       return proxy(req, reply, rest(head));
     }
     // The latin1 scan gives byte offsets into `head`; names are read again from the UTF-8 text.
@@ -272,10 +328,10 @@ function watchBody(raw: http.IncomingMessage, limit: number): BodyState {
 }
 
 /** Reads from the body until the INSERT's table reference is complete (or `max` bytes); leaves the rest unread. */
-function readHead(stream: Readable, max: number): Promise<{ head: Buffer; ended: boolean }> {
+function readHead(stream: Readable, max: number, whole?: Buffer): Promise<{ head: Buffer; ended: boolean }> {
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let length = 0;
+    const chunks: Buffer[] = whole ? [whole] : [];
+    let length = whole?.length ?? 0;
     const finish = (ended: boolean) => {
       stream.off('data', onData);
       stream.off('end', onEnd);
@@ -286,7 +342,7 @@ function readHead(stream: Readable, max: number): Promise<{ head: Buffer; ended:
     const onData = (chunk: Buffer) => {
       chunks.push(chunk);
       length += chunk.length;
-      if (length >= max || parseInsert(Buffer.concat(chunks).toString('latin1'), { final: false }).kind !== 'incomplete') finish(false);
+      if (length >= max || (!whole && parseInsert(Buffer.concat(chunks).toString('latin1'), { final: false }).kind !== 'incomplete')) finish(false);
     };
     const onEnd = () => finish(true);
     const onError = (err: Error) => {
@@ -297,7 +353,18 @@ function readHead(stream: Readable, max: number): Promise<{ head: Buffer; ended:
     stream.on('data', onData);
     stream.once('end', onEnd);
     stream.once('error', onError);
+    if (whole) stream.resume();
   });
+}
+
+/** Aborted when the client goes away before its answer was sent: its staging insert and waits stop. */
+function abortOnDisconnect(req: FastifyRequest, reply: FastifyReply): AbortSignal {
+  const controller = new AbortController();
+  const onClose = () => {
+    if (!reply.raw.writableEnded) controller.abort(new ChorusError('TRUNCATED_BODY', 'the client disconnected before its answer'));
+  };
+  reply.raw.once('close', onClose);
+  return controller.signal;
 }
 
 async function* concatStreams(prefix: Buffer, rest: Readable | null): AsyncGenerator<Buffer> {

@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { FastifyInstance } from 'fastify';
 import { Allocator } from '../allocator/allocator.js';
+import { GrantChecker } from '../insert/clients.js';
 import { ZkSession } from '../allocator/zk.js';
 import { registerAdmin, type AdminBackend, type AdminStatus, type EntryInfo } from '../api/admin.js';
 import { registerOperationalRoutes, type Readiness } from '../api/http-routes.js';
@@ -88,6 +89,8 @@ export class Sidecar implements AdminBackend {
         windowSize: config.zookeeper.dedupWindow,
         maxBatch: config.zookeeper.maxBatch,
         requestTimeoutMs: config.gossip.allocateTimeoutMs,
+        maxQueued: config.zookeeper.maxQueuedAllocations,
+        unknownOutcomeRetryMs: config.zookeeper.unknownOutcomeRetryMs,
       },
       logger.child({ component: 'allocator' }),
       {
@@ -168,7 +171,7 @@ export class Sidecar implements AdminBackend {
       logger: logger.child({ component: 'recovery' }),
     });
     this.gc = new PartStoreGc(this.store, this.log, () => this.appliedEverywhere(), config.partStore, logger.child({ component: 'gc' }));
-    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting });
+    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting, grants: new GrantChecker(this.ch, config.http.grantCacheMs) });
     registerOperationalRoutes(this.http, {
       metrics: this.metrics,
       readiness: () => this.readiness(),
