@@ -115,8 +115,9 @@ export class ClickHouseHttp {
     } = {},
   ): Promise<string> {
     const url = new URL(this.base);
-    url.searchParams.set('query', query);
     for (const [k, v] of Object.entries(opts.params ?? {})) url.searchParams.set(k, v);
+    // Last, so that no parameter can stand in for the statement.
+    url.searchParams.set('query', query);
     return new Promise((resolve, reject) => {
       const req = http.request(
         url,

@@ -32,6 +32,8 @@ export const ErrorCodes = {
   CLICKHOUSE_REFUSED: 403,
   /** A statement that would change a replicated table on this replica only. */
   NOT_REPLICATED_STATEMENT: 400,
+  /** An INSERT sets in its own text a setting Chorus decides for staging (async_insert, insert_deduplicate, ...). */
+  UNSUPPORTED_SETTING: 400,
   INTERNAL: 500,
 } as const;
 

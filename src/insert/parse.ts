@@ -362,3 +362,74 @@ function scanWrite(toks: Token[]): UnreplicatedWrite | undefined {
       return undefined;
   }
 }
+
+/**
+ * The settings an INSERT's own text sets, from `from` (the end of its table reference): the
+ * `SETTINGS name = value, ...` clause before FORMAT/VALUES, and, for `INSERT ... SELECT`, any
+ * word of the SELECT (its trailing SETTINGS apply to the insert too), so that a staging insert
+ * cannot be told to go asynchronous or deduplicate from inside the statement, where it would
+ * override the URL settings Chorus sets. 'incomplete' when the text ends before the data starts.
+ */
+export function insertSettings(text: string, from: number, final: boolean): string[] | 'incomplete' {
+  const s = new Scanner(text, final);
+  s.pos = from;
+  if (!s.skip() || s.atEnd) return final ? [] : 'incomplete';
+  if (text[s.pos] === '(') {
+    // The column list: names only (quoted ones may hold parentheses).
+    let depth = 0;
+    for (; s.pos < text.length; s.pos++) {
+      const c = text[s.pos]!;
+      if (c === '`' || c === '"') {
+        if (s.identifier() === null) return final ? [] : 'incomplete';
+        s.pos--;
+      } else if (c === '(') depth++;
+      else if (c === ')' && --depth === 0) {
+        s.pos++;
+        break;
+      }
+    }
+    if (depth > 0) return final ? [] : 'incomplete';
+    if (!s.skip() || s.atEnd) return final ? [] : 'incomplete';
+  }
+  const start = s.pos;
+  const word = s.word();
+  if (word === undefined) return [];
+  if (s.atEnd && !final) return 'incomplete';
+  const upper = word.toUpperCase();
+  if (upper === 'SELECT' || upper === 'WITH') {
+    if (!final) return 'incomplete';
+    return tokens(text.slice(start), false)
+      .filter((t) => t.kind === 'word')
+      .map((t) => t.text);
+  }
+  if (upper !== 'SETTINGS') return [];
+  const names: string[] = [];
+  for (;;) {
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    const name = s.word();
+    if (name === undefined) return names;
+    names.push(name);
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    if (text[s.pos] !== '=') return names;
+    s.pos++;
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    // The value: a string, or a number or word (which may continue in the next chunk).
+    if (text[s.pos] === "'") {
+      const end = /'(?:[^'\\]|\\.|'')*'/y;
+      end.lastIndex = s.pos;
+      const m = end.exec(text);
+      if (!m) return final ? names : 'incomplete';
+      s.pos += m[0].length;
+    } else {
+      const m = /[-+]?[A-Za-z0-9_.]+/y;
+      m.lastIndex = s.pos;
+      const v = m.exec(text);
+      if (!v) return names;
+      s.pos += v[0].length;
+      if (s.atEnd && !final) return 'incomplete';
+    }
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    if (text[s.pos] !== ',') return names;
+    s.pos++;
+  }
+}

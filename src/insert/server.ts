@@ -7,27 +7,9 @@ import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { ClickHouseRefusal, clientCredentials, type GrantChecker } from './clients.js';
-import { findUnreplicatedWrite, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
+import { findUnreplicatedWrite, insertSettings, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
+import { checkStatementSettings, stagingParams } from './settings.js';
 import type { InsertPipeline } from './pipeline.js';
-
-/** URL parameters that are Chorus's to honour, or about the client's session, not the staging insert's. */
-const NOT_PASSED_TO_STAGING = new Set([
-  'query',
-  'database',
-  'user',
-  'password',
-  'quota_key',
-  'insert_deduplication_token',
-  'insert_quorum',
-  'insert_quorum_timeout',
-  'session_id',
-  'session_timeout',
-  'session_check',
-  'default_format',
-  'enable_http_compression',
-  'wait_end_of_query',
-  'send_progress_in_http_headers',
-]);
 
 export interface HttpDeps {
   config: Config;
@@ -129,7 +111,6 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const aborted = abortOnDisconnect(req, reply);
     // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
     if (replicated) await deps.grants.check(clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams), 'insert', database, target.table, aborted);
-    const stagingParams = Object.fromEntries(Object.entries(params).filter(([k]) => !NOT_PASSED_TO_STAGING.has(k)));
     const encoding = header(req, 'content-encoding');
     const started = process.hrtime.bigint();
     try {
@@ -138,7 +119,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
         table: target.table,
         buildQuery: (staging) => statement.slice(0, target.span[0]) + staging + statement.slice(target.span[1]),
         body,
-        params: stagingParams,
+        params: stagingParams(params, {}),
         headers: encoding ? { 'Content-Encoding': encoding } : {},
         dedupToken: params.insert_deduplication_token,
         bodyFailure: () => bodyState.failure,
@@ -226,6 +207,8 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
         await guard(req, query);
         return proxy(req, reply, req.method === 'GET' ? null : req.raw);
       }
+      const settings = insertSettings(query, parsed.target.span[1], true);
+      if (settings !== 'incomplete') checkStatementSettings(settings);
       const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
       return insert(req, reply, parsed.target, query, bodyState.stream, bodyState);
     }
@@ -249,6 +232,12 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     }
     // The latin1 scan gives byte offsets into `head`; names are read again from the UTF-8 text.
     const end = parsed.target.span[1];
+    const final = ended || head.length >= config.http.maxQueryBytes;
+    const settings = insertSettings(text, end, final);
+    if (settings !== 'incomplete') checkStatementSettings(settings);
+    if (!ended && /^\s*(?:\([^)]*\)\s*)?(?:SELECT|WITH)\b/i.test(text.slice(end))) {
+      throw new ChorusError('REQUEST_TOO_LARGE', `an INSERT ... SELECT longer than http.maxQueryBytes (${config.http.maxQueryBytes})`);
+    }
     const statement = head.subarray(0, end).toString('utf8');
     const reparsed = parseInsert(statement, { final: true });
     if (reparsed.kind !== 'insert') throw new ChorusError('BAD_QUERY', 'could not read the INSERT statement');
@@ -342,7 +331,7 @@ function readHead(stream: Readable, max: number, whole?: Buffer): Promise<{ head
     const onData = (chunk: Buffer) => {
       chunks.push(chunk);
       length += chunk.length;
-      if (length >= max || (!whole && parseInsert(Buffer.concat(chunks).toString('latin1'), { final: false }).kind !== 'incomplete')) finish(false);
+      if (length >= max || (!whole && headComplete(Buffer.concat(chunks).toString('latin1')))) finish(false);
     };
     const onEnd = () => finish(true);
     const onError = (err: Error) => {
@@ -365,6 +354,17 @@ function abortOnDisconnect(req: FastifyRequest, reply: FastifyReply): AbortSigna
   };
   reply.raw.once('close', onClose);
   return controller.signal;
+}
+
+/** Whether `text` holds an INSERT's table reference and its own settings, or is no INSERT. */
+function headComplete(text: string): boolean {
+  try {
+    const parsed = parseInsert(text, { final: false });
+    if (parsed.kind === 'incomplete') return false;
+    return parsed.kind === 'other' || insertSettings(text, parsed.target.span[1], false) !== 'incomplete';
+  } catch {
+    return true; // a malformed INSERT: read again as final, it gets its error there
+  }
 }
 
 async function* concatStreams(prefix: Buffer, rest: Readable | null): AsyncGenerator<Buffer> {

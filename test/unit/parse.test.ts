@@ -211,3 +211,55 @@ describe('the statement guard', () => {
     );
   });
 });
+
+import { insertSettings } from '../../src/insert/parse.js';
+import { checkStatementSettings, stagingParams } from '../../src/insert/settings.js';
+
+describe('settings that reach staging', () => {
+  const after = (sql: string, final = true) => {
+    const r = parseInsert(sql, { final: true });
+    if (r.kind !== 'insert') throw new Error('not an insert');
+    return insertSettings(sql, r.target.span[1], final);
+  };
+
+  it('reads the settings an INSERT sets in its own text', () => {
+    expect(after('INSERT INTO t SETTINGS async_insert = 1, wait_for_async_insert=0 FORMAT TSV\n1\n')).toEqual(['async_insert', 'wait_for_async_insert']);
+    expect(after("INSERT INTO t (a, `b)`) SETTINGS /* c */ insert_deduplication_token = 'x,y' VALUES (1)")).toEqual(['insert_deduplication_token']);
+    expect(after('INSERT INTO t FORMAT TSV\nasync_insert\n')).toEqual([]);
+    expect(after('INSERT INTO t SELECT 1 SETTINGS insert_deduplicate = 1')).toContain('insert_deduplicate');
+    expect(after('INSERT INTO t SETTINGS async_in', false)).toBe('incomplete');
+    expect(after('INSERT INTO t SELECT 1', false)).toBe('incomplete');
+    expect(() => checkStatementSettings(['ASYNC_INSERT'])).toThrow(expect.objectContaining({ code: 'UNSUPPORTED_SETTING' }));
+    expect(() => checkStatementSettings(['max_insert_block_size'])).not.toThrow();
+  });
+
+  it('property: a setting split anywhere across chunks is read the same as whole', () => {
+    const sql = "INSERT INTO db.t (a) SETTINGS max_insert_block_size = 10, async_insert = 1 FORMAT TSV\n1\n";
+    const r = parseInsert(sql, { final: true });
+    if (r.kind !== 'insert') throw new Error('not an insert');
+    fc.assert(
+      fc.property(fc.integer({ min: r.target.span[1], max: sql.length }), (cut) => {
+        const partial = insertSettings(sql.slice(0, cut), r.target.span[1], false);
+        if (partial !== 'incomplete') expect(partial).toEqual(['max_insert_block_size', 'async_insert']);
+      }),
+    );
+  });
+
+  it('property: no URL parameter replaces the statement or a setting Chorus forces', () => {
+    const forced = { insert_deduplicate: '0', async_insert: '0' };
+    const key = fc.oneof(fc.constantFrom('query', 'async_insert', 'wait_for_async_insert', 'insert_deduplicate', 'user', 'password', 'database', 'insert_deduplication_token', 'max_insert_block_size'), fc.string());
+    fc.assert(
+      fc.property(fc.array(fc.tuple(key, fc.string())), (pairs) => {
+        const params = new URLSearchParams(pairs);
+        const out = stagingParams(params, forced);
+        for (const k of ['query', 'user', 'password', 'database', 'wait_for_async_insert', 'insert_deduplication_token']) expect(out).not.toHaveProperty(k);
+        expect(out).toMatchObject(forced);
+        // What reaches the URL of the staging insert: the statement is the one Chorus built.
+        const url = new URL('http://ch/');
+        for (const [k, v] of Object.entries(out)) url.searchParams.set(k, v);
+        url.searchParams.set('query', 'INSERT INTO `_chorus`.`s` FORMAT TSV');
+        expect(url.searchParams.getAll('query')).toEqual(['INSERT INTO `_chorus`.`s` FORMAT TSV']);
+      }),
+    );
+  });
+});
