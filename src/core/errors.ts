@@ -9,6 +9,8 @@ export const ErrorCodes = {
   BAD_DATA: 400,
   TRUNCATED_BODY: 400,
   REQUEST_TOO_LARGE: 413,
+  /** The request (headers and body) did not arrive within http.requestTimeoutMs. */
+  REQUEST_TIMEOUT: 408,
   BAD_PART_NAME: 400,
   PART_NOT_FOUND: 404,
   PART_VERIFICATION_FAILED: 502,
@@ -24,6 +26,8 @@ export const ErrorCodes = {
   NOT_FOUND: 404,
   ATTACH_FAILED: 500,
   SHUTTING_DOWN: 503,
+  /** /readyz: this replica is not ready to serve (lagging, ClickHouse or ZooKeeper unreachable). */
+  NOT_READY: 503,
   CONFIG_INVALID: 500,
   FILESYSTEM_MISMATCH: 500,
   STORAGE_UNSUPPORTED: 400,

@@ -24,9 +24,21 @@ export interface HttpDeps {
 /** The metric label of a table Chorus does not replicate: client input never becomes a label. */
 const OTHER_TABLE_LABEL = '(not replicated)';
 
-/** Codes whose request changed nothing, or was deduplicated, so that sending it again is safe. */
-function retryAfterSeconds(e: ChorusError): number | undefined {
-  return e.httpStatus === 503 ? 1 : undefined;
+/**
+ * Whether the same request sent again may succeed and is safe: a 503 (this replica or its
+ * ClickHouse or ZooKeeper is unavailable now; nothing was acknowledged, and a retry of an insert
+ * whose outcome is unknown is deduplicated), an insert recorded but not yet attached here, or a
+ * body cut short (nothing was inserted). Other errors will fail again the same way.
+ */
+export function retryable(e: ChorusError): boolean {
+  return e.httpStatus === 503 || e.code === 'ATTACH_FAILED' || e.code === 'TRUNCATED_BODY' || e.code === 'REQUEST_TIMEOUT';
+}
+
+/** The headers every error reply of Chorus's HTTP port carries. */
+export function errorHeaders(e: ChorusError): Record<string, string> {
+  const headers: Record<string, string> = { 'X-Chorus-Error-Code': e.qualifiedCode, 'X-Chorus-Retryable': retryable(e) ? '1' : '0' };
+  if (e.httpStatus === 503) headers['Retry-After'] = '1';
+  return headers;
 }
 
 export function sendError(reply: FastifyReply, err: unknown): FastifyReply {
@@ -34,13 +46,11 @@ export function sendError(reply: FastifyReply, err: unknown): FastifyReply {
   if (e instanceof ClickHouseRefusal) {
     // ClickHouse's own answer to this user, as a client talking to ClickHouse would see it.
     if (e.clickhouseCode !== undefined) reply.header('X-ClickHouse-Exception-Code', String(e.clickhouseCode));
-    return reply.code(e.status).header('X-Chorus-Error-Code', e.qualifiedCode).header('Content-Type', 'text/plain; charset=utf-8').send(e.body);
+    return reply.code(e.status).headers(errorHeaders(e)).header('Content-Type', 'text/plain; charset=utf-8').send(e.body);
   }
-  const retryAfter = retryAfterSeconds(e);
-  if (retryAfter !== undefined) reply.header('Retry-After', String(retryAfter));
   return reply
     .code(e.httpStatus)
-    .header('X-Chorus-Error-Code', e.qualifiedCode)
+    .headers(errorHeaders(e))
     .header('Content-Type', 'text/plain; charset=utf-8')
     .send(`${e.qualifiedCode}: ${e.message}\n`);
 }
@@ -61,6 +71,18 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     return503OnClosing: false,
     requestTimeout: config.http.requestTimeoutMs,
     keepAliveTimeout: config.http.keepAliveTimeoutMs,
+    // Errors Node's HTTP parser raises before any handler (a request that took longer than
+    // http.requestTimeoutMs, malformed HTTP) are answered with Chorus's code too.
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable) return void socket.destroy();
+      const e =
+        err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? new ChorusError('REQUEST_TIMEOUT', `the request did not arrive whole within http.requestTimeoutMs (${config.http.requestTimeoutMs} ms); nothing was inserted`)
+          : new ChorusError('BAD_QUERY', `malformed HTTP request: ${err.code ?? err.message}`);
+      const body = `${e.qualifiedCode}: ${e.message}\n`;
+      const headers = { ...errorHeaders(e), 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close' };
+      socket.end(`HTTP/1.1 ${e.httpStatus} ${http.STATUS_CODES[e.httpStatus]}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`);
+    },
   });
   // Bodies are streamed, never buffered: leave request.raw unread for the handlers.
   app.removeAllContentTypeParsers();
@@ -87,7 +109,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     upstream.on('error', (err) => {
       if (!reply.raw.headersSent) {
         const e = new ChorusError('CLICKHOUSE_UNAVAILABLE', `ClickHouse at ${config.clickhouse.url} unreachable: ${err.message}`);
-        reply.raw.writeHead(e.httpStatus, { 'Content-Type': 'text/plain; charset=utf-8', 'X-Chorus-Error-Code': e.qualifiedCode });
+        reply.raw.writeHead(e.httpStatus, { 'Content-Type': 'text/plain; charset=utf-8', ...errorHeaders(e) });
         reply.raw.end(`${e.qualifiedCode}: ${e.message}\n`);
       } else reply.raw.destroy();
     });
