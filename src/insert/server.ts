@@ -97,7 +97,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const upstream = http.request(
       { protocol: clickhouse.protocol, hostname: clickhouse.hostname, port: clickhouse.port, path: req.raw.url, method: req.method, headers, agent, timeout: config.clickhouse.requestTimeoutMs },
       (res) => {
-        reply.raw.writeHead(res.statusCode ?? 502, res.headers);
+        reply.raw.writeHead(res.statusCode ?? 502, deps.acceptingInserts() ? res.headers : { ...res.headers, connection: 'close' });
         res.pipe(reply.raw);
       },
     );
@@ -270,10 +270,29 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
   app.get('/ping', async () => 'Ok.\n');
   app.setNotFoundHandler((req, reply) => proxy(req, reply, req.method === 'GET' || req.method === 'HEAD' ? null : req.raw));
   app.addHook('onClose', async () => agent.destroy());
+  // Shutting down, every answer closes its connection, so that no client sends its next request
+  // on a connection the server is about to close (it would get a reset, not an answer).
+  app.addHook('onSend', async (_req, reply) => {
+    if (!deps.acceptingInserts()) reply.header('Connection', 'close');
+  });
+  // Node's close() destroys every connection without a request in progress at once, including
+  // one a client has just opened or just sent a request on: that client gets a reset instead of
+  // SHUTTING_DOWN. Such connections are served (and closed) instead; the truly idle ones are cut
+  // a moment later.
+  app.addHook('preClose', (done) => {
+    const server = app.server;
+    const closeIdle = server.closeIdleConnections.bind(server);
+    server.closeIdleConnections = () => undefined;
+    const timer = setTimeout(closeIdle, CLOSE_IDLE_AFTER_MS);
+    timer.unref();
+    server.once('close', () => clearTimeout(timer));
+    done();
+  });
   return app;
 }
 
 const DRAIN_BEFORE_ERROR_BYTES = 64 * 1024 * 1024;
+const CLOSE_IDLE_AFTER_MS = 1000;
 
 function drain(stream: http.IncomingMessage, maxBytes: number, timeoutMs: number): Promise<void> {
   return new Promise((resolve) => {
