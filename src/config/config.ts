@@ -114,6 +114,8 @@ export const configSchema = z
     staging: z
       .object({
         poolSize: z.number().int().min(1).max(64).default(8),
+        /** A table's staging tables unused this long are dropped (and re-created on its next insert). */
+        idleDropMs: z.number().int().min(1000).default(10 * 60_000),
       })
       .strict()
       .prefault({}),

@@ -55,22 +55,19 @@ export class GrantChecker {
     const until = this.granted.get(key);
     if (until !== undefined && until > Date.now()) return;
     this.granted.delete(key);
-    const probe = this.ch.dialect.grantProbe(action, `${quoteIdent(database)}.${quoteIdent(table)}`);
-    let answer: string;
-    try {
-      answer = await this.ch.request(probe.sql, { as: client, body: '', signal });
-    } catch (err) {
-      if (err instanceof ClickHouseQueryError && err.answer) throw new ClickHouseRefusal(err.answer.status, err.clickhouseCode, err.answer.body);
-      throw err;
-    }
-    if (probe.granted !== undefined && answer.trim() !== probe.granted) {
-      // CHECK GRANT reports rather than fails: say what ClickHouse says when the statement itself is refused.
-      const needed = action === 'truncate' ? 'TRUNCATE' : action === 'insert' ? 'INSERT' : 'ALTER DELETE';
-      throw new ClickHouseRefusal(
-        403,
-        497,
-        `Code: 497. DB::Exception: ${client.user}: Not enough privileges. To execute this query, it's necessary to have the grant ${needed} ON ${database}.${table}. (ACCESS_DENIED)\n`,
-      );
+    for (const probe of this.ch.dialect.grantProbes(action, `${quoteIdent(database)}.${quoteIdent(table)}`, client.user)) {
+      let answer: string;
+      try {
+        answer = await this.ch.request(probe.sql, { as: client, body: '', signal });
+      } catch (err) {
+        if (err instanceof ClickHouseQueryError && err.answer) throw new ClickHouseRefusal(err.answer.status, err.clickhouseCode, err.answer.body);
+        throw err;
+      }
+      if (probe.granted !== undefined && answer.trim() !== probe.granted) {
+        // The probe reports rather than fails: say what ClickHouse says when the statement itself is refused.
+        const r = probe.refusal ?? { status: 403, code: 497, text: `Code: 497. DB::Exception: ${client.user}: Not enough privileges. (ACCESS_DENIED)` };
+        throw new ClickHouseRefusal(r.status, r.code, `${r.text}\n`);
+      }
     }
     if (this.cacheMs > 0) {
       if (this.granted.size > 10_000) this.granted.clear();

@@ -91,6 +91,7 @@ export class Sidecar implements AdminBackend {
         requestTimeoutMs: config.gossip.allocateTimeoutMs,
         maxQueued: config.zookeeper.maxQueuedAllocations,
         unknownOutcomeRetryMs: config.zookeeper.unknownOutcomeRetryMs,
+        reopenAfterMs: config.zookeeper.sessionTimeoutMs,
       },
       logger.child({ component: 'allocator' }),
       {
@@ -102,7 +103,7 @@ export class Sidecar implements AdminBackend {
       },
     );
     this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
-    this.staging = new StagingPool(this.ch, config.staging.poolSize);
+    this.staging = new StagingPool(this.ch, config.staging.poolSize, config.staging.idleDropMs);
     const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults);
     this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p));
     this.applier = new Applier(
@@ -440,6 +441,7 @@ export class Sidecar implements AdminBackend {
     this.gossip.stop();
     this.recovery.stop();
     this.gc.stop();
+    this.staging.stop();
     if (this.snapshotSweep) clearInterval(this.snapshotSweep);
     await this.http.close();
     await this.applier.stop();
