@@ -1,6 +1,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sleep } from '../../src/core/async.js';
 import { devKill, devStart } from '../../src/dev/cluster.js';
 import { DEV_USERS } from '../../src/dev/clickhouse.js';
 import { TestCluster, testBackend } from '../support/cluster.js';
@@ -16,7 +17,7 @@ describe('clients', () => {
   const ROWS = (first: number, n: number) => Array.from({ length: n }, (_, i) => `2026-11-01\t${first + i}\n`).join('');
 
   beforeAll(async () => {
-    cluster = await TestCluster.start({ replicas: 3 });
+    cluster = await TestCluster.start({ replicas: 3, sidecarConfig: { 'staging.idleDropMs': 3000 } });
     await cluster.onEvery(`CREATE TABLE ${TABLE} (day Date, id UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id`);
   });
 
@@ -187,6 +188,25 @@ describe('clients', () => {
     });
   });
 
+  describe('bounded by what is in use', () => {
+    it('the metric label of a table Chorus does not replicate is fixed, never the client’s text', async () => {
+      const name = `default.no_such_${Date.now()}`;
+      const before = await cluster.metric(0, 'chorus_inserts_total', { table: '(not replicated)', outcome: 'error' });
+      const res = await send(0, `INSERT INTO ${name} FORMAT TabSeparated`, ROWS(1, 1));
+      expect(res.headers.get('x-chorus-error-code')).toBe('CHORUS_UNKNOWN_TABLE');
+      expect(await cluster.metric(0, 'chorus_inserts_total', { table: '(not replicated)', outcome: 'error' })).toBe(before + 1);
+      expect(await (await fetch(`${cluster.replica(0).http}/metrics`)).text()).not.toContain('no_such_');
+    });
+
+    it('staging tables of a table unused for staging.idleDropMs are dropped, and made again on its next insert', async () => {
+      const stagingTables = async () => Number((await cluster.clickhouse(0, "SELECT count() FROM system.tables WHERE database = '_chorus' AND startsWith(name, 's_')")).trim());
+      expect((await send(0, `INSERT INTO ${TABLE} FORMAT TabSeparated`, ROWS(600, 1))).status).toBe(200);
+      await expect.poll(stagingTables, { timeout: 15_000, interval: 200 }).toBe(0);
+      expect((await send(0, `INSERT INTO ${TABLE} FORMAT TabSeparated`, ROWS(601, 1))).status).toBe(200);
+      await expect.poll(() => counts('id IN (600, 601)'), { timeout: 20_000, interval: 200 }).toEqual([2, 2, 2]);
+    });
+  });
+
   describe('ZooKeeper down', () => {
     it('inserts through any replica answer 503 ALLOCATOR_UNAVAILABLE with Retry-After in bounded time; retried once it is back, each row is stored once', async () => {
       await devKill(cluster.info.dir, 'r1', 'zookeeper');
@@ -202,6 +222,9 @@ describe('clients', () => {
           // gossip.allocateTimeoutMs (5 s) per member tried, plus zookeeper.unknownOutcomeRetryMs (10 s) when a write's outcome is unknown.
           expect(a.ms).toBeLessThan(40_000);
         }
+        // Down for longer than a session lasts (10 s in the dev cluster): the sessions must be
+        // renewed, not only reconnected, once it is back.
+        await sleep(12_000);
       } finally {
         await devStart(cluster.info.dir, 'r1', 'zookeeper');
       }
