@@ -62,7 +62,17 @@ export interface ClickHouseCredentials {
   password: string;
 }
 
-export const credentialHeaders = (c: ClickHouseCredentials): Record<string, string> => ({ 'X-ClickHouse-User': c.user, 'X-ClickHouse-Key': c.password });
+const HEADER_SAFE = /^(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?$/;
+
+/**
+ * How a user's credentials are sent: ClickHouse's own headers, or, for a name or password a
+ * header cannot carry as it is (non-ASCII, edge spaces), HTTP basic auth, whose base64 carries
+ * any UTF-8 (ClickHouse reads both; a name with `:` cannot go in basic auth).
+ */
+export const credentialHeaders = (c: ClickHouseCredentials): Record<string, string> =>
+  (HEADER_SAFE.test(c.user) && HEADER_SAFE.test(c.password)) || c.user.includes(':')
+    ? { 'X-ClickHouse-User': c.user, 'X-ClickHouse-Key': c.password }
+    : { Authorization: `Basic ${Buffer.from(`${c.user}:${c.password}`, 'utf8').toString('base64')}` };
 
 export const quoteIdent = (name: string) => '`' + name.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
 export const quoteString = (value: string) => "'" + value.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
