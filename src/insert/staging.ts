@@ -44,6 +44,8 @@ export class StagingPool {
   private lastUsed = new Map<string, number>();
   private sweeper: NodeJS.Timeout | undefined;
   private serial = 0;
+  /** Staging tables a sweep could not drop: dropped by a later sweep. */
+  private undropped = new Set<string>();
 
   constructor(
     private readonly ch: ClickHouseHttp,
@@ -78,6 +80,12 @@ export class StagingPool {
    * maps and `_chorus` hold only what is in use. A pool with a table handed out is left alone.
    */
   async sweep(now = Date.now()): Promise<void> {
+    for (const name of [...this.undropped]) {
+      await this.ch.exec(`DROP TABLE IF EXISTS ${quoteIdent(STAGING_DATABASE)}.${quoteIdent(name)}`).then(
+        () => this.undropped.delete(name),
+        () => undefined,
+      );
+    }
     for (const [key, count] of [...this.counts]) {
       const free = this.free.get(key) ?? [];
       if (free.length < count || now - (this.lastUsed.get(key) ?? 0) < this.idleDropMs) continue;
@@ -86,7 +94,7 @@ export class StagingPool {
       this.lastUsed.delete(key);
       for (const name of free) {
         this.created.delete(name);
-        await this.ch.exec(`DROP TABLE IF EXISTS ${quoteIdent(STAGING_DATABASE)}.${quoteIdent(name)}`).catch(() => undefined);
+        await this.ch.exec(`DROP TABLE IF EXISTS ${quoteIdent(STAGING_DATABASE)}.${quoteIdent(name)}`).catch(() => this.undropped.add(name));
       }
     }
   }

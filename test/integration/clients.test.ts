@@ -244,5 +244,34 @@ describe('clients', () => {
         expect((await cluster.clickhouse(i, `SELECT count() = uniqExact(id) FROM ${TABLE} WHERE id >= 900 AND id < 920`)).trim()).toBe('1');
       }
     }, 180_000);
+
+    it('a staging table that could not be emptied is never handed out with an earlier insert’s parts', async () => {
+      const A = 1000;
+      const B = 1001;
+      await devKill(cluster.info.dir, 'r1', 'zookeeper');
+      let answerA: Promise<string> = Promise.resolve('');
+      try {
+        // A is staged, then waits for an allocation that cannot come; its ClickHouse dies meanwhile,
+        // so emptying its staging table fails.
+        answerA = send(0, `INSERT INTO ${TABLE} FORMAT TabSeparated`, ROWS(A, 1)).then(async (res) => `${res.status} ${res.headers.get('x-chorus-error-code')}`);
+        await expect
+          .poll(async () => Number((await cluster.clickhouse(0, "SELECT count() FROM system.parts WHERE database = '_chorus' AND active")).trim()), { timeout: 5000, interval: 50 })
+          .toBeGreaterThan(0);
+        await devKill(cluster.info.dir, 'r1', 'clickhouse');
+        expect(await answerA).toMatch(/^503 CHORUS_(ALLOCATOR|CLICKHOUSE)_UNAVAILABLE$/);
+      } finally {
+        await devStart(cluster.info.dir, 'r1', 'clickhouse');
+        await devStart(cluster.info.dir, 'r1', 'zookeeper');
+      }
+      // The next insert on r1 gets that staging table back (or a new one): only B's rows go with it.
+      await expect
+        .poll(async () => (await send(0, `INSERT INTO ${TABLE} FORMAT TabSeparated`, ROWS(B, 1))).status, { timeout: 60_000, interval: 500 })
+        .toBe(200);
+      await expect.poll(() => counts(`id = ${B}`), { timeout: 20_000, interval: 200 }).toEqual([1, 1, 1]);
+      // A was never acknowledged: recovery drops its intent (nothing was allocated), and no
+      // later insert carries its part.
+      await sleep(3000);
+      expect(await counts(`id = ${A}`)).toEqual([0, 0, 0]);
+    }, 180_000);
   });
 });
