@@ -71,6 +71,8 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     return503OnClosing: false,
     requestTimeout: config.http.requestTimeoutMs,
     keepAliveTimeout: config.http.keepAliveTimeoutMs,
+    // Node checks request timeouts this often (30 s by default, too coarse for short limits).
+    http: { connectionsCheckingInterval: Math.min(1000, config.http.requestTimeoutMs), headersTimeout: Math.min(60_000, config.http.requestTimeoutMs) },
     // Errors Node's HTTP parser raises before any handler (a request that took longer than
     // http.requestTimeoutMs, malformed HTTP) are answered with Chorus's code too.
     clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {

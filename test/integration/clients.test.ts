@@ -1,4 +1,5 @@
 import { existsSync, readdirSync } from 'node:fs';
+import net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
@@ -17,7 +18,7 @@ describe('clients', () => {
   const ROWS = (first: number, n: number) => Array.from({ length: n }, (_, i) => `2026-11-01\t${first + i}\n`).join('');
 
   beforeAll(async () => {
-    cluster = await TestCluster.start({ replicas: 3, sidecarConfig: { 'staging.idleDropMs': 3000 } });
+    cluster = await TestCluster.start({ replicas: 3, sidecarConfig: { 'staging.idleDropMs': 3000, 'http.requestTimeoutMs': 3000 } });
     await cluster.onEvery(`CREATE TABLE ${TABLE} (day Date, id UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id`);
   });
 
@@ -189,6 +190,30 @@ describe('clients', () => {
   });
 
   describe('bounded by what is in use', () => {
+    it('a body slower than http.requestTimeoutMs is cut with REQUEST_TIMEOUT, nothing is written, and its staging table is free again', async () => {
+      const lsn = await cluster.nextLsn();
+      const rows = await counts();
+      const url = new URL(cluster.replica(0).http);
+      const started = Date.now();
+      const answer = await new Promise<string>((resolve, reject) => {
+        const socket = net.connect(Number(url.port), url.hostname, () => {
+          const query = encodeURIComponent(`INSERT INTO ${TABLE} FORMAT TabSeparated`);
+          socket.write(`POST /?query=${query} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n2026-11-01\t77`);
+          // ... and nothing more: the rest of the announced 1000 bytes never comes.
+        });
+        let text = '';
+        socket.on('data', (d: Buffer) => (text += d.toString()));
+        socket.on('close', () => resolve(text));
+        socket.on('error', reject);
+      });
+      expect(Date.now() - started).toBeLessThan(3000 + 5000);
+      expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+      expect(answer).toMatch(/X-Chorus-Error-Code: CHORUS_REQUEST_TIMEOUT/i);
+      await expectNothingWritten(lsn, rows);
+      // The slot held by that insert is back: inserts go on.
+      expect((await send(0, `INSERT INTO ${TABLE} FORMAT TabSeparated`, ROWS(650, 1))).status).toBe(200);
+    });
+
     it('the metric label of a table Chorus does not replicate is fixed, never the client’s text', async () => {
       const name = `default.no_such_${Date.now()}`;
       const before = await cluster.metric(0, 'chorus_inserts_total', { table: '(not replicated)', outcome: 'error' });
