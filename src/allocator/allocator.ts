@@ -23,13 +23,6 @@ export interface AllocatorOptions {
   maxQueued?: number;
   /** How long past its requests' deadline a batch of unknown outcome is still re-read and retried. */
   unknownOutcomeRetryMs?: number;
-  /**
-   * A session that has not reconnected for this long is replaced by a new one. Measured: a
-   * client whose ZooKeeper was down for longer than its session timeout sometimes never
-   * reconnects once ZooKeeper is back (node-zookeeper-client stays disconnected, with neither
-   * `connected` nor `expired`), and every allocation then fails until the sidecar restarts.
-   */
-  reopenAfterMs?: number;
 }
 
 export interface AllocatorObserver {
@@ -59,7 +52,6 @@ export class Allocator {
   private running = false;
   private cached: { state: AllocatorState; version: number } | null = null;
   private stopped = false;
-  private disconnectedSince: number | undefined;
 
   constructor(
     private readonly zk: ZkSession,
@@ -84,26 +76,7 @@ export class Allocator {
     return this.cached?.state.next ?? 0;
   }
 
-  /** Waits for the session; replaces it when it has stayed disconnected for `reopenAfterMs`. */
-  private async connected(): Promise<void> {
-    if (this.zk.isConnected) {
-      this.disconnectedSince = undefined;
-      return;
-    }
-    const now = Date.now();
-    this.disconnectedSince ??= now;
-    if (this.opts.reopenAfterMs !== undefined && now - this.disconnectedSince > this.opts.reopenAfterMs) {
-      this.log.warn({ disconnectedMs: now - this.disconnectedSince }, 'ZooKeeper session has not reconnected; opening a new one');
-      this.disconnectedSince = now;
-      this.zk.close();
-      this.zk.start();
-    }
-    await this.zk.waitConnected();
-    this.disconnectedSince = undefined;
-  }
-
   private async refresh(): Promise<void> {
-    await this.connected();
     this.observer.onZkRequest?.('getData');
     const { data, stat } = await this.zk.getData(this.opts.path);
     this.cached = { state: decodeState(data), version: stat.version };
@@ -168,7 +141,7 @@ export class Allocator {
         const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.windowSize);
         if (changed) {
           // Waiting for the session is not sending: a write never sent has a known outcome (none).
-          await this.connected();
+          await this.zk.waitConnected();
           this.observer.onZkRequest?.('setData');
           sent = true;
           const stat = await this.zk.setData(this.opts.path, encodeState(state), base.version);

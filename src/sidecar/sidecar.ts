@@ -91,7 +91,6 @@ export class Sidecar implements AdminBackend {
         requestTimeoutMs: config.gossip.allocateTimeoutMs,
         maxQueued: config.zookeeper.maxQueuedAllocations,
         unknownOutcomeRetryMs: config.zookeeper.unknownOutcomeRetryMs,
-        reopenAfterMs: config.zookeeper.sessionTimeoutMs,
       },
       logger.child({ component: 'allocator' }),
       {
