@@ -133,11 +133,11 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const replicated = await deps.pipeline.replicates(database, target.table);
     const label = replicated ? `${database}.${target.table}` : OTHER_TABLE_LABEL;
     const aborted = abortOnDisconnect(req, reply);
-    // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
-    if (replicated) await deps.grants.check(clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams), 'insert', database, target.table, aborted);
     const encoding = header(req, 'content-encoding');
     const started = process.hrtime.bigint();
     try {
+      // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
+      if (replicated) await deps.grants.check(clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams), 'insert', database, target.table, aborted);
       const result = await deps.pipeline.insert({
         database,
         table: target.table,
