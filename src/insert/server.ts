@@ -227,9 +227,21 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     if (query !== null) {
       const parsed = parseInsert(query, { final: true });
       if (parsed.kind !== 'insert') {
-        if (await tableOp(req, reply, query)) return;
-        await guard(req, query);
-        return proxy(req, reply, req.method === 'GET' ? null : req.raw);
+        // A multipart body is external data for the query (ClickHouse's `_data` files), not a part of it.
+        if (req.method === 'GET' || /^multipart\//i.test(header(req, 'content-type') ?? '')) {
+          if (await tableOp(req, reply, query)) return;
+          await guard(req, query);
+          return proxy(req, reply, req.method === 'GET' ? null : req.raw);
+        }
+        // ClickHouse runs the parameter and the body as one statement (`?query=DELETE` with a
+        // body `FROM t WHERE 1`): read both before deciding what it is.
+        const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
+        const { head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes, Buffer.alloc(0));
+        if (!ended) throw new ChorusError('REQUEST_TOO_LARGE', `a statement other than INSERT longer than http.maxQueryBytes (${config.http.maxQueryBytes})`);
+        const statement = head.length ? `${query}\n${head.toString('utf8')}` : query;
+        if (await tableOp(req, reply, statement)) return;
+        await guard(req, statement);
+        return proxy(req, reply, Readable.from([head]));
       }
       const settings = insertSettings(query, parsed.target.span[1], true);
       if (settings !== 'incomplete') checkStatementSettings(settings);

@@ -162,6 +162,9 @@ describe('clients', () => {
           sql.includes('DROP PARTITION') ? ['CHORUS_BAD_QUERY', 400] : ['CHORUS_NOT_REPLICATED_STATEMENT', 400],
         );
       }
+      // Split between the query parameter and the body, which ClickHouse runs as one statement.
+      const split = await send(0, 'DELETE', `FROM ${TABLE} WHERE 1`);
+      expect(split.headers.get('x-chorus-error-code'), await split.text()).toBe('CHORUS_NOT_REPLICATED_STATEMENT');
       // The same in the body, as clients that POST the statement send it.
       const body = await fetch(cluster.replica(1).http + '/', { method: 'POST', body: `ALTER TABLE ${TABLE} UPDATE id = 0 WHERE 1` });
       expect(body.headers.get('x-chorus-error-code')).toBe('CHORUS_NOT_REPLICATED_STATEMENT');
