@@ -19,6 +19,10 @@ export interface AllocatorOptions {
   maxBatch: number;
   /** How long one request may wait for ZooKeeper before it is answered with an error. */
   requestTimeoutMs: number;
+  /** Requests waiting at once; more are refused at once. */
+  maxQueued?: number;
+  /** How long past its requests' deadline a batch of unknown outcome is still re-read and retried. */
+  unknownOutcomeRetryMs?: number;
 }
 
 export interface AllocatorObserver {
@@ -101,6 +105,9 @@ export class Allocator {
 
   allocate(request: AllocationRequest): Promise<Allocation[]> {
     if (this.stopped) return Promise.reject(new ChorusError('SHUTTING_DOWN', 'allocator is stopped'));
+    if (this.queue.length >= (this.opts.maxQueued ?? Infinity)) {
+      return Promise.reject(new ChorusError('ALLOCATOR_UNAVAILABLE', `${this.queue.length} allocations are waiting for ZooKeeper already; nothing was allocated, send it again later`));
+    }
     return new Promise((resolve, reject) => {
       this.queue.push({ request, resolve, reject, deadline: Date.now() + this.opts.requestTimeoutMs });
       if (!this.running) void this.drain();
@@ -127,13 +134,20 @@ export class Allocator {
     }
   }
 
-  /** Retries until the batch's outcome is known; every retry re-reads, so nothing is allocated twice. */
+  /**
+   * Retries until the batch's outcome is known, or until `unknownOutcomeRetryMs` past its
+   * deadline. Every retry re-reads, so nothing is allocated twice. A batch given up on while
+   * its write's outcome is unknown is answered with an error that says so: its inserts are not
+   * acknowledged, their intents stay recorded (recovery reads the window by nonce and records
+   * or discards them), and a client's retry of the same rows is deduplicated if it landed.
+   */
   private async commit(batch: Pending[]): Promise<void> {
     const started = Date.now();
     let attempt = 0;
     // Set once a setData was sent without a known result: from then on the batch may only be
-    // answered after a read tells what happened, never rejected blindly.
+    // answered "allocated" after a read tells what happened.
     let uncertain = false;
+    const lastDeadline = Math.max(...batch.map((p) => p.deadline));
     for (;;) {
       attempt++;
       let sent = false;
@@ -142,6 +156,8 @@ export class Allocator {
         const base = this.cached!;
         const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.windowSize);
         if (changed) {
+          // Waiting for the session is not sending: a write never sent has a known outcome (none).
+          await this.zk.waitConnected();
           this.observer.onZkRequest?.('setData');
           sent = true;
           const stat = await this.zk.setData(this.opts.path, encodeState(state), base.version);
@@ -154,9 +170,22 @@ export class Allocator {
         this.cached = null;
         if (isZkError(err, ZK_BAD_VERSION)) continue;
         if (sent) uncertain = true;
-        if (!uncertain && batch.every((p) => p.deadline < Date.now())) {
+        const now = Date.now();
+        if (!uncertain && batch.every((p) => p.deadline < now)) {
           batch.forEach((p) =>
             p.reject(new ChorusError('ALLOCATOR_UNAVAILABLE', `ZooKeeper unavailable; nothing was allocated (${(err as Error).message})`)),
+          );
+          return;
+        }
+        if (uncertain && now > lastDeadline + (this.opts.unknownOutcomeRetryMs ?? Infinity)) {
+          this.log.error({ err, attempt, nonces: batch.map((p) => p.request.nonce) }, 'allocation outcome unknown; giving up, recovery resolves the intents');
+          batch.forEach((p) =>
+            p.reject(
+              new ChorusError(
+                'ALLOCATOR_UNAVAILABLE',
+                `ZooKeeper did not confirm the allocation; whether it landed is unknown, so the insert is not acknowledged. Send it again: if it landed, the retry is deduplicated (${(err as Error).message})`,
+              ),
+            ),
           );
           return;
         }

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Faults } from '../faults/faults.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { sendError } from '../insert/server.js';
+import { errorHeaders, sendError } from '../insert/server.js';
 import { ChorusError } from '../core/errors.js';
 
 export interface Readiness {
@@ -21,6 +21,7 @@ export function registerOperationalRoutes(
   app.get('/healthz', async () => ({ ok: true }));
   app.get('/readyz', async (_req, reply) => {
     const r = await deps.readiness();
+    if (!r.ready) reply.headers(errorHeaders(new ChorusError('NOT_READY', r.reasons.join('; '))));
     return reply.code(r.ready ? 200 : 503).send(r);
   });
   app.get('/_chorus/status', async () => deps.status());

@@ -56,10 +56,54 @@ export class Dialect {
     return settings;
   }
 
+  /**
+   * Statements that, run as a client's ClickHouse user, fail exactly when that user may not do
+   * `action` to `qualified` and otherwise change nothing. A probe with `granted` reports rather
+   * than fails: any other answer is a refusal, said as `refusal` (ClickHouse's code and text).
+   * - 24.7 and later: `CHECK GRANT INSERT|ALTER DELETE|TRUNCATE ON t`, and the user's `readonly`
+   *   setting (a profile's readonly is no grant, and CHECK GRANT does not see it). An empty
+   *   INSERT is no probe there: 26.7 answers NO_DATA_TO_INSERT whatever the rights.
+   * - Before (18.16, no RBAC): an INSERT of no rows, or a DROP of a partition ID no partition
+   *   has (IDs are digits, hex and `-`; newer releases refuse other characters, so letters only),
+   *   which ClickHouse refuses for a readonly profile or a database outside allow_databases and
+   *   otherwise does nothing. TRUNCATE is checked with the drop, the same rights on 18.16.
+   *   Releases between 20.1 and 24.6 (RBAC without CHECK GRANT) are untested: the drop probe
+   *   checks ALTER DELETE there, not TRUNCATE.
+   */
+  grantProbes(action: 'insert' | 'drop_partition' | 'truncate', qualified: string, user: string): GrantProbe[] {
+    if (this.atLeast(24, 7)) {
+      const grant = action === 'insert' ? 'INSERT' : action === 'truncate' ? 'TRUNCATE' : 'ALTER DELETE';
+      return [
+        {
+          sql: `CHECK GRANT ${grant} ON ${qualified}`,
+          granted: '1',
+          refusal: {
+            status: 403,
+            code: 497,
+            text: `Code: 497. DB::Exception: ${user}: Not enough privileges. To execute this query, it's necessary to have the grant ${grant} ON ${qualified.replace(/`/g, '')}. (ACCESS_DENIED)`,
+          },
+        },
+        {
+          sql: "SELECT getSetting('readonly')",
+          granted: '0',
+          refusal: { status: 403, code: 164, text: `Code: 164. DB::Exception: ${user}: Cannot execute query in readonly mode. (READONLY)` },
+        },
+      ];
+    }
+    if (action === 'insert') return [{ sql: `INSERT INTO ${qualified} FORMAT TabSeparated` }];
+    return [{ sql: `ALTER TABLE ${qualified} DROP PARTITION ID 'chorusgrantprobe'` }];
+  }
+
   /** The name ClickHouse gives a database engine that keeps table files under `store/<uuid>` (20.10+ default). */
   get defaultDatabaseEngine(): 'Atomic' | 'Ordinary' {
     return this.atLeast(20, 10) ? 'Atomic' : 'Ordinary';
   }
+}
+
+export interface GrantProbe {
+  sql: string;
+  granted?: string;
+  refusal?: { status: number; code: number; text: string };
 }
 
 /** A part's name: partition id, min block, max block, level, and a mutation version on newer releases. */

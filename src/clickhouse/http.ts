@@ -16,6 +16,8 @@ export class ClickHouseQueryError extends ChorusError {
     message: string,
     /** The exception's name (`UNKNOWN_TABLE`), which releases since 21.11 put in the message. */
     readonly clickhouseName?: string,
+    /** ClickHouse's HTTP answer as it was: what a client's refusal is returned with. */
+    readonly answer?: { status: number; body: string },
   ) {
     super('CLICKHOUSE_ERROR', message);
   }
@@ -55,6 +57,23 @@ export function exceptionInBody(text: string): string | undefined {
   return plain?.[1];
 }
 
+export interface ClickHouseCredentials {
+  user: string;
+  password: string;
+}
+
+const HEADER_SAFE = /^(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?$/;
+
+/**
+ * How a user's credentials are sent: ClickHouse's own headers, or, for a name or password a
+ * header cannot carry as it is (non-ASCII, edge spaces), HTTP basic auth, whose base64 carries
+ * any UTF-8 (ClickHouse reads both; a name with `:` cannot go in basic auth).
+ */
+export const credentialHeaders = (c: ClickHouseCredentials): Record<string, string> =>
+  (HEADER_SAFE.test(c.user) && HEADER_SAFE.test(c.password)) || c.user.includes(':')
+    ? { 'X-ClickHouse-User': c.user, 'X-ClickHouse-Key': c.password }
+    : { Authorization: `Basic ${Buffer.from(`${c.user}:${c.password}`, 'utf8').toString('base64')}` };
+
 export const quoteIdent = (name: string) => '`' + name.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
 export const quoteString = (value: string) => "'" + value.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
 
@@ -90,21 +109,29 @@ export class ClickHouseHttp {
   }
 
   private authHeaders(): Record<string, string> {
-    return { 'X-ClickHouse-User': this.target.user, 'X-ClickHouse-Key': this.target.password };
+    return credentialHeaders(this.target);
   }
 
   /** Sends `query` (and `body`, appended by ClickHouse to the query as its data); resolves with the response text. */
   request(
     query: string,
-    opts: { body?: Readable | Buffer | string; params?: Record<string, string>; headers?: Record<string, string>; signal?: AbortSignal } = {},
+    opts: {
+      body?: Readable | Buffer | string;
+      params?: Record<string, string>;
+      headers?: Record<string, string>;
+      signal?: AbortSignal;
+      /** Run as this ClickHouse user instead of Chorus's own (a client's rights checked by ClickHouse). */
+      as?: ClickHouseCredentials;
+    } = {},
   ): Promise<string> {
     const url = new URL(this.base);
-    url.searchParams.set('query', query);
     for (const [k, v] of Object.entries(opts.params ?? {})) url.searchParams.set(k, v);
+    // Last, so that no parameter can stand in for the statement.
+    url.searchParams.set('query', query);
     return new Promise((resolve, reject) => {
       const req = http.request(
         url,
-        { method: 'POST', agent: this.agent, headers: { ...opts.headers, ...this.authHeaders() }, timeout: this.target.requestTimeoutMs, signal: opts.signal },
+        { method: 'POST', agent: this.agent, headers: { ...opts.headers, ...(opts.as ? credentialHeaders(opts.as) : this.authHeaders()) }, timeout: this.target.requestTimeoutMs, signal: opts.signal },
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
@@ -116,7 +143,7 @@ export class ClickHouseHttp {
             if (res.statusCode === 200 && !late) resolve(text);
             else {
               const { code, name, message } = parseClickHouseError(late ?? text, Array.isArray(headerCode) ? headerCode[0] : headerCode);
-              reject(new ClickHouseQueryError(code, message || `ClickHouse answered HTTP ${res.statusCode}`, name));
+              reject(new ClickHouseQueryError(code, message || `ClickHouse answered HTTP ${res.statusCode}`, name, { status: res.statusCode ?? 500, body: late ?? text }));
             }
           });
         },

@@ -47,6 +47,14 @@ export const configSchema = z
           .string()
           .regex(/^$|^[^:]+:.+$/, 'expected user:password')
           .default(''),
+        /** Allocation requests that may wait for ZooKeeper at once; more are refused with ALLOCATOR_UNAVAILABLE. */
+        maxQueuedAllocations: z.number().int().min(1).default(10_000),
+        /**
+         * How long a batch whose write to ZooKeeper has an unknown outcome is re-read and retried
+         * before its inserts are answered ALLOCATOR_UNAVAILABLE (not acknowledged; their intents
+         * stay for recovery, and a client's retry is deduplicated).
+         */
+        unknownOutcomeRetryMs: z.number().int().min(0).default(10_000),
       })
       .strict()
       .prefault({}),
@@ -56,6 +64,15 @@ export const configSchema = z
         port: z.number().int().min(0).max(65535).default(8124),
         maxInsertBytes: z.number().int().positive().default(1024 ** 3),
         maxQueryBytes: z.number().int().positive().default(1024 * 1024),
+        /** How long a client's positive grant answer (see GrantChecker) is reused; 0 asks ClickHouse every time. */
+        grantCacheMs: z.number().int().min(0).default(2000),
+        /**
+         * Longest time a request may take to arrive whole (headers and body), on the insert path
+         * and the proxy: a client that sends slowly cannot hold a staging table longer.
+         */
+        requestTimeoutMs: z.number().int().min(1000).default(300_000),
+        /** A keep-alive connection with no request for this long is closed. */
+        keepAliveTimeoutMs: z.number().int().min(0).default(10_000),
       })
       .strict()
       .prefault({}),
@@ -125,6 +142,8 @@ export const configSchema = z
     staging: z
       .object({
         poolSize: z.number().int().min(1).max(64).default(8),
+        /** A table's staging tables unused this long are dropped (and re-created on its next insert). */
+        idleDropMs: z.number().int().min(1000).default(10 * 60_000),
       })
       .strict()
       .prefault({}),

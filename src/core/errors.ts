@@ -9,6 +9,8 @@ export const ErrorCodes = {
   BAD_DATA: 400,
   TRUNCATED_BODY: 400,
   REQUEST_TOO_LARGE: 413,
+  /** The request (headers and body) did not arrive within http.requestTimeoutMs. */
+  REQUEST_TIMEOUT: 408,
   BAD_PART_NAME: 400,
   PART_NOT_FOUND: 404,
   PART_VERIFICATION_FAILED: 502,
@@ -24,6 +26,8 @@ export const ErrorCodes = {
   NOT_FOUND: 404,
   ATTACH_FAILED: 500,
   SHUTTING_DOWN: 503,
+  /** /readyz: this replica is not ready to serve (lagging, ClickHouse or ZooKeeper unreachable). */
+  NOT_READY: 503,
   CONFIG_INVALID: 500,
   FILESYSTEM_MISMATCH: 500,
   STORAGE_UNSUPPORTED: 400,
@@ -34,6 +38,12 @@ export const ErrorCodes = {
   PERMISSION_DENIED: 403,
   /** Two different entries for one LSN: the log of the shard is inconsistent. */
   LOG_CONFLICT: 500,
+  /** ClickHouse refused the client's user (credentials or rights); the reply carries ClickHouse's own status and text. */
+  CLICKHOUSE_REFUSED: 403,
+  /** A statement that would change a replicated table on this replica only. */
+  NOT_REPLICATED_STATEMENT: 400,
+  /** An INSERT sets in its own text a setting Chorus decides for staging (async_insert, insert_deduplicate, ...). */
+  UNSUPPORTED_SETTING: 400,
   INTERNAL: 500,
 } as const;
 

@@ -72,7 +72,7 @@ export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zo
   <tmp_path>${escapeXml(join(dir, 'tmp'))}/</tmp_path>
   <user_files_path>${escapeXml(join(dir, 'user_files'))}/</user_files_path>
   <format_schema_path>${escapeXml(join(dir, 'format_schemas'))}/</format_schema_path>
-  <users_config>/etc/clickhouse-server/users.xml</users_config>
+  <users_config>${escapeXml(join(dir, 'users.xml'))}</users_config>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
@@ -80,6 +80,38 @@ export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zo
   <max_concurrent_queries>200</max_concurrent_queries>
   ${zk}
   ${macros}
+</${root}>
+`;
+}
+
+/**
+ * Users of a dev ClickHouse server, so that tests can act as clients with their own rights:
+ * `default` (no password, every right, what Chorus itself uses), `writer` (a password, every
+ * right), `reader` (a password, the readonly profile: reads only) and `stranger` (a password,
+ * no database but `system`). The chdb backend has no users (see src/dev/chdb/front.ts).
+ */
+export const DEV_USERS = {
+  writer: 'writer-secret',
+  reader: 'reader-secret',
+  stranger: 'stranger-secret',
+} as const;
+
+export function clickhouseUsersConfig(root = 'yandex'): string {
+  const user = (name: string, password: string, profile: string, extra = '') =>
+    `<${name}><password>${escapeXml(password)}</password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>${profile}</profile><quota>default</quota>${extra}</${name}>`;
+  return `<?xml version="1.0"?>
+<${root}>
+  <profiles>
+    <default><max_memory_usage>10000000000</max_memory_usage></default>
+    <readonly><readonly>1</readonly></readonly>
+  </profiles>
+  <users>
+    ${user('default', '', 'default')}
+    ${user('writer', DEV_USERS.writer, 'default')}
+    ${user('reader', DEV_USERS.reader, 'readonly')}
+    ${user('stranger', DEV_USERS.stranger, 'default', '<allow_databases><database>system</database></allow_databases>')}
+  </users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </${root}>
 `;
 }
@@ -104,7 +136,9 @@ export async function startClickHouse(
     throw new Error(`ClickHouse is not installed (${binary} missing): run \`bash scripts/setup.sh\` or apt-get install clickhouse-server`);
   }
   const configFile = join(dir, 'config.xml');
-  writeFileSync(configFile, clickhouseConfig(dir, ports, { ...opts, root: configRoot(binary) }));
+  const root = configRoot(binary);
+  writeFileSync(join(dir, 'users.xml'), clickhouseUsersConfig(root));
+  writeFileSync(configFile, clickhouseConfig(dir, ports, { ...opts, root }));
   const pid = spawnDetached(binary, [`--config-file=${configFile}`], { logFile, cwd: dir });
   await waitFor('ClickHouse', () => ping(`http://127.0.0.1:${ports.http}`), { timeoutMs: 60_000, pid, logFile: join(dir, 'clickhouse-server.err.log') });
   return pid;

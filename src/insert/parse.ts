@@ -1,3 +1,4 @@
+import { canonicalPartition } from '../clickhouse/partition.js';
 import { ChorusError } from '../core/errors.js';
 
 export interface InsertTarget {
@@ -186,12 +187,11 @@ export function parseTableOp(text: string): TableOp | undefined {
     return undefined;
   }
   s.skip();
-  const partition = text.slice(s.pos).replace(/;?\s*$/, '').trim();
-  if (!partition) throw new ChorusError('BAD_QUERY', 'DROP PARTITION needs a partition expression');
-  if (hasTopLevelComma(partition)) {
-    throw new ChorusError('BAD_QUERY', 'an ALTER that drops a partition must do nothing else: send its other commands as separate statements');
-  }
-  return { kind: 'drop_partition', ...ref, partition };
+  // A literal only, in its canonical form: no expression, no comment, no second command
+  // (`, DELETE WHERE ...`) can ride along with the drop.
+  const partition = text.slice(s.pos);
+  if (!partition.trim()) throw new ChorusError('BAD_QUERY', 'DROP PARTITION needs a partition expression');
+  return { kind: 'drop_partition', ...ref, partition: canonicalPartition(partition) };
 }
 
 function tableRef(s: Scanner): { database: string | undefined; table: string } | undefined {
@@ -205,18 +205,231 @@ function tableRef(s: Scanner): { database: string | undefined; table: string } |
   return { database: undefined, table: name };
 }
 
-function hasTopLevelComma(text: string): boolean {
-  let depth = 0;
-  let quote: string | null = null;
-  for (let i = 0; i < text.length; i++) {
+type Token = { kind: 'word' | 'quoted' | 'punct' | 'string' | 'number'; text: string };
+
+/**
+ * The tokens of a statement as ClickHouse's lexer reads them: comments dropped (`--`, `#`,
+ * block comments, nested when `nestComments`), strings and quoted identifiers read with their escapes.
+ * Stops at the first `;` that ends a statement (the HTTP interface runs one).
+ */
+function tokens(text: string, nestComments: boolean): Token[] {
+  const out: Token[] = [];
+  let i = 0;
+  const n = text.length;
+  while (i < n) {
     const c = text[i]!;
-    if (quote) {
-      if (c === '\\') i++;
-      else if (c === quote) quote = null;
-    } else if (c === "'" || c === '"' || c === '`') quote = c;
-    else if (c === '(') depth++;
-    else if (c === ')') depth--;
-    else if (c === ',' && depth === 0) return true;
+    if (/\s/.test(c)) i++;
+    else if (text.startsWith('--', i) || c === '#') {
+      const nl = text.indexOf('\n', i);
+      i = nl < 0 ? n : nl + 1;
+    } else if (text.startsWith('/*', i)) {
+      let depth = 1;
+      i += 2;
+      while (i < n && depth > 0) {
+        if (text.startsWith('*/', i)) {
+          depth--;
+          i += 2;
+        } else if (nestComments && text.startsWith('/*', i)) {
+          depth++;
+          i += 2;
+        } else i++;
+      }
+    } else if (c === "'" || c === '`' || c === '"') {
+      let value = '';
+      let j = i + 1;
+      for (; j < n; j++) {
+        const d = text[j]!;
+        if (d === '\\') value += text[++j] ?? '';
+        else if (d === c) {
+          if (text[j + 1] === c) {
+            value += c;
+            j++;
+          } else break;
+        } else value += d;
+      }
+      out.push({ kind: c === "'" ? 'string' : 'quoted', text: value });
+      i = j + 1;
+    } else if (/[A-Za-z_]/.test(c)) {
+      const m = /[A-Za-z_][A-Za-z0-9_$]*/y;
+      m.lastIndex = i;
+      const w = m.exec(text)![0];
+      out.push({ kind: 'word', text: w });
+      i += w.length;
+    } else if (/[0-9]/.test(c)) {
+      const m = /[0-9][A-Za-z0-9_.]*/y;
+      m.lastIndex = i;
+      const w = m.exec(text)![0];
+      out.push({ kind: 'number', text: w });
+      i += w.length;
+    } else {
+      if (c === ';') break;
+      out.push({ kind: 'punct', text: c });
+      i++;
+    }
   }
-  return false;
+  return out;
+}
+
+export interface UnreplicatedWrite {
+  /** What the statement is, for the error message: `ALTER TABLE ... UPDATE`, `DELETE FROM`, ... */
+  statement: string;
+  /** The tables it would change; it is refused when Chorus replicates any of them. */
+  tables: Array<{ database: string | undefined; table: string }>;
+}
+
+/**
+ * Statements that would change a table's data or schema on this replica only: every ALTER but
+ * a lone DROP PARTITION, `DELETE FROM`, `UPDATE`, TRUNCATE variants parseTableOp does not read,
+ * OPTIMIZE, DROP/DETACH/ATTACH/RENAME/EXCHANGE of tables. Reads and everything else: undefined.
+ * Comments are read both as nested and as flat (releases differ), and a statement is a write
+ * when either reading says so: a comment cannot hide one.
+ */
+export function findUnreplicatedWrite(text: string): UnreplicatedWrite | undefined {
+  return scanWrite(tokens(text, false)) ?? scanWrite(tokens(text, true));
+}
+
+function scanWrite(toks: Token[]): UnreplicatedWrite | undefined {
+  let i = 0;
+  const kw = (k = i) => (toks[k]?.kind === 'word' ? toks[k]!.text.toUpperCase() : undefined);
+  const name = (k: number) => toks[k]?.kind === 'word' || toks[k]?.kind === 'quoted';
+  /** [db.]t at i (after optional IF EXISTS / IF NOT EXISTS); advances i. */
+  const ref = (): { database: string | undefined; table: string } | undefined => {
+    if (kw() === 'IF') {
+      i++;
+      if (kw() === 'NOT') i++;
+      if (kw() === 'EXISTS') i++;
+    }
+    if (!name(i)) return undefined;
+    const first = toks[i]!.text;
+    i++;
+    if (toks[i]?.kind === 'punct' && toks[i]!.text === '.' && name(i + 1)) {
+      const table = toks[i + 1]!.text;
+      i += 2;
+      return { database: first, table };
+    }
+    return { database: undefined, table: first };
+  };
+  const one = (statement: string) => {
+    const t = ref();
+    return t ? { statement, tables: [t] } : undefined;
+  };
+  const first = kw();
+  i = 1;
+  switch (first) {
+    case 'ALTER': {
+      if (kw() === 'TABLE') i++;
+      const t = ref();
+      if (!t) return undefined;
+      const command = toks.slice(i, i + 3).map((x) => x.text.toUpperCase()).join(' ');
+      return { statement: `ALTER TABLE ... ${command}`.trim(), tables: [t] };
+    }
+    case 'DELETE':
+      if (kw() !== 'FROM') return undefined;
+      i++;
+      return one('DELETE FROM');
+    case 'UPDATE':
+      return one('UPDATE');
+    case 'TRUNCATE':
+      if (kw() === 'TABLE') i++;
+      return one('TRUNCATE TABLE (with ON CLUSTER, SYNC or other clauses)');
+    case 'OPTIMIZE':
+      if (kw() !== 'TABLE') return undefined;
+      i++;
+      return one('OPTIMIZE TABLE');
+    case 'DROP':
+    case 'DETACH':
+    case 'ATTACH': {
+      if (kw() === 'TEMPORARY') return undefined;
+      if (kw() !== 'TABLE' && kw() !== 'VIEW' && kw() !== 'DICTIONARY') {
+        // `DROP t`/`DETACH t` (no kind) name a table too
+        if (kw() === 'DATABASE' || !name(i)) return undefined;
+      } else i++;
+      return one(`${first} TABLE`);
+    }
+    case 'RENAME':
+    case 'EXCHANGE': {
+      if (kw() === 'TABLE' || kw() === 'TABLES' || kw() === 'DICTIONARY') i++;
+      else if (kw() === 'DATABASE') return undefined;
+      const tables: Array<{ database: string | undefined; table: string }> = [];
+      while (i < toks.length) {
+        const t = ref();
+        if (t) tables.push(t);
+        else i++;
+      }
+      return tables.length ? { statement: `${first} TABLE`, tables } : undefined;
+    }
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * The settings an INSERT's own text sets, from `from` (the end of its table reference): the
+ * `SETTINGS name = value, ...` clause before FORMAT/VALUES, and, for `INSERT ... SELECT`, any
+ * word of the SELECT (its trailing SETTINGS apply to the insert too), so that a staging insert
+ * cannot be told to go asynchronous or deduplicate from inside the statement, where it would
+ * override the URL settings Chorus sets. 'incomplete' when the text ends before the data starts.
+ */
+export function insertSettings(text: string, from: number, final: boolean): string[] | 'incomplete' {
+  const s = new Scanner(text, final);
+  s.pos = from;
+  if (!s.skip() || s.atEnd) return final ? [] : 'incomplete';
+  if (text[s.pos] === '(') {
+    // The column list: names only (quoted ones may hold parentheses).
+    let depth = 0;
+    for (; s.pos < text.length; s.pos++) {
+      const c = text[s.pos]!;
+      if (c === '`' || c === '"') {
+        if (s.identifier() === null) return final ? [] : 'incomplete';
+        s.pos--;
+      } else if (c === '(') depth++;
+      else if (c === ')' && --depth === 0) {
+        s.pos++;
+        break;
+      }
+    }
+    if (depth > 0) return final ? [] : 'incomplete';
+    if (!s.skip() || s.atEnd) return final ? [] : 'incomplete';
+  }
+  const start = s.pos;
+  const word = s.word();
+  if (word === undefined) return [];
+  if (s.atEnd && !final) return 'incomplete';
+  const upper = word.toUpperCase();
+  if (upper === 'SELECT' || upper === 'WITH') {
+    if (!final) return 'incomplete';
+    return tokens(text.slice(start), false)
+      .filter((t) => t.kind === 'word')
+      .map((t) => t.text);
+  }
+  if (upper !== 'SETTINGS') return [];
+  const names: string[] = [];
+  for (;;) {
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    const name = s.word();
+    if (name === undefined) return names;
+    names.push(name);
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    if (text[s.pos] !== '=') return names;
+    s.pos++;
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    // The value: a string, or a number or word (which may continue in the next chunk).
+    if (text[s.pos] === "'") {
+      const end = /'(?:[^'\\]|\\.|'')*'/y;
+      end.lastIndex = s.pos;
+      const m = end.exec(text);
+      if (!m) return final ? names : 'incomplete';
+      s.pos += m[0].length;
+    } else {
+      const m = /[-+]?[A-Za-z0-9_.]+/y;
+      m.lastIndex = s.pos;
+      const v = m.exec(text);
+      if (!v) return names;
+      s.pos += v[0].length;
+      if (s.atEnd && !final) return 'incomplete';
+    }
+    if (!s.skip() || s.atEnd) return final ? names : 'incomplete';
+    if (text[s.pos] !== ',') return names;
+    s.pos++;
+  }
 }

@@ -41,6 +41,8 @@ export interface InsertRequest {
   dedupToken?: string;
   /** Set by the HTTP layer when the client's body ended early: nothing may be committed then. */
   bodyFailure(): ChorusError | undefined;
+  /** Aborted when the client went away: stops its staging insert (never anything after the intent). */
+  signal?: AbortSignal;
 }
 
 export interface InsertResult {
@@ -113,7 +115,12 @@ export class InsertPipeline {
     let intentOpen = false;
     try {
       try {
-        await ch.request(req.buildQuery(stage.qualified), { body: req.body, params: { ...req.params, ...ch.dialect.stagingSettings }, headers: req.headers });
+        await ch.request(req.buildQuery(stage.qualified), {
+          body: req.body,
+          params: { ...req.params, ...ch.dialect.stagingSettings },
+          headers: req.headers,
+          signal: req.signal,
+        });
       } catch (err) {
         const bodyFailure = req.bodyFailure();
         if (bodyFailure) throw bodyFailure;

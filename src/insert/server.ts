@@ -6,27 +6,10 @@ import type { Config } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { parseInsert, parseTableOp, type InsertTarget } from './parse.js';
+import { ClickHouseRefusal, clientCredentials, type GrantChecker } from './clients.js';
+import { findUnreplicatedWrite, insertSettings, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
+import { checkStatementSettings, stagingParams } from './settings.js';
 import type { InsertPipeline } from './pipeline.js';
-
-/** URL parameters that are Chorus's to honour, or about the client's session, not the staging insert's. */
-const NOT_PASSED_TO_STAGING = new Set([
-  'query',
-  'database',
-  'user',
-  'password',
-  'quota_key',
-  'insert_deduplication_token',
-  'insert_quorum',
-  'insert_quorum_timeout',
-  'session_id',
-  'session_timeout',
-  'session_check',
-  'default_format',
-  'enable_http_compression',
-  'wait_end_of_query',
-  'send_progress_in_http_headers',
-]);
 
 export interface HttpDeps {
   config: Config;
@@ -34,13 +17,40 @@ export interface HttpDeps {
   metrics: Metrics;
   logger: Logger;
   acceptingInserts: () => boolean;
+  /** Asks ClickHouse, as the client's user, whether it may do what it asks. */
+  grants: GrantChecker;
+}
+
+/** The metric label of a table Chorus does not replicate: client input never becomes a label. */
+const OTHER_TABLE_LABEL = '(not replicated)';
+
+/**
+ * Whether the same request sent again may succeed and is safe: a 503 (this replica or its
+ * ClickHouse or ZooKeeper is unavailable now; nothing was acknowledged, and a retry of an insert
+ * whose outcome is unknown is deduplicated), an insert recorded but not yet attached here, or a
+ * body cut short (nothing was inserted). Other errors will fail again the same way.
+ */
+export function retryable(e: ChorusError): boolean {
+  return e.httpStatus === 503 || e.code === 'ATTACH_FAILED' || e.code === 'TRUNCATED_BODY' || e.code === 'REQUEST_TIMEOUT';
+}
+
+/** The headers every error reply of Chorus's HTTP port carries. */
+export function errorHeaders(e: ChorusError): Record<string, string> {
+  const headers: Record<string, string> = { 'X-Chorus-Error-Code': e.qualifiedCode, 'X-Chorus-Retryable': retryable(e) ? '1' : '0' };
+  if (e.httpStatus === 503) headers['Retry-After'] = '1';
+  return headers;
 }
 
 export function sendError(reply: FastifyReply, err: unknown): FastifyReply {
   const e = ChorusError.from(err);
+  if (e instanceof ClickHouseRefusal) {
+    // ClickHouse's own answer to this user, as a client talking to ClickHouse would see it.
+    if (e.clickhouseCode !== undefined) reply.header('X-ClickHouse-Exception-Code', String(e.clickhouseCode));
+    return reply.code(e.status).headers(errorHeaders(e)).header('Content-Type', 'text/plain; charset=utf-8').send(e.body);
+  }
   return reply
     .code(e.httpStatus)
-    .header('X-Chorus-Error-Code', e.qualifiedCode)
+    .headers(errorHeaders(e))
     .header('Content-Type', 'text/plain; charset=utf-8')
     .send(`${e.qualifiedCode}: ${e.message}\n`);
 }
@@ -59,6 +69,22 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     // While closing, requests still get Chorus's own answers (SHUTTING_DOWN with its code), not
     // fastify's bare 503.
     return503OnClosing: false,
+    requestTimeout: config.http.requestTimeoutMs,
+    keepAliveTimeout: config.http.keepAliveTimeoutMs,
+    // Node checks request timeouts this often (30 s by default, too coarse for short limits).
+    http: { connectionsCheckingInterval: Math.min(1000, config.http.requestTimeoutMs), headersTimeout: Math.min(60_000, config.http.requestTimeoutMs) },
+    // Errors Node's HTTP parser raises before any handler (a request that took longer than
+    // http.requestTimeoutMs, malformed HTTP) are answered with Chorus's code too.
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable) return void socket.destroy();
+      const e =
+        err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? new ChorusError('REQUEST_TIMEOUT', `the request did not arrive whole within http.requestTimeoutMs (${config.http.requestTimeoutMs} ms); nothing was inserted`)
+          : new ChorusError('BAD_QUERY', `malformed HTTP request: ${err.code ?? err.message}`);
+      const body = `${e.qualifiedCode}: ${e.message}\n`;
+      const headers = { ...errorHeaders(e), 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close' };
+      socket.end(`HTTP/1.1 ${e.httpStatus} ${http.STATUS_CODES[e.httpStatus]}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`);
+    },
   });
   // Bodies are streamed, never buffered: leave request.raw unread for the handlers.
   app.removeAllContentTypeParsers();
@@ -71,16 +97,21 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     reply.hijack();
     const headers = { ...req.headers, host: clickhouse.host };
     const upstream = http.request(
-      { protocol: clickhouse.protocol, hostname: clickhouse.hostname, port: clickhouse.port, path: req.raw.url, method: req.method, headers, agent },
+      { protocol: clickhouse.protocol, hostname: clickhouse.hostname, port: clickhouse.port, path: req.raw.url, method: req.method, headers, agent, timeout: config.clickhouse.requestTimeoutMs },
       (res) => {
-        reply.raw.writeHead(res.statusCode ?? 502, res.headers);
+        reply.raw.writeHead(res.statusCode ?? 502, deps.acceptingInserts() ? res.headers : { ...res.headers, connection: 'close' });
         res.pipe(reply.raw);
       },
     );
+    upstream.on('timeout', () => upstream.destroy(new Error(`no answer within clickhouse.requestTimeoutMs (${config.clickhouse.requestTimeoutMs} ms)`)));
+    // A client that goes away stops its query on ClickHouse too.
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableEnded) upstream.destroy();
+    });
     upstream.on('error', (err) => {
       if (!reply.raw.headersSent) {
         const e = new ChorusError('CLICKHOUSE_UNAVAILABLE', `ClickHouse at ${config.clickhouse.url} unreachable: ${err.message}`);
-        reply.raw.writeHead(e.httpStatus, { 'Content-Type': 'text/plain; charset=utf-8', 'X-Chorus-Error-Code': e.qualifiedCode });
+        reply.raw.writeHead(e.httpStatus, { 'Content-Type': 'text/plain; charset=utf-8', ...errorHeaders(e) });
         reply.raw.end(`${e.qualifiedCode}: ${e.message}\n`);
       } else reply.raw.destroy();
     });
@@ -98,21 +129,25 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
   ) => {
     const params = Object.fromEntries(new URL(req.url, 'http://x').searchParams);
     const database = target.database ?? params.database ?? header(req, 'x-clickhouse-database') ?? 'default';
-    const label = `${database}.${target.table}`;
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down and takes no more inserts; send it to another replica');
-    const stagingParams = Object.fromEntries(Object.entries(params).filter(([k]) => !NOT_PASSED_TO_STAGING.has(k)));
+    const replicated = await deps.pipeline.replicates(database, target.table);
+    const label = replicated ? `${database}.${target.table}` : OTHER_TABLE_LABEL;
+    const aborted = abortOnDisconnect(req, reply);
     const encoding = header(req, 'content-encoding');
     const started = process.hrtime.bigint();
     try {
+      // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
+      if (replicated) await deps.grants.check(clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams), 'insert', database, target.table, aborted);
       const result = await deps.pipeline.insert({
         database,
         table: target.table,
         buildQuery: (staging) => statement.slice(0, target.span[0]) + staging + statement.slice(target.span[1]),
         body,
-        params: stagingParams,
+        params: stagingParams(params, {}),
         headers: encoding ? { 'Content-Encoding': encoding } : {},
         dedupToken: params.insert_deduplication_token,
         bodyFailure: () => bodyState.failure,
+        signal: aborted,
       });
       const outcome = result.blocks > 0 && result.deduplicated === result.blocks ? 'deduplicated' : 'ok';
       deps.metrics.inserts.inc({ table: label, outcome });
@@ -160,9 +195,27 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const database = op.database ?? params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
     if (!(await deps.pipeline.replicates(database, op.table))) return false;
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down; send it to another replica');
+    await deps.grants.check(clientCredentials(req.headers, params), op.kind, database, op.table, abortOnDisconnect(req, reply));
     const lsn = await deps.pipeline.tableOp({ kind: op.kind, database, table: op.table, partition: op.kind === 'drop_partition' ? op.partition : '' });
     await reply.header('X-Chorus-LSN', String(lsn)).send('');
     return true;
+  };
+
+  /** Refuses a statement that would change a replicated table on this replica only. */
+  const guard = async (req: FastifyRequest, statement: string): Promise<void> => {
+    const write = findUnreplicatedWrite(statement);
+    if (!write) return;
+    const params = new URL(req.url, 'http://x').searchParams;
+    const fallback = params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
+    for (const t of write.tables) {
+      const database = t.database ?? fallback;
+      if (await deps.pipeline.replicates(database, t.table)) {
+        throw new ChorusError(
+          'NOT_REPLICATED_STATEMENT',
+          `${write.statement} on ${database}.${t.table}: Chorus replicates this table and does not replicate this statement, which would change one replica only; Chorus replicates INSERT, ALTER TABLE ... DROP PARTITION <literal> and TRUNCATE TABLE <table>. Stop writes and run it on every replica's ClickHouse directly (port 8123) if you must`,
+        );
+      }
+    }
   };
 
   const root = async (req: FastifyRequest, reply: FastifyReply) => {
@@ -174,25 +227,53 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     if (query !== null) {
       const parsed = parseInsert(query, { final: true });
       if (parsed.kind !== 'insert') {
-        if (await tableOp(req, reply, query)) return;
-        return proxy(req, reply, req.method === 'GET' ? null : req.raw);
+        // A multipart body is external data for the query (ClickHouse's `_data` files), not a part of it.
+        if (req.method === 'GET' || /^multipart\//i.test(header(req, 'content-type') ?? '')) {
+          if (await tableOp(req, reply, query)) return;
+          await guard(req, query);
+          return proxy(req, reply, req.method === 'GET' ? null : req.raw);
+        }
+        // ClickHouse runs the parameter and the body as one statement (`?query=DELETE` with a
+        // body `FROM t WHERE 1`): read both before deciding what it is.
+        const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
+        const { head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes, Buffer.alloc(0));
+        if (!ended) throw new ChorusError('REQUEST_TOO_LARGE', `a statement other than INSERT longer than http.maxQueryBytes (${config.http.maxQueryBytes})`);
+        const statement = head.length ? `${query}\n${head.toString('utf8')}` : query;
+        if (await tableOp(req, reply, statement)) return;
+        await guard(req, statement);
+        return proxy(req, reply, Readable.from([head]));
       }
+      const settings = insertSettings(query, parsed.target.span[1], true);
+      if (settings !== 'incomplete') checkStatementSettings(settings);
       const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
       return insert(req, reply, parsed.target, query, bodyState.stream, bodyState);
     }
     if (req.method !== 'POST') return proxy(req, reply, null);
     // The whole statement is in the body: read just enough of it to find the table.
     const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
-    const { head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes);
+    let { head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes);
     const text = head.toString('latin1');
     const parsed = parseInsert(text, { final: ended || head.length >= config.http.maxQueryBytes });
+    if (parsed.kind !== 'insert' && !ended) {
+      // Anything but an INSERT is all statement: read it whole, so the guard sees all of it.
+      ({ head, ended } = await readHead(bodyState.stream, config.http.maxQueryBytes, head));
+      if (!ended) throw new ChorusError('REQUEST_TOO_LARGE', `a statement other than INSERT longer than http.maxQueryBytes (${config.http.maxQueryBytes})`);
+    }
     const rest = (prefix: Buffer) => Readable.from(concatStreams(prefix, ended ? null : bodyState.stream));
     if (parsed.kind !== 'insert') {
-      if (ended && (await tableOp(req, reply, head.toString('utf8')))) return;
+      const statement = head.toString('utf8');
+      if (await tableOp(req, reply, statement)) return;
+      await guard(req, statement);
       return proxy(req, reply, rest(head));
     }
     // The latin1 scan gives byte offsets into `head`; names are read again from the UTF-8 text.
     const end = parsed.target.span[1];
+    const final = ended || head.length >= config.http.maxQueryBytes;
+    const settings = insertSettings(text, end, final);
+    if (settings !== 'incomplete') checkStatementSettings(settings);
+    if (!ended && /^\s*(?:\([^)]*\)\s*)?(?:SELECT|WITH)\b/i.test(text.slice(end))) {
+      throw new ChorusError('REQUEST_TOO_LARGE', `an INSERT ... SELECT longer than http.maxQueryBytes (${config.http.maxQueryBytes})`);
+    }
     const statement = head.subarray(0, end).toString('utf8');
     const reparsed = parseInsert(statement, { final: true });
     if (reparsed.kind !== 'insert') throw new ChorusError('BAD_QUERY', 'could not read the INSERT statement');
@@ -203,10 +284,29 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
   app.get('/ping', async () => 'Ok.\n');
   app.setNotFoundHandler((req, reply) => proxy(req, reply, req.method === 'GET' || req.method === 'HEAD' ? null : req.raw));
   app.addHook('onClose', async () => agent.destroy());
+  // Shutting down, every answer closes its connection, so that no client sends its next request
+  // on a connection the server is about to close (it would get a reset, not an answer).
+  app.addHook('onSend', async (_req, reply) => {
+    if (!deps.acceptingInserts()) reply.header('Connection', 'close');
+  });
+  // Node's close() destroys every connection without a request in progress at once, including
+  // one a client has just opened or just sent a request on: that client gets a reset instead of
+  // SHUTTING_DOWN. Such connections are served (and closed) instead; the truly idle ones are cut
+  // a moment later.
+  app.addHook('preClose', (done) => {
+    const server = app.server;
+    const closeIdle = server.closeIdleConnections.bind(server);
+    server.closeIdleConnections = () => undefined;
+    const timer = setTimeout(closeIdle, CLOSE_IDLE_AFTER_MS);
+    timer.unref();
+    server.once('close', () => clearTimeout(timer));
+    done();
+  });
   return app;
 }
 
 const DRAIN_BEFORE_ERROR_BYTES = 64 * 1024 * 1024;
+const CLOSE_IDLE_AFTER_MS = 1000;
 
 function drain(stream: http.IncomingMessage, maxBytes: number, timeoutMs: number): Promise<void> {
   return new Promise((resolve) => {
@@ -272,10 +372,10 @@ function watchBody(raw: http.IncomingMessage, limit: number): BodyState {
 }
 
 /** Reads from the body until the INSERT's table reference is complete (or `max` bytes); leaves the rest unread. */
-function readHead(stream: Readable, max: number): Promise<{ head: Buffer; ended: boolean }> {
+function readHead(stream: Readable, max: number, whole?: Buffer): Promise<{ head: Buffer; ended: boolean }> {
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let length = 0;
+    const chunks: Buffer[] = whole ? [whole] : [];
+    let length = whole?.length ?? 0;
     const finish = (ended: boolean) => {
       stream.off('data', onData);
       stream.off('end', onEnd);
@@ -286,7 +386,7 @@ function readHead(stream: Readable, max: number): Promise<{ head: Buffer; ended:
     const onData = (chunk: Buffer) => {
       chunks.push(chunk);
       length += chunk.length;
-      if (length >= max || parseInsert(Buffer.concat(chunks).toString('latin1'), { final: false }).kind !== 'incomplete') finish(false);
+      if (length >= max || (!whole && headComplete(Buffer.concat(chunks).toString('latin1')))) finish(false);
     };
     const onEnd = () => finish(true);
     const onError = (err: Error) => {
@@ -297,7 +397,29 @@ function readHead(stream: Readable, max: number): Promise<{ head: Buffer; ended:
     stream.on('data', onData);
     stream.once('end', onEnd);
     stream.once('error', onError);
+    if (whole) stream.resume();
   });
+}
+
+/** Aborted when the client goes away before its answer was sent: its staging insert and waits stop. */
+function abortOnDisconnect(req: FastifyRequest, reply: FastifyReply): AbortSignal {
+  const controller = new AbortController();
+  const onClose = () => {
+    if (!reply.raw.writableEnded) controller.abort(new ChorusError('TRUNCATED_BODY', 'the client disconnected before its answer'));
+  };
+  reply.raw.once('close', onClose);
+  return controller.signal;
+}
+
+/** Whether `text` holds an INSERT's table reference and its own settings, or is no INSERT. */
+function headComplete(text: string): boolean {
+  try {
+    const parsed = parseInsert(text, { final: false });
+    if (parsed.kind === 'incomplete') return false;
+    return parsed.kind === 'other' || insertSettings(text, parsed.target.span[1], false) !== 'incomplete';
+  } catch {
+    return true; // a malformed INSERT: read again as final, it gets its error there
+  }
 }
 
 async function* concatStreams(prefix: Buffer, rest: Readable | null): AsyncGenerator<Buffer> {

@@ -40,10 +40,17 @@ export class StagingPool {
   private created = new Map<string, StagingState>();
   private waiters = new Map<string, Array<(name: string) => void>>();
   private counts = new Map<string, number>();
+  /** When each pool last handed out a table: pools idle longer than `idleDropMs` are dropped. */
+  private lastUsed = new Map<string, number>();
+  private sweeper: NodeJS.Timeout | undefined;
+  private serial = 0;
+  /** Staging tables a sweep could not drop: dropped by a later sweep. */
+  private undropped = new Set<string>();
 
   constructor(
     private readonly ch: ClickHouseHttp,
     private readonly poolSize: number,
+    private readonly idleDropMs = 10 * 60_000,
   ) {}
 
   /** Creates the staging database and empties staging tables an earlier run left behind. */
@@ -51,6 +58,45 @@ export class StagingPool {
     await this.ch.exec(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(STAGING_DATABASE)}`);
     const leftovers = await this.ch.rows<{ name: string }>(`SELECT name FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)}`);
     for (const { name } of leftovers) await this.ch.exec(`DROP TABLE IF EXISTS ${quoteIdent(STAGING_DATABASE)}.${quoteIdent(name)}`);
+    if (!this.sweeper) {
+      this.sweeper = setInterval(() => void this.sweep().catch(() => undefined), Math.max(1000, Math.floor(this.idleDropMs / 4)));
+      this.sweeper.unref();
+    }
+  }
+
+  stop(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
+  }
+
+  /** Staging tables of this many schemas (one pool per target table and structure) exist now. */
+  get poolCount(): number {
+    return this.counts.size;
+  }
+
+  /**
+   * Drops the staging tables of pools unused for `idleDropMs` (their target was dropped or
+   * altered, which gives it a new schema key, or it takes no inserts) and forgets them, so the
+   * maps and `_chorus` hold only what is in use. A pool with a table handed out is left alone.
+   */
+  async sweep(now = Date.now()): Promise<void> {
+    for (const name of [...this.undropped]) {
+      await this.ch.exec(`DROP TABLE IF EXISTS ${quoteIdent(STAGING_DATABASE)}.${quoteIdent(name)}`).then(
+        () => this.undropped.delete(name),
+        () => undefined,
+      );
+    }
+    for (const [key, count] of [...this.counts]) {
+      const free = this.free.get(key) ?? [];
+      if (free.length < count || now - (this.lastUsed.get(key) ?? 0) < this.idleDropMs) continue;
+      this.free.delete(key);
+      this.counts.delete(key);
+      this.lastUsed.delete(key);
+      for (const name of free) {
+        this.created.delete(name);
+        await this.ch.exec(`DROP TABLE IF EXISTS ${quoteIdent(STAGING_DATABASE)}.${quoteIdent(name)}`).catch(() => this.undropped.add(name));
+      }
+    }
   }
 
   /** A data directory of this ClickHouse (a small probe table's), to check the filesystem against. */
@@ -70,12 +116,14 @@ export class StagingPool {
 
   async acquire(table: TableInfo): Promise<StagingTable> {
     const key = table.schemaKey;
+    this.lastUsed.set(key, Date.now());
     let name = this.free.get(key)?.pop();
     if (!name) {
       const count = this.counts.get(key) ?? 0;
       if (count < this.poolSize) {
         this.counts.set(key, count + 1);
-        name = `s_${key}_${count}`;
+        // Never a name used before in this process: a swept pool's tables may still be dropping.
+        name = `s_${key}_${this.serial++}`;
       } else {
         name = await new Promise<string>((resolve) => {
           const list = this.waiters.get(key) ?? [];
@@ -88,9 +136,7 @@ export class StagingPool {
     let state = this.created.get(name);
     if (!state) {
       try {
-        await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${qualified} AS ${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
-        await this.ch.exec(`SYSTEM STOP MERGES ${qualified}`);
-        state = { dataPaths: await this.dataPathsOf(name), blockFloor: 0 };
+        state = await this.prepare(name, qualified, table);
         this.created.set(name, state);
       } catch (err) {
         // The slot goes back to the pool, or every slot would leak while ClickHouse is down.
@@ -119,14 +165,38 @@ export class StagingPool {
     };
   }
 
-  /** Empties the staging table and hands it to the next insert. */
+  /**
+   * A staging table proven empty: created if missing, emptied if it exists (an earlier run's,
+   * or one whose emptying failed), checked to hold no active part, and with a block floor above
+   * every part directory still on disk, so that no earlier insert's part is ever read as this
+   * insert's. Throws (and the table is not handed out) when any step fails.
+   */
+  private async prepare(name: string, qualified: string, table: TableInfo): Promise<StagingState> {
+    await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${qualified} AS ${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
+    await this.ch.exec(`SYSTEM STOP MERGES ${qualified}`);
+    await this.ch.exec(`TRUNCATE TABLE ${qualified}`);
+    const [left] = await this.ch.rows<{ n: number }>(
+      `SELECT count() AS n FROM system.parts WHERE database = ${quoteString(STAGING_DATABASE)} AND table = ${quoteString(name)} AND active`,
+    );
+    if (Number(left?.n ?? 0) !== 0) throw new ChorusError('CLICKHOUSE_ERROR', `staging table ${STAGING_DATABASE}.${name} still holds ${left!.n} parts after TRUNCATE`);
+    const state: StagingState = { dataPaths: await this.dataPathsOf(name), blockFloor: 0 };
+    state.blockFloor = floorOnDisk(state.dataPaths);
+    return state;
+  }
+
+  /**
+   * Empties the staging table and hands it to the next insert. A table that could not be
+   * emptied is handed back unprepared: the next acquire() must prove it empty (prepare) before
+   * any insert uses it, and fails rather than hand out a table that may hold an earlier
+   * insert's parts.
+   */
   async release(table: TableInfo, staging: StagingTable): Promise<void> {
     try {
       await this.ch.exec(`TRUNCATE TABLE ${staging.qualified}`);
-    } catch {
-      // Not reusable in an unknown state: drop it; acquire() re-creates it.
-      await this.ch.exec(`DROP TABLE IF EXISTS ${staging.qualified}`).catch(() => undefined);
+    } catch (err) {
       this.created.delete(staging.name);
+      this.handBack(table.schemaKey, staging.name);
+      throw err;
     }
     this.handBack(table.schemaKey, staging.name);
   }
@@ -172,6 +242,21 @@ function listStagedParts(state: StagingState): StagedPart[] {
   if (overlap) return [];
   for (const r of ranges) state.blockFloor = Math.max(state.blockFloor, r.max);
   return parts.sort((a, b) => (a.name < b.name ? -1 : 1));
+}
+
+/** The highest block number of any part directory on disk: parts at or below it are not new. */
+function floorOnDisk(dataPaths: string[]): number {
+  let floor = 0;
+  for (const dataPath of dataPaths) {
+    let names: string[];
+    try {
+      names = readdirSync(dataPath);
+    } catch {
+      continue;
+    }
+    for (const name of names) floor = Math.max(floor, parsePartName(name)?.maxBlock ?? 0);
+  }
+  return floor;
 }
 
 /**

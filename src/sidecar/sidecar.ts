@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { FastifyInstance } from 'fastify';
 import { Allocator, newNonce } from '../allocator/allocator.js';
+import { GrantChecker } from '../insert/clients.js';
 import { ZkSession } from '../allocator/zk.js';
 import { registerAdmin, type AdminBackend, type AdminStatus, type EntryInfo } from '../api/admin.js';
 import { registerOperationalRoutes, type Readiness } from '../api/http-routes.js';
@@ -94,6 +95,8 @@ export class Sidecar implements AdminBackend {
         windowSize: config.zookeeper.dedupWindow,
         maxBatch: config.zookeeper.maxBatch,
         requestTimeoutMs: config.gossip.allocateTimeoutMs,
+        maxQueued: config.zookeeper.maxQueuedAllocations,
+        unknownOutcomeRetryMs: config.zookeeper.unknownOutcomeRetryMs,
       },
       logger.child({ component: 'allocator' }),
       {
@@ -105,7 +108,7 @@ export class Sidecar implements AdminBackend {
       },
     );
     this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
-    this.staging = new StagingPool(this.ch, config.staging.poolSize);
+    this.staging = new StagingPool(this.ch, config.staging.poolSize, config.staging.idleDropMs);
     const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults);
     this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p, this.transport));
     this.applier = new Applier(
@@ -177,7 +180,7 @@ export class Sidecar implements AdminBackend {
       logger: logger.child({ component: 'recovery' }),
     });
     this.gc = new PartStoreGc(this.store, this.log, () => this.appliedEverywhere(), config.partStore, logger.child({ component: 'gc' }));
-    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting });
+    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting, grants: new GrantChecker(this.ch, config.http.grantCacheMs) });
     registerOperationalRoutes(this.http, {
       metrics: this.metrics,
       readiness: () => this.readiness(),
@@ -517,6 +520,7 @@ export class Sidecar implements AdminBackend {
     this.gossip.stop();
     this.recovery.stop();
     this.gc.stop();
+    this.staging.stop();
     if (this.snapshotSweep) clearInterval(this.snapshotSweep);
     await this.http.close();
     await this.applier.stop();

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Allocator } from '../../src/allocator/allocator.js';
 import { decodeState, encodeState, applyBatch } from '../../src/allocator/window.js';
-import { ZkSession } from '../../src/allocator/zk.js';
+import { ZkSession, type ZkStat } from '../../src/allocator/zk.js';
+import { ChorusError } from '../../src/core/errors.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { freePort, stopProcess } from '../../src/dev/processes.js';
 import { scratchRoot } from '../../src/dev/cluster.js';
@@ -87,5 +88,69 @@ describe('allocator on real ZooKeeper', () => {
     sessions.push(zk);
     const a = new Allocator(zk, { path: '/chorus/x/y', windowSize: 10, maxBatch: 10, requestTimeoutMs: 500 }, silentLogger());
     await expect(a.allocate({ nonce: 'n', origin: 'r1', blockIds: ['p_1'] })).rejects.toMatchObject({ code: 'ALLOCATOR_UNAVAILABLE' });
+  });
+
+  /**
+   * A session to the real ZooKeeper whose setData replies can be lost: the write is sent (and
+   * lands, or not), then the caller hears a timeout, as when the connection drops mid-call.
+   */
+  class LossySession extends ZkSession {
+    lose: 'landed' | 'not-landed' | null = null;
+    sent = 0;
+    override async setData(path: string, data: Buffer, version: number): Promise<ZkStat> {
+      if (this.lose === null) return super.setData(path, data, version);
+      this.sent++;
+      if (this.lose === 'landed') {
+        await super.setData(path, data, version);
+        this.lose = null; // one lost reply, then the connection is back
+      }
+      throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'ZooKeeper setData timed out (reply lost)');
+    }
+  }
+  const lossy = () => {
+    const zk = new LossySession(connect, { sessionTimeoutMs: 10_000, timeoutMs: 10_000 }, silentLogger());
+    zk.start();
+    sessions.push(zk);
+    return zk;
+  };
+
+  it('a setData whose reply was lost after it landed: re-read, recognised by nonce, answered with its LSNs, nothing allocated twice', async () => {
+    const path = '/chorus/unknown-landed/shard1';
+    const zk = lossy();
+    const a = new Allocator(zk, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 10_000, unknownOutcomeRetryMs: 10_000 }, silentLogger());
+    await a.init();
+    zk.lose = 'landed';
+    const result = await a.allocate({ nonce: 'landed-1', origin: 'r1', blockIds: ['p_a', 'p_b'] });
+    expect(zk.sent).toBe(1);
+    expect(result).toEqual([
+      { lsn: 1, duplicate: false, barrier: 0 },
+      { lsn: 2, duplicate: false, barrier: 0 },
+    ]);
+    const state = decodeState((await session().getData(path)).data);
+    expect(state.next).toBe(3);
+    expect(state.window.filter((e) => e[3] === 'landed-1').map((e) => e[1])).toEqual([1, 2]);
+  });
+
+  it('a batch whose writes never confirm is answered, within a bound, with an error saying the outcome is unknown', async () => {
+    const path = '/chorus/unknown-never/shard1';
+    const zk = lossy();
+    const a = new Allocator(zk, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 500, unknownOutcomeRetryMs: 1500, maxQueued: 1 }, silentLogger());
+    await a.init();
+    zk.lose = 'not-landed';
+    const started = Date.now();
+    const first = a.allocate({ nonce: 'never-1', origin: 'r1', blockIds: ['p_x'] });
+    // The queue is bounded: one more waits (the first is in its batch), the next is refused at once.
+    const second = a.allocate({ nonce: 'never-2', origin: 'r1', blockIds: ['p_y'] });
+    await expect(a.allocate({ nonce: 'never-3', origin: 'r1', blockIds: ['p_z'] })).rejects.toMatchObject({ code: 'ALLOCATOR_UNAVAILABLE', message: expect.stringMatching(/waiting for ZooKeeper already/) });
+    await expect(first).rejects.toMatchObject({ code: 'ALLOCATOR_UNAVAILABLE', message: expect.stringMatching(/whether it landed is unknown.*deduplicated/) });
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThanOrEqual(1500);
+    expect(elapsed).toBeLessThan(500 + 1500 + 2000);
+    expect(zk.sent).toBeGreaterThan(1); // it did retry while it could
+    await expect(second).rejects.toMatchObject({ code: 'ALLOCATOR_UNAVAILABLE' });
+    // Nothing landed; once ZooKeeper answers again, the same request is allocated once.
+    zk.lose = null;
+    expect(decodeState((await session().getData(path)).data).next).toBe(1);
+    expect(await a.allocate({ nonce: 'never-1', origin: 'r1', blockIds: ['p_x'] })).toEqual([{ lsn: 1, duplicate: false, barrier: 0 }]);
   });
 });

@@ -92,3 +92,66 @@ describe('disk types', () => {
     for (const t of ['s3', 'ObjectStorage', 'hdfs', 'web', 'encrypted', 'cache']) expect(isLocalDiskType(t)).toBe(false);
   });
 });
+
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import fc from 'fast-check';
+import { ClickHouseHttp } from '../../src/clickhouse/http.js';
+import { clientCredentials } from '../../src/insert/clients.js';
+
+describe('ClickHouseHttp.request: what reaches ClickHouse', () => {
+  /** A stand-in for ClickHouse's HTTP port that records what each request carried. */
+  const withRecorder = async (fn: (url: string, seen: Array<{ url: URL; headers: http.IncomingHttpHeaders }>) => Promise<void>) => {
+    const seen: Array<{ url: URL; headers: http.IncomingHttpHeaders }> = [];
+    const server = http.createServer((req, res) => {
+      seen.push({ url: new URL(req.url!, 'http://x'), headers: req.headers });
+      req.resume();
+      req.on('end', () => res.end('ok'));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await fn(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen);
+    } finally {
+      server.close();
+    }
+  };
+
+  it('property: no parameter stands in for the statement, and a client’s credentials replace Chorus’s', async () => {
+    await withRecorder(async (url, seen) => {
+      const ch = new ClickHouseHttp({ url, user: 'chorus', password: 'chorus-secret', requestTimeoutMs: 5000 });
+      try {
+        await fc.assert(
+          fc.asyncProperty(fc.dictionary(fc.oneof(fc.constant('query'), fc.string()), fc.string()), fc.string({ unit: 'grapheme' }).filter((u) => !u.includes(':')), fc.string({ unit: 'grapheme' }), async (params, user, password) => {
+            seen.length = 0;
+            await ch.request('INSERT INTO `_chorus`.`s` FORMAT TSV', { params, body: '', as: { user, password } });
+            expect(seen[0]!.url.searchParams.getAll('query')).toEqual(['INSERT INTO `_chorus`.`s` FORMAT TSV']);
+            // Read back the way ClickHouse reads it: its headers, else basic auth.
+            expect(clientCredentials(seen[0]!.headers, new URLSearchParams())).toEqual({ user, password });
+          }),
+          { numRuns: 50 },
+        );
+        await ch.request('SELECT 1');
+        expect(seen.at(-1)!.headers['x-clickhouse-user']).toBe('chorus');
+      } finally {
+        ch.close();
+      }
+    });
+  });
+
+  it('a client’s credentials are read as ClickHouse reads them', () => {
+    const params = new URLSearchParams({ user: 'u', password: 'p' });
+    expect(clientCredentials({ 'x-clickhouse-user': 'h', 'x-clickhouse-key': 'k', authorization: 'Basic ' + Buffer.from('b:c').toString('base64') }, params)).toEqual({ user: 'h', password: 'k' });
+    expect(clientCredentials({ authorization: 'Basic ' + Buffer.from('b:c:d').toString('base64') }, params)).toEqual({ user: 'b', password: 'c:d' });
+    expect(clientCredentials({}, params)).toEqual({ user: 'u', password: 'p' });
+    expect(clientCredentials({}, new URLSearchParams())).toEqual({ user: 'default', password: '' });
+  });
+
+  it('asks 18.16 with statements that change nothing, and 24.7+ with CHECK GRANT and the readonly setting', () => {
+    expect(new Dialect('18.16.1').grantProbes('insert', '`d`.`t`', 'u')).toEqual([{ sql: 'INSERT INTO `d`.`t` FORMAT TabSeparated' }]);
+    expect(new Dialect('18.16.1').grantProbes('truncate', '`d`.`t`', 'u')[0]!.sql).toBe("ALTER TABLE `d`.`t` DROP PARTITION ID 'chorusgrantprobe'");
+    expect(new Dialect('26.7.2.1').grantProbes('truncate', '`d`.`t`', 'u').map((p) => [p.sql, p.granted])).toEqual([
+      ['CHECK GRANT TRUNCATE ON `d`.`t`', '1'],
+      ["SELECT getSetting('readonly')", '0'],
+    ]);
+  });
+});
