@@ -127,6 +127,39 @@ export class ZkSession {
       if (!this.closed) this.open();
     });
     client.connect();
+    this.watchHandshake(client);
+  }
+
+  /**
+   * node-zookeeper-client bounds the TCP connect but not the handshake after it: a server that
+   * accepts the connection while it starts and never answers the ConnectRequest leaves the
+   * client connecting forever (seen after a ZooKeeper restart: no "connected", no "expired",
+   * every allocation failing). A handshake that takes longer than a connect may is cut here by
+   * destroying the socket, which the library treats as any lost connection: it tries again.
+   * Closing the client instead is not safe while it connects (its late reply is then parsed
+   * as an ordinary reply and throws).
+   */
+  private watchHandshake(client: zookeeper.Client): void {
+    const limitMs = Math.max(2000, Math.floor(this.opts.sessionTimeoutMs / 3));
+    let socket: { connecting: boolean; destroyed: boolean; destroy(): void } | undefined;
+    let since = 0;
+    const timer = setInterval(() => {
+      if (this.client !== client) return clearInterval(timer);
+      const current = (client as unknown as { connectionManager?: { socket?: typeof socket } }).connectionManager?.socket;
+      if (this.connected || !current || current.connecting || current.destroyed) {
+        socket = undefined;
+        return;
+      }
+      if (current !== socket) {
+        socket = current;
+        since = Date.now();
+      } else if (Date.now() - since > limitMs) {
+        this.log.warn({ waitedMs: Date.now() - since }, 'ZooKeeper accepted the connection but did not answer the handshake; connecting again');
+        socket = undefined;
+        current.destroy();
+      }
+    }, 500);
+    timer.unref();
   }
 
   async waitConnected(timeoutMs = this.opts.timeoutMs): Promise<void> {
