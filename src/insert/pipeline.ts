@@ -8,7 +8,7 @@ import { sleep } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
-import type { EntryDraft, LogEntry } from '../log/entry.js';
+import { partlessEntry, type EntryDraft, type LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { PartStore } from '../parts/store.js';
@@ -283,20 +283,7 @@ export class InsertPipeline {
     const nonce = newNonce();
     const draft: EntryDraft = {
       dir: '',
-      entry: {
-        kind: op.kind,
-        database: table.database,
-        table: table.name,
-        partitionId: '',
-        blockId: barrierMarker(label),
-        partName: '',
-        checksumsSha256: '',
-        rows: 0,
-        bytes: 0,
-        files: [],
-        origin: this.deps.self,
-        partition,
-      },
+      entry: partlessEntry(op.kind, this.deps.self, { database: table.database, table: table.name, blockId: barrierMarker(label), partition }),
     };
     this.deps.inFlight.add(nonce);
     let entry: LogEntry;

@@ -38,10 +38,13 @@ export interface LogEntry {
   member?: string;
 }
 
-export function voidEntry(lsn: number, origin: string): LogEntry {
+/**
+ * An entry that carries no part (a void, a drop, a truncate, a decommission) before its LSN is
+ * known: every part field empty, the rest from `fields`.
+ */
+export function partlessEntry(kind: Exclude<EntryKind, 'insert'>, origin: string, fields: Partial<Pick<LogEntry, 'database' | 'table' | 'blockId' | 'partition' | 'member'>> = {}): EntryDraft['entry'] {
   return {
-    lsn,
-    kind: 'void',
+    kind,
     database: '',
     table: '',
     partitionId: '',
@@ -52,10 +55,13 @@ export function voidEntry(lsn: number, origin: string): LogEntry {
     bytes: 0,
     files: [],
     origin,
-    allocatedAtMs: Date.now(),
-    barrier: 0,
     partition: '',
+    ...fields,
   };
+}
+
+export function voidEntry(lsn: number, origin: string): LogEntry {
+  return { ...partlessEntry('void', origin), lsn, allocatedAtMs: Date.now(), barrier: 0 };
 }
 
 /** An insert's entry before its LSN is known: what recovery needs to finish or drop it. */

@@ -23,7 +23,7 @@ import { InsertPipeline } from '../insert/pipeline.js';
 import { createHttpServer } from '../insert/server.js';
 import { StagingPool } from '../insert/staging.js';
 import { LocalLog } from '../log/store.js';
-import type { EntryDraft, LogEntry } from '../log/entry.js';
+import { partlessEntry, type EntryDraft, type LogEntry } from '../log/entry.js';
 import { Metrics } from '../metrics/metrics.js';
 import { createInterserverServer } from '../parts/server.js';
 import { PartStoreGc } from '../parts/gc.js';
@@ -379,24 +379,7 @@ export class Sidecar implements AdminBackend {
   /** Allocates, records and announces the decommission entry, then applies it here. */
   private async recordDecommission(replica: string): Promise<void> {
     const nonce = newNonce();
-    const draft: EntryDraft = {
-      dir: '',
-      entry: {
-        kind: 'decommission',
-        database: '',
-        table: '',
-        partitionId: '',
-        blockId: '',
-        partName: '',
-        checksumsSha256: '',
-        rows: 0,
-        bytes: 0,
-        files: [],
-        origin: this.config.replica,
-        partition: '',
-        member: replica,
-      },
-    };
+    const draft: EntryDraft = { dir: '', entry: partlessEntry('decommission', this.config.replica, { member: replica }) };
     this.inFlightAllocations.add(nonce);
     let entry: LogEntry;
     try {
