@@ -132,10 +132,11 @@ export class ZkSession {
 
   /**
    * node-zookeeper-client bounds the TCP connect but not the handshake after it: a server that
-   * accepts the connection while it starts and never answers the ConnectRequest leaves the
-   * client connecting forever (seen after a ZooKeeper restart: no "connected", no "expired",
-   * every allocation failing). A handshake that takes longer than a connect may is cut here by
-   * destroying the socket, which the library treats as any lost connection: it tries again.
+   * accepts the connection and never answers the ConnectRequest leaves the client connecting
+   * forever, with no "connected" and no "expired" (the suspected cause of a sidecar left without
+   * a session after a ZooKeeper restart in a test; not seen since). A handshake that takes
+   * longer than a connect may is cut here by destroying the socket, which the library treats as
+   * any lost connection: it tries again.
    * Closing the client instead is not safe while it connects (its late reply is then parsed
    * as an ordinary reply and throws).
    */
