@@ -94,6 +94,11 @@ export class Dialect {
     return [{ sql: `ALTER TABLE ${qualified} DROP PARTITION ID 'chorusgrantprobe'` }];
   }
 
+  /** `EXPLAIN` (20.6+): how a client's SELECT is checked against its rights without running it. */
+  get hasExplain(): boolean {
+    return this.atLeast(20, 6);
+  }
+
   /** The name ClickHouse gives a database engine that keeps table files under `store/<uuid>` (20.10+ default). */
   get defaultDatabaseEngine(): 'Atomic' | 'Ordinary' {
     return this.atLeast(20, 10) ? 'Atomic' : 'Ordinary';

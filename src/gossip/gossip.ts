@@ -87,6 +87,7 @@ export class Gossip {
     if (proven !== null) {
       if (claimed !== proven) refuse(`the message says it is from ${JSON.stringify(claimed.slice(0, 100))} but the caller's certificate is ${proven}'s`);
       if (!this.peerNames.has(proven)) refuse(`${proven} is not a peer of this replica`);
+      if (this.swim.members.get(proven)?.state === 'decommissioned') refuse(`${proven} is decommissioned`);
       return { name: proven, proven: true };
     }
     if (!this.peerNames.has(claimed)) refuse(`${JSON.stringify(claimed.slice(0, 100))} is not a configured peer`);

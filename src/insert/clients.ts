@@ -50,6 +50,28 @@ export class GrantChecker {
     private readonly cacheMs: number,
   ) {}
 
+  /**
+   * The SELECT of an INSERT ... SELECT runs inside the staging insert, with Chorus's own
+   * ClickHouse user: the client must be allowed to run it itself. `EXPLAIN` as the client
+   * checks its rights on every table and table function the SELECT names without reading
+   * anything; a release without EXPLAIN (before 20.6) cannot be asked, and such an insert is
+   * refused.
+   */
+  async checkSelect(client: ClickHouseCredentials, select: string, signal?: AbortSignal): Promise<void> {
+    if (!this.ch.dialect.hasExplain) {
+      throw new ChorusError(
+        'NOT_REPLICATED_STATEMENT',
+        `INSERT ... SELECT through Chorus needs ClickHouse 20.6 or later (${this.ch.dialect.version} cannot check the SELECT against your user's rights without running it); run the SELECT yourself and send its rows with INSERT ... FORMAT`,
+      );
+    }
+    try {
+      await this.ch.request(`EXPLAIN ${select}`, { as: client, body: '', signal });
+    } catch (err) {
+      if (err instanceof ClickHouseQueryError && err.answer) throw new ClickHouseRefusal(err.answer.status, err.clickhouseCode, err.answer.body);
+      throw err;
+    }
+  }
+
   async check(client: ClickHouseCredentials, action: GrantAction, database: string, table: string, signal?: AbortSignal): Promise<void> {
     const key = [client.user, createHash('sha256').update(client.password).digest('hex'), database, table, action].join('\0');
     const until = this.granted.get(key);

@@ -364,6 +364,51 @@ function scanWrite(toks: Token[]): UnreplicatedWrite | undefined {
 }
 
 /**
+ * Moves past whitespace, comments and an INSERT's column list; false when the text ends first.
+ */
+function skipColumnList(s: Scanner): boolean {
+  const text = s.text;
+  if (!s.skip() || s.atEnd) return false;
+  if (text[s.pos] === '(') {
+    // The column list: names only (quoted ones may hold parentheses).
+    let depth = 0;
+    for (; s.pos < text.length; s.pos++) {
+      const c = text[s.pos]!;
+      if (c === '`' || c === '"') {
+        if (s.identifier() === null) return false;
+        s.pos--;
+      } else if (c === '(') depth++;
+      else if (c === ')' && --depth === 0) {
+        s.pos++;
+        break;
+      }
+    }
+    if (depth > 0) return false;
+    if (!s.skip() || s.atEnd) return false;
+  }
+  return true;
+}
+
+/**
+ * The SELECT of an `INSERT ... SELECT` (or `... WITH ...`), from `from` (the end of the table
+ * reference), comments and a column list skipped; undefined for an insert of data.
+ */
+export function insertSelect(text: string, from: number): string | undefined {
+  const clause = insertClause(text, from);
+  return clause && (clause.word === 'SELECT' || clause.word === 'WITH') ? text.slice(clause.start) : undefined;
+}
+
+/** The first word after an INSERT's table reference and column list (FORMAT, VALUES, SELECT, SETTINGS, ...), upper-cased. */
+export function insertClause(text: string, from: number): { word: string; start: number } | undefined {
+  const s = new Scanner(text, true);
+  s.pos = from;
+  if (!skipColumnList(s)) return undefined;
+  const start = s.pos;
+  const word = s.word()?.toUpperCase();
+  return word === undefined ? undefined : { word, start };
+}
+
+/**
  * The settings an INSERT's own text sets, from `from` (the end of its table reference): the
  * `SETTINGS name = value, ...` clause before FORMAT/VALUES, and, for `INSERT ... SELECT`, any
  * word of the SELECT (its trailing SETTINGS apply to the insert too), so that a staging insert
@@ -373,24 +418,7 @@ function scanWrite(toks: Token[]): UnreplicatedWrite | undefined {
 export function insertSettings(text: string, from: number, final: boolean): string[] | 'incomplete' {
   const s = new Scanner(text, final);
   s.pos = from;
-  if (!s.skip() || s.atEnd) return final ? [] : 'incomplete';
-  if (text[s.pos] === '(') {
-    // The column list: names only (quoted ones may hold parentheses).
-    let depth = 0;
-    for (; s.pos < text.length; s.pos++) {
-      const c = text[s.pos]!;
-      if (c === '`' || c === '"') {
-        if (s.identifier() === null) return final ? [] : 'incomplete';
-        s.pos--;
-      } else if (c === '(') depth++;
-      else if (c === ')' && --depth === 0) {
-        s.pos++;
-        break;
-      }
-    }
-    if (depth > 0) return final ? [] : 'incomplete';
-    if (!s.skip() || s.atEnd) return final ? [] : 'incomplete';
-  }
+  if (!skipColumnList(s)) return final ? [] : 'incomplete';
   const start = s.pos;
   const word = s.word();
   if (word === undefined) return [];

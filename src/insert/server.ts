@@ -7,7 +7,7 @@ import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { ClickHouseRefusal, clientCredentials, type GrantChecker } from './clients.js';
-import { findUnreplicatedWrite, insertSettings, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
+import { findUnreplicatedWrite, insertClause, insertSelect, insertSettings, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
 import { checkStatementSettings, stagingParams } from './settings.js';
 import type { InsertPipeline } from './pipeline.js';
 
@@ -126,6 +126,8 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     statement: string,
     body: Readable,
     bodyState: BodyState,
+    /** The SELECT of an INSERT ... SELECT, which runs with Chorus's rights and is checked as the client's first. */
+    select: string | undefined,
   ) => {
     const params = Object.fromEntries(new URL(req.url, 'http://x').searchParams);
     const database = target.database ?? params.database ?? header(req, 'x-clickhouse-database') ?? 'default';
@@ -137,7 +139,11 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const started = process.hrtime.bigint();
     try {
       // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
-      if (replicated) await deps.grants.check(clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams), 'insert', database, target.table, aborted);
+      if (replicated) {
+        const client = clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams);
+        await deps.grants.check(client, 'insert', database, target.table, aborted);
+        if (select !== undefined) await deps.grants.checkSelect(client, select, aborted);
+      }
       const result = await deps.pipeline.insert({
         database,
         table: target.table,
@@ -245,8 +251,13 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
       }
       const settings = insertSettings(query, parsed.target.span[1], true);
       if (settings !== 'incomplete') checkStatementSettings(settings);
+      // ClickHouse reads the body as the rest of the statement: a body could then hold a SELECT
+      // (run with Chorus's rights) or SETTINGS that Chorus never saw.
+      if (!insertClause(query, parsed.target.span[1])) {
+        throw new ChorusError('BAD_QUERY', 'an INSERT in the query parameter must say how its data comes (FORMAT, VALUES or SELECT) there, not in the body');
+      }
       const bodyState = watchBody(req.raw, config.http.maxInsertBytes);
-      return insert(req, reply, parsed.target, query, bodyState.stream, bodyState);
+      return insert(req, reply, parsed.target, query, bodyState.stream, bodyState, insertSelect(query, parsed.target.span[1]));
     }
     if (req.method !== 'POST') return proxy(req, reply, null);
     // The whole statement is in the body: read just enough of it to find the table.
@@ -271,13 +282,14 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const final = ended || head.length >= config.http.maxQueryBytes;
     const settings = insertSettings(text, end, final);
     if (settings !== 'incomplete') checkStatementSettings(settings);
-    if (!ended && /^\s*(?:\([^)]*\)\s*)?(?:SELECT|WITH)\b/i.test(text.slice(end))) {
+    if (!ended && insertSelect(text, end) !== undefined) {
       throw new ChorusError('REQUEST_TOO_LARGE', `an INSERT ... SELECT longer than http.maxQueryBytes (${config.http.maxQueryBytes})`);
     }
     const statement = head.subarray(0, end).toString('utf8');
     const reparsed = parseInsert(statement, { final: true });
     if (reparsed.kind !== 'insert') throw new ChorusError('BAD_QUERY', 'could not read the INSERT statement');
-    return insert(req, reply, reparsed.target, statement, rest(head.subarray(end)), bodyState);
+    // An INSERT ... SELECT in the body is whole here (a longer one was refused above).
+    return insert(req, reply, reparsed.target, statement, rest(head.subarray(end)), bodyState, ended ? insertSelect(head.toString('utf8'), Buffer.byteLength(statement)) : undefined);
   };
 
   app.route({ method: ['GET', 'POST'], url: '/', handler: root });

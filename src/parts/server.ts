@@ -4,7 +4,9 @@ import { createReadStream, readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import { ChorusError } from '../core/errors.js';
+import { certificateName } from '../tls/material.js';
 import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
 import type { LocalLog } from '../log/store.js';
@@ -26,6 +28,8 @@ export function createInterserverServer(deps: {
   snapshots: Snapshots;
   /** TLS options (mutual TLS between peers); plain HTTP without them. */
   https?: https.ServerOptions;
+  /** The shard's members: over TLS, only a certificate naming one of them may take parts and snapshots. */
+  members: ReadonlySet<string>;
 }): FastifyInstance {
   // Typed as the plain-HTTP instance: routes and handlers do not depend on the transport.
   const app = (Fastify as unknown as (opts: object) => FastifyInstance)({ ...(deps.https ? { https: deps.https } : {}), loggerInstance: deps.logger.child({ component: 'interserver' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
@@ -37,6 +41,19 @@ export function createInterserverServer(deps: {
       .header('X-Chorus-Error-Code', e.qualifiedCode)
       .send({ code: e.qualifiedCode, message: e.message });
   });
+
+  // The CA may sign more than the shard's replicas (the CLI's certificate, say): part files and
+  // snapshots, which hold the tables' data, go only to a member. The digest stays open to any
+  // certificate the CA signed.
+  if (deps.https) {
+    app.addHook('onRequest', async (req) => {
+      if (req.url === '/v1/digest') return;
+      const name = certificateName((req.raw.socket as TLSSocket).getPeerCertificate());
+      if (name === null || !deps.members.has(name)) {
+        throw new ChorusError('PERMISSION_DENIED', `the client's certificate (${name ?? 'no CN'}) names no member of this shard`);
+      }
+    });
+  }
 
   const locate = (params: { lsn: string; part: string }) => {
     if (!/^\d{1,15}$/.test(params.lsn)) throw new ChorusError('BAD_PART_NAME', `invalid LSN ${JSON.stringify(params.lsn)}`);

@@ -74,6 +74,12 @@ export class Sidecar implements AdminBackend {
   ) {
     this.faults = new Faults(config.testFaults);
     this.transport = PeerTransport.fromSettings(config.tls, logger.child({ component: 'tls' }));
+    // Peers check a replica's certificate against its name in their peer list: a certificate
+    // naming another replica would be refused by every peer, so it is refused here, at start.
+    const certified = this.transport.watcher?.material.name;
+    if (certified !== undefined && certified !== config.replica) {
+      throw new ChorusError('CONFIG_INVALID', `tls.cert names ${JSON.stringify(certified)} (its CN), not this replica ${JSON.stringify(config.replica)}`);
+    }
     this.ch = new ClickHouseHttp(config.clickhouse);
     this.log = new LocalLog(config.dataDir);
     this.store = new PartStore(config.dataDir);
@@ -214,7 +220,7 @@ export class Sidecar implements AdminBackend {
       databases: config.clickhouse.databases,
       members: new Set([config.replica, ...config.peers.map((p) => p.name)]),
     });
-    this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots, https: this.transport.httpsServerOptions() });
+    this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots, https: this.transport.httpsServerOptions(), members: new Set([config.replica, ...config.peers.map((p) => p.name)]) });
     this.transport.reloadServer(this.interserver.server);
     this.gossip.register(this.grpcServer);
     registerAdmin(this.grpcServer, this, config.admin.token);
@@ -348,7 +354,13 @@ export class Sidecar implements AdminBackend {
     if (replica === this.config.replica) throw new ChorusError('FAILED_PRECONDITION', 'a replica cannot decommission itself: ask another member');
     const member = this.gossip.swim.members.get(replica);
     if (!member) throw new ChorusError('NOT_FOUND', `no member named ${replica}`);
-    if (member.state !== 'decommissioned') await this.recordDecommission(replica);
+    if (member.state !== 'decommissioned') {
+      // A member that still answers may hold, and acknowledge, LSNs this decommission would void.
+      const target = this.peers.find((p) => p.name === replica);
+      const answers = target ? await target.ping(this.config.replica, [], this.config.gossip.rpcTimeoutMs).then(() => true, () => false) : false;
+      if (answers) throw new ChorusError('FAILED_PRECONDITION', `${replica} is running and answers: stop it first (it could acknowledge inserts whose LSNs the decommission voids), then decommission it`);
+      await this.recordDecommission(replica);
+    }
     const unreachable: string[] = [];
     for (const peer of this.peers) {
       const state = this.gossip.swim.members.get(peer.name)?.state;

@@ -65,7 +65,11 @@ export class PeerTransport {
   }
 
   /** The replica name the caller's certificate proves; null when plaintext. */
-  readonly identify = (call: object): string | null => (this.secure ? identifyCaller(call) : null);
+  /**
+   * The caller's proven name; '' for a certificate the CA signed that names nobody (no CN): it is
+   * authenticated but proves no member, so nothing it claims is taken. Null in plaintext.
+   */
+  readonly identify = (call: object): string | null => (this.secure ? (identifyCaller(call) ?? '') : null);
 
   interserverClient(peer: { name: string; interserver: string }): InterserverClient {
     return new InterserverClient(peer.name, peer.interserver, this.watcher);

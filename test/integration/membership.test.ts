@@ -95,6 +95,14 @@ describe('membership and part-store GC', () => {
     // Past the minimum retention, r3 has not applied them: the copies stay.
     await sleep(4000);
     expect(onDisk(0)).toBeGreaterThan(0);
+    // A member that still answers is not decommissioned: it could acknowledge LSNs the decommission voids.
+    const live = new AdminClient(cluster.replica(0).grpc, cluster.info.adminToken, cliTransportFor(cluster.info));
+    try {
+      await expect(live.call('decommission', { replica: 'r2' }, 30_000)).rejects.toMatchObject({ code: 'FAILED_PRECONDITION' });
+    } finally {
+      live.close();
+    }
+    expect(await stateOf(0, 'r2')).toBe('alive');
     const out = execFileSync(process.execPath, [join(PACKAGE_ROOT, 'bin', 'chorus.js'), 'decommission', 'r3', '--grpc', cluster.replica(0).grpc], {
       encoding: 'utf8',
       env: { ...process.env, ...cliEnv(cluster.info), CHORUS_ADMIN_TOKEN: cluster.info.adminToken },

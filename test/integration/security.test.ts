@@ -138,6 +138,10 @@ describe('peer authentication', () => {
   it('the interserver port answers a CA-signed client, and refuses one without a certificate or with another CA’s, changing nothing', async () => {
     const base = cluster.replica(0).interserver;
     expect(await interserver(`${base}/v1/digest`, httpsAgent(cluster.info))).toEqual({ status: 200 });
+    // Parts and snapshots only to a member: the CLI's certificate (CA-signed, naming no member) is refused.
+    expect(await interserver(`${base}/v1/parts/1/x`, httpsAgent(cluster.info))).toEqual({ status: 403 });
+    expect(await interserver(`${base}/v1/snapshots`, httpsAgent(cluster.info), 'POST')).toEqual({ status: 403 });
+    expect(await interserver(`${base}/v1/parts/1/x`, httpsAgent(cluster.info, cluster.replica(1).tls))).toEqual({ status: 404 });
 
     const before = await observable();
     const { ca } = tlsFor(cluster.info)!;

@@ -255,7 +255,7 @@ describe('one shard, three replicas', () => {
     it('a part name with / or .. at the interserver port gets 400', async () => {
       const get = (path: string) =>
         new Promise<number>((resolve, reject) => {
-          const req = https.get({ host: '127.0.0.1', port: Number(new URL(cluster.replica(0).interserver).port), path, agent: httpsAgent(cluster.info) }, (res) => {
+          const req = https.get({ host: '127.0.0.1', port: Number(new URL(cluster.replica(0).interserver).port), path, agent: httpsAgent(cluster.info, cluster.replica(1).tls) }, (res) => {
             res.resume();
             resolve(res.statusCode ?? 0);
           });

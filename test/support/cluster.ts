@@ -22,7 +22,7 @@ import { PeerTransport } from '../../src/tls/transport.js';
  *   tlsFor(info)                   { ca, cert, key } buffers, for any TLS client
  *   grpcCredentials(info)          grpc-js credentials for `new SomeService(address, creds)`
  *   httpsAgent(info)               an https.Agent for `https.get(url, { agent })`
- *   interserverClient(info, name)  the client the sidecars themselves use for that replica
+ *   interserverClient(info, name)  the client the sidecars themselves use for that replica (as member r1)
  *   cliTransportFor(info)          the CLI's transport, for `new AdminClient(address, token, transport)`
  *   cliEnv(info)                   env for the `chorus` CLI (CHORUS_DEV_DIR: it reads the rest)
  * On an insecure cluster they return plaintext equivalents (tlsFor: undefined).
@@ -50,9 +50,15 @@ export function cliTransportFor(info: ClusterInfo): PeerTransport {
   );
 }
 
-export function interserverClient(info: ClusterInfo, replica: string): InterserverClient {
+/** A peer's client of `replica`'s interserver port, presenting member `as`'s certificate (parts go only to members). */
+export function interserverClient(info: ClusterInfo, replica: string, as = info.replicas[0]!.name): InterserverClient {
   const r = info.replicas.find((x) => x.name === replica)!;
-  return cliTransportFor(info).interserverClient({ name: r.name, interserver: r.interserver });
+  const files = info.replicas.find((x) => x.name === as)!.tls;
+  const transport = PeerTransport.fromSettings(
+    { ca: files?.ca ?? '', cert: files?.cert ?? '', key: files?.key ?? '', insecure: info.tls.insecure, reloadIntervalMs: 60_000 },
+    silentLogger(),
+  );
+  return transport.interserverClient({ name: r.name, interserver: r.interserver });
 }
 
 export function cliEnv(info: ClusterInfo): Record<string, string> {

@@ -263,3 +263,23 @@ describe('settings that reach staging', () => {
     );
   });
 });
+
+describe('insertSelect and insertClause', () => {
+  const after = (text: string) => {
+    const r = parseInsert(text, { final: true });
+    if (r.kind !== 'insert') throw new Error('not an insert');
+    return r.target.span[1];
+  };
+  it('find the SELECT of an INSERT ... SELECT behind comments and a column list', async () => {
+    const { insertClause, insertSelect } = await import('../../src/insert/parse.js');
+    for (const text of ['INSERT INTO t SELECT 1', 'INSERT INTO t (a, `b)`) /* x */ -- y\n with 1 AS x SELECT x', 'insert into db.t\n#c\nselect * from url(\'x\')']) {
+      expect(insertSelect(text, after(text)), text).toMatch(/^(select|with)/i);
+    }
+    for (const text of ['INSERT INTO t FORMAT TSV', 'INSERT INTO t VALUES (1)', 'INSERT INTO t SETTINGS a = 1 FORMAT TSV', "INSERT INTO t (s) VALUES ('SELECT')"]) {
+      expect(insertSelect(text, after(text)), text).toBeUndefined();
+    }
+    expect(insertClause('INSERT INTO t', after('INSERT INTO t'))).toBeUndefined();
+    expect(insertClause('INSERT INTO t (a) /* c */ ', after('INSERT INTO t (a) /* c */ '))).toBeUndefined();
+    expect(insertClause('INSERT INTO t FORMAT TSV', after('INSERT INTO t FORMAT TSV'))?.word).toBe('FORMAT');
+  });
+});
