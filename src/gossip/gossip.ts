@@ -87,7 +87,9 @@ export class Gossip {
     if (proven !== null) {
       if (claimed !== proven) refuse(`the message says it is from ${JSON.stringify(claimed.slice(0, 100))} but the caller's certificate is ${proven}'s`);
       if (!this.peerNames.has(proven)) refuse(`${proven} is not a peer of this replica`);
-      if (this.swim.members.get(proven)?.state === 'decommissioned') refuse(`${proven} is decommissioned`);
+      // A decommissioned member may still pull (an exchange), which is how one that comes back
+      // learns it was decommissioned and stops taking inserts; nothing it says is taken.
+      if (rpc !== 'exchange' && this.swim.members.get(proven)?.state === 'decommissioned') refuse(`${proven} is decommissioned`);
       return { name: proven, proven: true };
     }
     if (!this.peerNames.has(claimed)) refuse(`${JSON.stringify(claimed.slice(0, 100))} is not a configured peer`);
@@ -128,7 +130,9 @@ export class Gossip {
           // Progress decides what GC deletes: only what a member says of itself, proven by its
           // certificate, counts. Without TLS the claim proves nothing, and this replica learns the
           // peer's progress from its own exchanges with it instead (the peer it dialed).
-          if (sender.proven) this.log.setPeerProgress(sender.name, Number(theirs.appliedWatermark), Number(theirs.maxLsn));
+          if (sender.proven && this.swim.members.get(sender.name)?.state !== 'decommissioned') {
+            this.log.setPeerProgress(sender.name, Number(theirs.appliedWatermark), Number(theirs.maxLsn));
+          }
           cb(null, { digest: this.log.digest(this.opts.self), entries: this.log.missingFrom(theirs, this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes) });
         } catch (err) {
           cb(toGrpcError(err));

@@ -131,7 +131,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
   ) => {
     const params = Object.fromEntries(new URL(req.url, 'http://x').searchParams);
     const database = target.database ?? params.database ?? header(req, 'x-clickhouse-database') ?? 'default';
-    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down and takes no more inserts; send it to another replica');
+    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned) and takes no more inserts; send it to another replica');
     const replicated = await deps.pipeline.replicates(database, target.table);
     const label = replicated ? `${database}.${target.table}` : OTHER_TABLE_LABEL;
     const aborted = abortOnDisconnect(req, reply);
@@ -200,7 +200,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const params = new URL(req.url, 'http://x').searchParams;
     const database = op.database ?? params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
     if (!(await deps.pipeline.replicates(database, op.table))) return false;
-    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down; send it to another replica');
+    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned); send it to another replica');
     await deps.grants.check(clientCredentials(req.headers, params), op.kind, database, op.table, abortOnDisconnect(req, reply));
     const lsn = await deps.pipeline.tableOp({ kind: op.kind, database, table: op.table, partition: op.kind === 'drop_partition' ? op.partition : '' });
     await reply.header('X-Chorus-LSN', String(lsn)).send('');

@@ -186,7 +186,7 @@ export class Sidecar implements AdminBackend {
       logger: logger.child({ component: 'recovery' }),
     });
     this.gc = new PartStoreGc(this.store, this.log, () => this.appliedEverywhere(), config.partStore, logger.child({ component: 'gc' }));
-    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting, grants: new GrantChecker(this.ch, config.http.grantCacheMs) });
+    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting && !this.decommissioned, grants: new GrantChecker(this.ch, config.http.grantCacheMs) });
     registerOperationalRoutes(this.http, {
       metrics: this.metrics,
       readiness: () => this.readiness(),
@@ -235,6 +235,14 @@ export class Sidecar implements AdminBackend {
     };
   }
 
+  /**
+   * This replica was decommissioned (a log entry says so): it takes no inserts, since its peers
+   * refuse what it would send them and an insert acknowledged here would live here only.
+   */
+  get decommissioned(): boolean {
+    return this.gossip.swim.members.get(this.config.replica)?.state === 'decommissioned';
+  }
+
   /** The lowest applied watermark among members that count (not decommissioned); 0 when one is unknown. */
   appliedEverywhere(): number {
     const progress = new Map(this.log.peerProgress().map((p) => [p.name, p.appliedWatermark]));
@@ -256,6 +264,7 @@ export class Sidecar implements AdminBackend {
       reasons.push(`ZooKeeper at ${this.config.zookeeper.connect} is not connected`);
     }
     if (!this.accepting) reasons.push('not accepting inserts (starting or shutting down)');
+    if (this.decommissioned) reasons.push('this replica was decommissioned: wipe it and start it under a new name to bring it back');
     return { ready: reasons.length === 0, reasons };
   }
 

@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -130,6 +130,7 @@ describe('operating a shard', () => {
     const b = await cli(['serve', '--config', unknownKey]);
     expect(b.code).toBe(2);
     expect(b.stderr).toContain('zookeeper.conect');
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('SIGTERM during a stream of inserts: every acknowledged insert is on every replica, every other reply is coded', async () => {
