@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -86,6 +86,7 @@ describe('peer authentication', () => {
 
   afterAll(async () => {
     await cluster?.stop();
+    if (otherCa) rmSync(otherCa.dir, { recursive: true, force: true });
   });
 
   const insert = (replica: number, id: number) => cluster.chorus(replica, { query: `INSERT INTO ${TABLE} FORMAT TabSeparated`, body: `2026-11-01\t${id}\n` });
@@ -305,6 +306,7 @@ describe('running without TLS', () => {
     const file = join(dir, 'chorus.yaml');
     writeFileSync(file, `replica: r1\ndataDir: ${join(dir, 'data')}\n`);
     const r = await cli(['serve', '--config', file]);
+    rmSync(dir, { recursive: true, force: true });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('tls.ca, tls.cert, tls.key not set');
   });
