@@ -8,7 +8,7 @@ import { sleep } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
-import { partlessEntry, type EntryDraft, type LogEntry } from '../log/entry.js';
+import { partlessEntry, type EntryDraft, type EntryState, type LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { PartStore } from '../parts/store.js';
@@ -21,11 +21,11 @@ import type { LogConflict } from '../log/store.js';
  * The origin records only its own entries: an LSN it was allocated that already holds another
  * entry (forged, or a broken allocator) is an alarm, and the insert is not acknowledged.
  */
-function assertOwnEntries(conflicts: LogConflict[]): void {
+function assertOwnEntries(conflicts: LogConflict[], what = 'this insert'): void {
   if (conflicts.length === 0) return;
   throw new ChorusError(
     'LOG_CONFLICT',
-    `LSN ${conflicts.map((c) => c.lsn).join(', ')} allocated to this insert already holds another entry (from ${conflicts.map((c) => c.stored.origin).join(', ')}); nothing is acknowledged, see the alarms of chorus status`,
+    `LSN ${conflicts.map((c) => c.lsn).join(', ')} allocated to ${what} already holds another entry (from ${conflicts.map((c) => c.stored.origin).join(', ')}); nothing is acknowledged, see the alarms of chorus status`,
   );
 }
 
@@ -280,21 +280,10 @@ export class InsertPipeline {
         void staging.release(table, stage).catch(() => undefined);
       }
     }
-    const nonce = newNonce();
-    const draft: EntryDraft = {
-      dir: '',
-      entry: partlessEntry(op.kind, this.deps.self, { database: table.database, table: table.name, blockId: barrierMarker(label), partition }),
-    };
-    this.deps.inFlight.add(nonce);
-    let entry: LogEntry;
-    try {
-      log.recordIntent(nonce, [draft]);
-      const [allocation] = await this.deps.allocate({ nonce, origin: this.deps.self, blockIds: [draft.entry.blockId], tables: [label] });
-      entry = { ...draft.entry, lsn: allocation!.lsn, allocatedAtMs: Date.now(), barrier: 0 };
-      assertOwnEntries(log.resolveIntent(nonce, [entry], 'pending').conflicts);
-    } finally {
-      this.deps.inFlight.delete(nonce);
-    }
+    const entry = await this.recordPartless(
+      partlessEntry(op.kind, this.deps.self, { database: table.database, table: table.name, blockId: barrierMarker(label), partition }),
+      { table: label, state: 'pending', what: `this ${op.kind === 'truncate' ? 'TRUNCATE' : 'DROP PARTITION'}` },
+    );
     this.deps.announce([entry]);
     this.deps.notifyApplier();
     const deadline = Date.now() + this.deps.duplicateWaitMs * 2;
@@ -305,6 +294,26 @@ export class InsertPipeline {
       await sleep(10);
     }
     return entry.lsn;
+  }
+
+  /**
+   * Allocates an LSN for an entry without a part (a drop, a truncate, a decommission) and records
+   * it, under an intent as inserts are: a crash between allocating and recording is finished by
+   * recovery. Throws LOG_CONFLICT when the LSN already holds someone else's entry.
+   */
+  async recordPartless(draft: EntryDraft['entry'], opts: { table?: string; state?: EntryState; what: string }): Promise<LogEntry> {
+    const nonce = newNonce();
+    const blockId = draft.blockId || null;
+    this.deps.inFlight.add(nonce);
+    try {
+      this.deps.log.recordIntent(nonce, [{ dir: '', entry: draft }]);
+      const [allocation] = await this.deps.allocate({ nonce, origin: this.deps.self, blockIds: [blockId], tables: opts.table ? [opts.table] : undefined });
+      const entry: LogEntry = { ...draft, lsn: allocation!.lsn, allocatedAtMs: Date.now(), barrier: 0 };
+      assertOwnEntries(this.deps.log.resolveIntent(nonce, [entry], opts.state).conflicts, opts.what);
+      return entry;
+    } finally {
+      this.deps.inFlight.delete(nonce);
+    }
   }
 
   /**

@@ -129,8 +129,9 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     /** The SELECT of an INSERT ... SELECT, which runs with Chorus's rights and is checked as the client's first. */
     select: string | undefined,
   ) => {
-    const params = Object.fromEntries(new URL(req.url, 'http://x').searchParams);
-    const database = target.database ?? params.database ?? header(req, 'x-clickhouse-database') ?? 'default';
+    const search = new URL(req.url, 'http://x').searchParams;
+    const params = Object.fromEntries(search);
+    const database = target.database ?? sessionDatabase(req, search);
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned) and takes no more inserts; send it to another replica');
     const replicated = await deps.pipeline.replicates(database, target.table);
     const label = replicated ? `${database}.${target.table}` : OTHER_TABLE_LABEL;
@@ -140,7 +141,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     try {
       // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
       if (replicated) {
-        const client = clientCredentials(req.headers, new URL(req.url, 'http://x').searchParams);
+        const client = clientCredentials(req.headers, search);
         await deps.grants.check(client, 'insert', database, target.table, aborted);
         if (select !== undefined) await deps.grants.checkSelect(client, select, aborted);
       }
@@ -198,7 +199,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const op = parseTableOp(statement);
     if (!op) return false;
     const params = new URL(req.url, 'http://x').searchParams;
-    const database = op.database ?? params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
+    const database = op.database ?? sessionDatabase(req, params);
     if (!(await deps.pipeline.replicates(database, op.table))) return false;
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned); send it to another replica');
     await deps.grants.check(clientCredentials(req.headers, params), op.kind, database, op.table, abortOnDisconnect(req, reply));
@@ -212,7 +213,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const write = findUnreplicatedWrite(statement);
     if (!write) return;
     const params = new URL(req.url, 'http://x').searchParams;
-    const fallback = params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
+    const fallback = sessionDatabase(req, params);
     for (const t of write.tables) {
       const database = t.database ?? fallback;
       if (await deps.pipeline.replicates(database, t.table)) {
@@ -338,6 +339,11 @@ function drain(stream: http.IncomingMessage, maxBytes: number, timeoutMs: number
     stream.once('close', done);
     stream.resume();
   });
+}
+
+/** The database an unqualified table name is in, as ClickHouse decides it for the request. */
+function sessionDatabase(req: FastifyRequest, params: URLSearchParams): string {
+  return params.get('database') ?? header(req, 'x-clickhouse-database') ?? 'default';
 }
 
 function header(req: FastifyRequest, name: string): string | undefined {

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { FastifyInstance } from 'fastify';
-import { Allocator, newNonce } from '../allocator/allocator.js';
+import { Allocator } from '../allocator/allocator.js';
 import { GrantChecker } from '../insert/clients.js';
 import { ZkSession } from '../allocator/zk.js';
 import { registerAdmin, type AdminBackend, type AdminStatus, type EntryInfo } from '../api/admin.js';
@@ -23,7 +23,7 @@ import { InsertPipeline } from '../insert/pipeline.js';
 import { createHttpServer } from '../insert/server.js';
 import { StagingPool } from '../insert/staging.js';
 import { LocalLog } from '../log/store.js';
-import { partlessEntry, type EntryDraft, type LogEntry } from '../log/entry.js';
+import { partlessEntry } from '../log/entry.js';
 import { Metrics } from '../metrics/metrics.js';
 import { createInterserverServer } from '../parts/server.js';
 import { PartStoreGc } from '../parts/gc.js';
@@ -209,6 +209,8 @@ export class Sidecar implements AdminBackend {
       databases: config.clickhouse.databases,
       logger: logger.child({ component: 'snapshot' }),
     });
+    // Every configured member, this replica included: who may be an entry's origin, and who may take parts.
+    const shardMembers: ReadonlySet<string> = new Set([config.replica, ...config.peers.map((p) => p.name)]);
     this.cloner = new Cloner({
       ch: this.ch,
       catalog: this.catalog,
@@ -218,9 +220,9 @@ export class Sidecar implements AdminBackend {
       logger: logger.child({ component: 'clone' }),
       timeoutMs: config.clickhouse.requestTimeoutMs,
       databases: config.clickhouse.databases,
-      members: new Set([config.replica, ...config.peers.map((p) => p.name)]),
+      members: shardMembers,
     });
-    this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots, https: this.transport.httpsServerOptions(), members: new Set([config.replica, ...config.peers.map((p) => p.name)]) });
+    this.interserver = createInterserverServer({ self: config.replica, log: this.log, store: this.store, faults: this.faults, logger, snapshots: this.snapshots, https: this.transport.httpsServerOptions(), members: shardMembers });
     this.transport.reloadServer(this.interserver.server);
     this.gossip.register(this.grpcServer);
     registerAdmin(this.grpcServer, this, config.admin.token);
@@ -399,19 +401,7 @@ export class Sidecar implements AdminBackend {
 
   /** Allocates, records and announces the decommission entry, then applies it here. */
   private async recordDecommission(replica: string): Promise<void> {
-    const nonce = newNonce();
-    const draft: EntryDraft = { dir: '', entry: partlessEntry('decommission', this.config.replica, { member: replica }) };
-    this.inFlightAllocations.add(nonce);
-    let entry: LogEntry;
-    try {
-      this.log.recordIntent(nonce, [draft]);
-      const [allocation] = await this.gossip.allocate({ nonce, origin: this.config.replica, blockIds: [null] });
-      entry = { ...draft.entry, lsn: allocation!.lsn, allocatedAtMs: Date.now(), barrier: 0 };
-      const { conflicts } = this.log.resolveIntent(nonce, [entry]);
-      if (conflicts.length) throw new ChorusError('LOG_CONFLICT', `LSN ${entry.lsn} allocated to the decommission already holds another entry`);
-    } finally {
-      this.inFlightAllocations.delete(nonce);
-    }
+    const entry = await this.pipeline.recordPartless(partlessEntry('decommission', this.config.replica, { member: replica }), { what: 'the decommission' });
     const names = new Set(JSON.parse(this.log.getMeta('decommissioned') ?? '[]') as string[]);
     names.add(replica);
     this.log.setMeta('decommissioned', JSON.stringify([...names]));

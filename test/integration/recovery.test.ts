@@ -40,6 +40,17 @@ describe('replicas that die or fall behind converge', () => {
 
   const insert = (replica: number, body: string) => cluster.chorus(replica, { query: `INSERT INTO ${TABLE} FORMAT TabSeparated`, body });
 
+  /** Sends `body` again until it is acknowledged (at most 50 tries, 200 ms apart), as a client retrying would; the last answer. */
+  const insertUntilAcknowledged = async (replica: number, body: string): Promise<Response> => {
+    let res = await insert(replica, body);
+    for (let attempt = 1; attempt < 50 && res.status !== 200; attempt++) {
+      await res.text();
+      await sleep(200);
+      res = await insert(replica, body);
+    }
+    return res;
+  };
+
   const waitDead = async (name: string) => {
     const pid = readCluster(cluster.info.dir).replicas.find((r) => r.name === name)!.pids.sidecar;
     for (let i = 0; i < 200 && isAlive(pid); i++) await sleep(50);
@@ -65,17 +76,11 @@ describe('replicas that die or fall behind converge', () => {
       await waitDead('r1');
       await devStart(cluster.info.dir, 'r1', 'sidecar');
       // The client never got an answer, so it retries, here through another replica.
-      let retry: Response | undefined;
-      for (let attempt = 0; attempt < 50; attempt++) {
-        retry = await insert(1, body);
-        if (retry.status === 200) break;
-        await retry.text();
-        await sleep(200);
-      }
-      expect(retry!.status).toBe(200);
+      const retry = await insertUntilAcknowledged(1, body);
+      expect(retry.status).toBe(200);
       // Recovery recorded the interrupted insert at start-up: the retry is answered as a
       // duplicate of it, not stored a second time.
-      expect(retry!.headers.get('x-chorus-deduplicated')).toBe('1');
+      expect(retry.headers.get('x-chorus-deduplicated')).toBe('1');
       expected += 5;
       await expectConverged();
     },
@@ -110,16 +115,10 @@ describe('replicas that die or fall behind converge', () => {
     expect(first.headers.get('x-chorus-error-code')).toBe('CHORUS_ATTACH_FAILED');
     const lsn = /recorded as LSN (\d+)/.exec(text)?.[1];
     expect(lsn).toBeDefined();
-    let retry: Response | undefined;
-    for (let attempt = 0; attempt < 50; attempt++) {
-      retry = await insert(0, body);
-      if (retry.status === 200) break;
-      await retry.text();
-      await sleep(200);
-    }
-    expect(retry!.status).toBe(200);
-    expect(retry!.headers.get('x-chorus-deduplicated')).toBe('1');
-    expect(retry!.headers.get('x-chorus-lsn')).toBe(lsn);
+    const retry = await insertUntilAcknowledged(0, body);
+    expect(retry.status).toBe(200);
+    expect(retry.headers.get('x-chorus-deduplicated')).toBe('1');
+    expect(retry.headers.get('x-chorus-lsn')).toBe(lsn);
     expected += 6;
     await expectConverged();
   });

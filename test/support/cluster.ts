@@ -41,24 +41,23 @@ export function httpsAgent(info: ClusterInfo, files?: TlsFiles): https.Agent {
   return new https.Agent({ ...tlsFor(info, files ?? info.tls.cli), servername: 'localhost', checkServerIdentity: () => undefined });
 }
 
-/** The transport the CLI would use with the cluster's CLI certificate (for AdminClient). */
-export function cliTransportFor(info: ClusterInfo): PeerTransport {
-  const cli = info.tls.cli;
+/** A transport presenting `files` (a certificate of the cluster's CA), plaintext on an insecure cluster. */
+function transportWith(info: ClusterInfo, files: TlsFiles | undefined): PeerTransport {
   return PeerTransport.fromSettings(
-    { ca: cli?.ca ?? '', cert: cli?.cert ?? '', key: cli?.key ?? '', insecure: info.tls.insecure, reloadIntervalMs: 60_000 },
+    { ca: files?.ca ?? '', cert: files?.cert ?? '', key: files?.key ?? '', insecure: info.tls.insecure, reloadIntervalMs: 60_000 },
     silentLogger(),
   );
+}
+
+/** The transport the CLI would use with the cluster's CLI certificate (for AdminClient). */
+export function cliTransportFor(info: ClusterInfo): PeerTransport {
+  return transportWith(info, info.tls.cli);
 }
 
 /** A peer's client of `replica`'s interserver port, presenting member `as`'s certificate (parts go only to members). */
 export function interserverClient(info: ClusterInfo, replica: string, as = info.replicas[0]!.name): InterserverClient {
   const r = info.replicas.find((x) => x.name === replica)!;
-  const files = info.replicas.find((x) => x.name === as)!.tls;
-  const transport = PeerTransport.fromSettings(
-    { ca: files?.ca ?? '', cert: files?.cert ?? '', key: files?.key ?? '', insecure: info.tls.insecure, reloadIntervalMs: 60_000 },
-    silentLogger(),
-  );
-  return transport.interserverClient({ name: r.name, interserver: r.interserver });
+  return transportWith(info, info.replicas.find((x) => x.name === as)!.tls).interserverClient({ name: r.name, interserver: r.interserver });
 }
 
 export function cliEnv(info: ClusterInfo): Record<string, string> {
