@@ -113,6 +113,10 @@ export class InsertPipeline {
     // Once the intent is recorded and until it is resolved, its pending copies belong to
     // recovery: the allocation may have landed even when the call failed.
     let intentOpen = false;
+    // Whether the staging INSERT may still run in ClickHouse: true until ClickHouse answered it.
+    // A request cut on our side (the client went away, its body ended early) leaves the query
+    // running there, and it may still write a part into the staging table after we empty it.
+    let stagingMayRun = true;
     try {
       try {
         await ch.request(req.buildQuery(stage.qualified), {
@@ -121,7 +125,9 @@ export class InsertPipeline {
           headers: req.headers,
           signal: req.signal,
         });
+        stagingMayRun = false;
       } catch (err) {
+        if (err instanceof ClickHouseQueryError) stagingMayRun = false;
         const bodyFailure = req.bodyFailure();
         if (bodyFailure) throw bodyFailure;
         if (err instanceof ClickHouseQueryError) {
@@ -228,7 +234,7 @@ export class InsertPipeline {
       if (!intentOpen) void store.discardPending(nonce).catch(() => undefined);
       // Emptying the staging table need not delay the answer: the pool hands it out again
       // only once it is empty.
-      void staging.release(table, stage).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
+      void staging.release(table, stage, { mayStillRun: stagingMayRun }).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
     }
   }
 

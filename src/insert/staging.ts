@@ -190,8 +190,16 @@ export class StagingPool {
    * any insert uses it, and fails rather than hand out a table that may hold an earlier
    * insert's parts.
    */
-  async release(table: TableInfo, staging: StagingTable): Promise<void> {
+  async release(table: TableInfo, staging: StagingTable, opts: { mayStillRun?: boolean } = {}): Promise<void> {
     try {
+      // An INSERT cut on Chorus's side may still be running in ClickHouse (18.16 takes a chunked
+      // body that ends early as complete, and commits what it got): it is ended, and waited for,
+      // before the table is emptied, or its part would land after the TRUNCATE and be read as
+      // the next insert's. The name is pieced together so that the KILL does not match itself.
+      if (opts.mayStillRun) {
+        const [db, name] = [quoteIdent(STAGING_DATABASE), quoteIdent(staging.name)];
+        await this.ch.exec(`KILL QUERY WHERE position(query, concat(${quoteString(db)}, '.', ${quoteString(name)})) > 0 SYNC`);
+      }
       await this.ch.exec(`TRUNCATE TABLE ${staging.qualified}`);
     } catch (err) {
       this.created.delete(staging.name);

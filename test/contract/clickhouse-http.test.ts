@@ -60,6 +60,11 @@ describe.each(BACKENDS)('ClickHouse over HTTP: %s', (backend) => {
     expect(r.ch.dialect.major).toBe(backend === 'server' ? 18 : 26);
   });
 
+  it('KILL QUERY ... SYNC by a staging table name pieced together (what StagingPool.release sends) is accepted and does not kill itself', async () => {
+    const { ch } = on(backend);
+    await expect(ch.exec("KILL QUERY WHERE position(query, concat('`_chorus`', '.', '`s_none_0`')) > 0 SYNC")).resolves.toBeDefined();
+  });
+
   it('reads the statement from the URL and the rows from the body, in any text format, or the whole statement from the body', async () => {
     const { ch } = on(backend);
     await ch.exec(`CREATE TABLE ${table('rows')} (day Date, id UInt64, s String) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id`);
