@@ -191,15 +191,8 @@ export class StagingPool {
    * insert's parts.
    */
   async release(table: TableInfo, staging: StagingTable, opts: { mayStillRun?: boolean } = {}): Promise<void> {
+    if (opts.mayStillRun) return this.retire(table, staging);
     try {
-      // An INSERT cut on Chorus's side may still be running in ClickHouse (18.16 takes a chunked
-      // body that ends early as complete, and commits what it got): it is ended, and waited for,
-      // before the table is emptied, or its part would land after the TRUNCATE and be read as
-      // the next insert's. The name is pieced together so that the KILL does not match itself.
-      if (opts.mayStillRun) {
-        const [db, name] = [quoteIdent(STAGING_DATABASE), quoteIdent(staging.name)];
-        await this.ch.exec(`KILL QUERY WHERE position(query, concat(${quoteString(db)}, '.', ${quoteString(name)})) > 0 SYNC`);
-      }
       await this.ch.exec(`TRUNCATE TABLE ${staging.qualified}`);
     } catch (err) {
       this.created.delete(staging.name);
@@ -207,6 +200,27 @@ export class StagingPool {
       throw err;
     }
     this.handBack(table.schemaKey, staging.name);
+  }
+
+  /**
+   * An INSERT cut on Chorus's side (the client went away, its body ended early) may still run
+   * in ClickHouse, and 18.16 takes a chunked body that ends early as complete: its part could
+   * land after any TRUNCATE and be read as the next insert's. Such a staging table is never used
+   * again: the query is ended (KILL ... SYNC; the name is pieced together so that the KILL does
+   * not match itself), the table dropped, and its slot handed on under a new name, which the
+   * next acquire() creates and proves empty.
+   */
+  private async retire(table: TableInfo, staging: StagingTable): Promise<void> {
+    const key = table.schemaKey;
+    this.created.delete(staging.name);
+    try {
+      const [db, name] = [quoteIdent(STAGING_DATABASE), quoteIdent(staging.name)];
+      // Best effort: DROP waits for a query still writing into the table in any case.
+      await this.ch.exec(`KILL QUERY WHERE position(query, concat(${quoteString(db)}, '.', ${quoteString(name)})) > 0 SYNC`).catch(() => undefined);
+      await this.ch.exec(`DROP TABLE IF EXISTS ${staging.qualified}`);
+    } finally {
+      this.handBack(key, `s_${key}_${this.serial++}`);
+    }
   }
 
   private handBack(key: string, name: string): void {
