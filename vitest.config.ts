@@ -15,6 +15,8 @@ export default defineConfig({
     teardownTimeout: 60_000,
     projects: [
       { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts'] } },
+      // Kubernetes manifests rendered by kubectl kustomize and checked offline.
+      { extends: true, test: { name: 'k8s', include: ['test/k8s/**/*.test.ts'] } },
       // The same requests to both backends, in one file: what Chorus relies on, and where they differ.
       { extends: true, test: { name: 'contract', include: ['test/contract/**/*.test.ts'] } },
       ...backends.map((backend) => ({
