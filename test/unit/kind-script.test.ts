@@ -50,6 +50,15 @@ function runKindScript(path: string) {
 
 const DOCKER_WITHOUT_ENGINE = 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?';
 
+const hasShellcheck = spawnSync('sh', ['-c', 'command -v shellcheck']).status === 0;
+describe('the kind scripts', () => {
+  it.skipIf(!hasShellcheck)('pass shellcheck, sourced files followed (shellcheck is the Debian package of that name)', () => {
+    const run = spawnSync('shellcheck', ['-x', KIND_SH, LIB_SH, MAKE_SECRETS], { encoding: 'utf8', cwd: PACKAGE_ROOT });
+    expect(run.stdout + run.stderr).toBe('');
+    expect(run.status).toBe(0);
+  });
+});
+
 /** Issue 10: test/k8s/kind.sh refuses to start where it cannot run, and touches nothing. */
 describe('kind.sh preflight', () => {
   it('exits 2 at once when docker cannot reach an engine, before any kind or kubectl call', () => {
