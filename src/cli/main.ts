@@ -1,7 +1,10 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
+import { createDevCa, issueDevCertificate } from '../dev/certs.js';
 import { devDown, devKill, devStart, devUp, devWipe, type Component } from '../dev/cluster.js';
 import { Sidecar } from '../sidecar/sidecar.js';
 import { clickhouseBackendOption, runDemo } from './demo.js';
@@ -18,6 +21,8 @@ Usage:
   chorus dev kill NAME --dir DIR [--component sidecar|clickhouse|zookeeper] [--signal KILL|TERM|STOP|CONT]
   chorus dev start NAME --dir DIR [--component sidecar|clickhouse|zookeeper|all]
   chorus dev wipe NAME --dir DIR                stop a replica and empty its ClickHouse data and Chorus state
+  chorus dev certs --dir DIR NAME...            a dev CA in DIR (ca.crt, ca.key; an existing one is reused) and,
+                                                per NAME, NAME.crt and NAME.key signed by it (CN and DNS SAN = NAME)
   chorus demo [--dir DIR] [--clickhouse server|chdb]
                                                 dev up 3 replicas, insert, show the result, serve until Ctrl-C
 
@@ -113,6 +118,10 @@ async function dev(args: string[]): Promise<void> {
     await devDown(values.dir);
     return;
   }
+  if (sub === 'certs') {
+    devCerts(values.dir, positionals);
+    return;
+  }
   if (sub === 'kill' || sub === 'start' || sub === 'wipe') {
     const name = positionals[0];
     if (!name) throw new UsageError(`chorus dev ${sub} needs a replica name (r1, r2, ...)`);
@@ -127,6 +136,34 @@ async function dev(args: string[]): Promise<void> {
     return;
   }
   throw new UsageError(`unknown dev command ${sub}`);
+}
+
+// A NAME becomes a file name in DIR and a certificate's CN and DNS SAN (pod names, replica names).
+const CERTIFICATE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/**
+ * Certificates for a shard whose CA lives in files, not in a dev cluster: what Kubernetes
+ * Secrets are made from (k8s/overlays/kind/make-secrets.sh). The CA is reused so that
+ * certificates issued in several runs trust each other.
+ */
+function devCerts(dir: string, names: string[]): void {
+  if (names.length === 0) throw new UsageError('chorus dev certs needs at least one NAME (the CN and DNS name of a certificate)');
+  for (const name of names) {
+    if (!CERTIFICATE_NAME.test(name)) throw new UsageError(`certificate name ${JSON.stringify(name)}: letters, digits, '.', '-' and '_' only, starting with a letter or digit`);
+    // ca.crt and ca.key are the CA's own files: issuing "ca" would overwrite them.
+    if (name === 'ca') throw new UsageError('certificate name "ca" is taken by the CA (ca.crt, ca.key)');
+  }
+  const caFiles = [join(dir, 'ca.crt'), join(dir, 'ca.key')];
+  const present = caFiles.filter((f) => existsSync(f));
+  if (present.length === 1) throw new ChorusError('CONFIG_INVALID', `${present[0]} exists without its pair (${caFiles.find((f) => !present.includes(f))}): remove it or restore the other file`);
+  if (present.length === 0) {
+    createDevCa(dir);
+    process.stdout.write(`created CA ${caFiles[0]}\n`);
+  } else process.stdout.write(`reused CA ${caFiles[0]}\n`);
+  for (const name of names) {
+    const files = issueDevCertificate(dir, name);
+    process.stdout.write(`issued ${files.cert} ${files.key}\n`);
+  }
 }
 
 async function main(argv: string[]): Promise<void> {
