@@ -1,5 +1,5 @@
 # Chorus as it runs beside clickhouse-server in a pod:  docker build -t chorus:dev .
-# test/unit/dockerfile.test.ts runs this file's npm steps outside Docker (no engine runs on the
+# test/k8s/dockerfile.test.ts runs this file's npm steps outside Docker (no engine runs on the
 # project's machines), so keep RUN steps to npm/node commands and OS setup it knows how to skip.
 
 # One base for every stage: the image's Node is the one the native module was compiled for.

@@ -15,8 +15,9 @@ export default defineConfig({
     teardownTimeout: 60_000,
     projects: [
       { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts'] } },
-      // Kubernetes manifests rendered by kubectl kustomize and checked offline.
-      { extends: true, test: { name: 'k8s', include: ['test/k8s/**/*.test.ts'] } },
+      // What users deploy, checked offline: the Dockerfile (its npm steps played outside Docker,
+      // about 2 minutes), the Kubernetes manifests as kubectl kustomize renders them, the kind script.
+      { extends: true, test: { name: 'deploy', include: ['test/k8s/**/*.test.ts'] } },
       // The same requests to both backends, in one file: what Chorus relies on, and where they differ.
       { extends: true, test: { name: 'contract', include: ['test/contract/**/*.test.ts'] } },
       ...backends.map((backend) => ({

@@ -7,6 +7,7 @@ import Fastify from 'fastify';
 import { parse as parseYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerOperationalRoutes } from '../../src/api/http-routes.js';
+import { commandForm, parseDockerfile } from '../support/dockerfile.js';
 import { loadConfig, zookeeperRoot, type Config } from '../../src/config/config.js';
 import { Faults } from '../../src/faults/faults.js';
 import { Metrics } from '../../src/metrics/metrics.js';
@@ -151,6 +152,21 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
         expect(c.securityContext?.runAsUser ?? pod.securityContext.runAsUser, `${name} uid`).toBe(101);
         expect(c.securityContext?.runAsGroup ?? pod.securityContext.runAsGroup, `${name} gid`).toBe(101);
       }
+    }
+  }));
+
+  it("the sidecar container runs `chorus serve` from the repository's image", each((r) => {
+    const runtime = parseDockerfile(readFileSync(join(REPO, 'Dockerfile'), 'utf8')).stages.at(-1)!;
+    const lastOf = (keyword: string) => runtime.instructions.filter((i) => i.keyword === keyword).at(-1);
+    const exec = (keyword: string) => {
+      const found = lastOf(keyword);
+      return found ? (commandForm(found.args) as { exec: string[] }).exec : [];
+    };
+    for (const sts of shards(r)) {
+      const chorus = containerOf(sts, 'chorus');
+      // Kubernetes' command replaces ENTRYPOINT and its args replace CMD.
+      const argv = [...((chorus.command as string[] | undefined) ?? exec('ENTRYPOINT')), ...((chorus.args as string[] | undefined) ?? exec('CMD'))];
+      expect(argv.slice(-2), argv.join(' ')).toEqual(['chorus', 'serve']);
     }
   }));
 

@@ -166,7 +166,7 @@ describe('.dockerignore', () => {
       'node_modules/fastify/package.json',
       'dist/cli/main.js',
       '.git/HEAD',
-      'test/unit/dockerfile.test.ts',
+      'test/k8s/dockerfile.test.ts',
       'test-results.json',
       '.chorus-dev/r1/sidecar.log',
       'k8s/overlays/kind/secrets/admin-token',
