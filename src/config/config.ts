@@ -264,10 +264,11 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv; overr
     const name = envVarFor(path);
     known.add(name);
     const value = env[name];
-    if (value !== undefined) setPath(raw, path, parseEnvValue(path, value));
+    // A Service named chorus-http, say, makes CHORUS_HTTP_PORT=tcp://IP:PORT in its pods.
+    if (value !== undefined && !(isServiceLink(name, env) && /^(tcp|udp|sctp):\/\//.test(value))) setPath(raw, path, parseEnvValue(path, value));
   }
   for (const name of Object.keys(env)) {
-    if (name.startsWith('CHORUS_') && !known.has(name) && !IGNORED_ENV.has(name)) {
+    if (name.startsWith('CHORUS_') && !known.has(name) && !IGNORED_ENV.has(name) && !isServiceLink(name, env)) {
       throw new ChorusError('CONFIG_INVALID', `unknown environment variable ${name}`);
     }
   }
@@ -285,6 +286,22 @@ const IGNORED_ENV = new Set([
   'CHORUS_KEEP_TEST_DIRS',
   'CHORUS_SCRATCH_DIR',
 ]);
+
+/**
+ * Kubernetes gives every pod, unless its spec sets enableServiceLinks: false, variables for each
+ * Service of its namespace: <NAME>_SERVICE_HOST, <NAME>_SERVICE_PORT[_<port name>], <NAME>_PORT
+ * and <NAME>_PORT_<n>_<proto>[_PROTO|_PORT|_ADDR]. A Service named chorus or chorus-* makes
+ * CHORUS_* ones, which are not config keys. One is recognised by its family's _SERVICE_HOST
+ * being set too, so that a misspelt key (CHORUS_HTPP_PORT) is still refused.
+ */
+function isServiceLink(name: string, env: NodeJS.ProcessEnv): boolean {
+  for (let i = name.indexOf('_'); i > 0; i = name.indexOf('_', i + 1)) {
+    const service = name.slice(0, i);
+    const rest = name.slice(i + 1);
+    if (env[`${service}_SERVICE_HOST`] !== undefined && /^(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$/.test(rest)) return true;
+  }
+  return false;
+}
 
 export function validateConfig(raw: unknown): Config {
   const result = configSchema.safeParse(raw);

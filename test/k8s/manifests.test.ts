@@ -7,7 +7,7 @@ import Fastify from 'fastify';
 import { parse as parseYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerOperationalRoutes } from '../../src/api/http-routes.js';
-import { commandForm, parseDockerfile } from '../support/dockerfile.js';
+import { commandForm, keyValues, parseDockerfile } from '../support/dockerfile.js';
 import { loadConfig, zookeeperRoot, type Config } from '../../src/config/config.js';
 import { Faults } from '../../src/faults/faults.js';
 import { Metrics } from '../../src/metrics/metrics.js';
@@ -92,7 +92,8 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
   const podConfig = (r: Rendered, sts: K8sObject, ordinal: number): { config: Config; env: Record<string, string>; pod: string } => {
     const pod = `${sts.metadata.name}-${ordinal}`;
     const chorus = containerOf(sts, 'chorus');
-    const env = containerEnv(chorus.env as EnvVar[], { name: pod, namespace: 'test', labels: sts.spec.template.metadata.labels }, secretValue(r));
+    const links = sts.spec.template.spec.enableServiceLinks === false ? [] : ofKind(r.objects, 'Service');
+    const env = containerEnv(chorus.env as EnvVar[], { name: pod, namespace: 'test', labels: sts.spec.template.metadata.labels, serviceLinks: links, imageEnv: imageEnv() }, secretValue(r));
     const configFile = env.CHORUS_CONFIG;
     expect(configFile, 'CHORUS_CONFIG').toBeTruthy();
     const mount = (chorus.volumeMounts as { name: string; mountPath: string }[]).find((m) => configFile!.startsWith(m.mountPath + '/'));
@@ -105,8 +106,8 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
     const dir = mkdtempSync(join(tmpdir(), 'chorus-k8s-config-'));
     try {
       writeFileSync(join(dir, 'chorus.yaml'), text!);
-      // The pod's environment, CHORUS_CONFIG aside: the loader refuses unknown CHORUS_* names.
-      return { config: loadConfig({ file: join(dir, 'chorus.yaml'), env: { ...env, CHORUS_CONFIG: undefined } }), env, pod };
+      // The pod's environment as `chorus serve` sees it, Services' link variables included.
+      return { config: loadConfig({ file: join(dir, 'chorus.yaml'), env }), env, pod };
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -424,6 +425,12 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
     for (const o of kind.objects.filter((x) => x.kind !== 'Namespace')) expect(o.metadata.namespace, `${o.kind} ${o.metadata.name}`).toBe('chorus');
   });
 });
+
+/** The ENV of the Dockerfile's runtime stage: what the sidecar's container starts with. */
+function imageEnv(): Record<string, string> {
+  const runtime = parseDockerfile(readFileSync(join(REPO, 'Dockerfile'), 'utf8')).stages.at(-1)!;
+  return Object.fromEntries(runtime.instructions.filter((i) => i.keyword === 'ENV').flatMap((i) => [...keyValues(i.args)]));
+}
 
 function containerOf(w: K8sObject, name: string): Container {
   return (w.spec?.template?.spec?.containers as Container[] | undefined)?.find((c) => c.name === name);

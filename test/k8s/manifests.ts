@@ -118,15 +118,36 @@ export function podNames(sts: K8sObject): string[] {
  */
 export function containerEnv(
   env: EnvVar[],
-  pod: { name: string; namespace: string; labels: Record<string, string> },
+  pod: { name: string; namespace: string; labels: Record<string, string>; serviceLinks?: K8sObject[]; imageEnv?: Record<string, string> },
   secret: (name: string, key: string) => string,
 ): Record<string, string> {
-  const out: Record<string, string> = {};
+  // The image's ENV first, then the Services' link variables, then the container's own env.
+  const out: Record<string, string> = { ...pod.imageEnv, ...serviceLinkEnv(pod.serviceLinks ?? []) };
   for (const v of env) {
     if (v.value !== undefined) out[v.name] = v.value.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (whole, ref: string) => out[ref] ?? whole);
     else if (v.valueFrom?.fieldRef) out[v.name] = fieldOf(v.valueFrom.fieldRef.fieldPath, pod);
     else if (v.valueFrom?.secretKeyRef) out[v.name] = secret(v.valueFrom.secretKeyRef.name, v.valueFrom.secretKeyRef.key);
     else throw new Error(`env ${v.name}: unsupported source`);
+  }
+  return out;
+}
+
+/** The variables the kubelet makes for each Service with a cluster IP (enableServiceLinks, on by default). */
+export function serviceLinkEnv(services: K8sObject[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  const ip = '10.96.0.1';
+  for (const svc of services.filter((s) => s.kind === 'Service' && s.spec?.clusterIP !== 'None')) {
+    const prefix = svc.metadata.name.toUpperCase().replace(/-/g, '_');
+    const ports = svc.spec.ports as { name?: string; port: number; protocol?: string }[];
+    out[`${prefix}_SERVICE_HOST`] = ip;
+    out[`${prefix}_SERVICE_PORT`] = String(ports[0]!.port);
+    out[`${prefix}_PORT`] = `tcp://${ip}:${ports[0]!.port}`;
+    for (const p of ports) {
+      const proto = (p.protocol ?? 'TCP').toUpperCase();
+      if (p.name) out[`${prefix}_SERVICE_PORT_${p.name.toUpperCase().replace(/-/g, '_')}`] = String(p.port);
+      const base = `${prefix}_PORT_${p.port}_${proto}`;
+      Object.assign(out, { [base]: `${proto.toLowerCase()}://${ip}:${p.port}`, [`${base}_PROTO`]: proto.toLowerCase(), [`${base}_PORT`]: String(p.port), [`${base}_ADDR`]: ip });
+    }
   }
   return out;
 }

@@ -36,6 +36,27 @@ describe('config', () => {
     expect(() => loadConfig({ file: write('replica: r1\ndataDir: /tmp/x\nhttp:\n  port: eighty\n'), env: {} })).toThrow(/http\.port/);
   });
 
+  it("ignores the variables Kubernetes makes for a Service named chorus-*, and still refuses a misspelt key", () => {
+    const links = {
+      CHORUS_SHARD1_SERVICE_HOST: '10.96.0.10',
+      CHORUS_SHARD1_SERVICE_PORT: '8124',
+      CHORUS_SHARD1_SERVICE_PORT_CHORUS_HTTP: '8124',
+      CHORUS_SHARD1_PORT: 'tcp://10.96.0.10:8124',
+      CHORUS_SHARD1_PORT_8124_TCP: 'tcp://10.96.0.10:8124',
+      CHORUS_SHARD1_PORT_8124_TCP_PROTO: 'tcp',
+      CHORUS_SHARD1_PORT_8124_TCP_PORT: '8124',
+      CHORUS_SHARD1_PORT_8124_TCP_ADDR: '10.96.0.10',
+      // A Service named chorus-http: its _PORT variable has a config key's name.
+      CHORUS_HTTP_SERVICE_HOST: '10.96.0.11',
+      CHORUS_HTTP_PORT: 'tcp://10.96.0.11:80',
+    };
+    const config = loadConfig({ file: write('replica: r1\ndataDir: /tmp/x\n'), env: links });
+    expect(config.http.port).toBe(8124);
+    expect(() => loadConfig({ file: write('replica: r1\ndataDir: /tmp/x\n'), env: { ...links, CHORUS_HTPP_PORT: '1' } })).toThrow(/CHORUS_HTPP_PORT/);
+    expect(() => loadConfig({ file: write('replica: r1\ndataDir: /tmp/x\n'), env: { CHORUS_SHARD1_PORT: 'tcp://10.96.0.10:8124' } })).toThrow(/CHORUS_SHARD1_PORT/);
+    expect(loadConfig({ file: write('replica: r1\ndataDir: /tmp/x\n'), env: { ...links, CHORUS_HTTP_PORT: '9999' } }).http.port).toBe(9999);
+  });
+
   it('fails on an unknown key, naming it', () => {
     expect(() => loadConfig({ file: write('replica: r1\ndataDir: /tmp/x\nzookeeper:\n  conect: x\n'), env: {} })).toThrow(/zookeeper\.conect/);
     expect(() => loadConfig({ file: write('replica: r1\ndataDir: /tmp/x\n'), env: { CHORUS_HTTP_PROT: '1' } })).toThrow(/CHORUS_HTTP_PROT/);
