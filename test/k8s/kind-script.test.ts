@@ -178,12 +178,14 @@ describe('test/k8s/lib.sh helpers', () => {
       kubectl: `echo "$*" >> '${fake}/kubectl.log'
 while [ "$1" = --context ] || [ "$1" = -n ]; do shift 2; done
 case "$1" in
-  get) printf %s pw | base64 ;;
   exec)
     pod=$2; shift 2
     while [ "$1" != -- ]; do [ "$1" = -c ] && { container=$2; shift; }; shift; done
     shift
-    POD=$pod CONTAINER=$container exec "$@" ;;
+    # Only the ClickHouse container has the password, as in the pods.
+    password=""
+    [ "$container" = clickhouse ] && password=pw
+    POD=$pod CONTAINER=$container CLICKHOUSE_DEFAULT_PASSWORD=$password exec "$@" ;;
   *) exit 1 ;;
 esac`,
       'clickhouse-client': `cat '${fake}'/digest-$POD`,

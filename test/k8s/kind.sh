@@ -6,7 +6,8 @@
 # openssl; exits 2 at once, saying what is missing, where one is not there.
 #
 #   bash test/k8s/kind.sh          (npm run kind)
-#   KEEP_CLUSTER=1                 keep the cluster afterwards (deleted otherwise, failed or not)
+#   KEEP_CLUSTER=1                 keep the cluster afterwards (one this run created is deleted
+#                                  otherwise, failed or not; one it found is always kept)
 #   KIND_CLUSTER_NAME=chorus       the cluster to create, or to reuse when it exists
 #   CONVERGE_TIMEOUT=180           seconds the replicas may take to converge
 set -euo pipefail
@@ -31,6 +32,8 @@ finish() {
     [ "$status" = 0 ] || dump_diagnostics || true
     if [ "${KEEP_CLUSTER:-0}" = 1 ]; then
       k8s_log "KEEP_CLUSTER=1: kind cluster $KIND_CLUSTER_NAME kept (kind delete cluster --name $KIND_CLUSTER_NAME removes it)"
+    elif [ "$KIND_CLUSTER_CREATED" != 1 ]; then
+      k8s_log "kind cluster $KIND_CLUSTER_NAME was there before this run: kept"
     else
       kind_cluster_down || true
     fi

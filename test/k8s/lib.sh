@@ -76,12 +76,15 @@ kc() {
   kubectl --context "kind-$KIND_CLUSTER_NAME" -n "$K8S_NAMESPACE" "$@"
 }
 
+# Sets KIND_CLUSTER_CREATED=1 when it made the cluster: one it found is someone's, not to delete.
+KIND_CLUSTER_CREATED=0
 kind_cluster_up() {
   if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER_NAME"; then
     k8s_log "reusing kind cluster $KIND_CLUSTER_NAME"
     kind export kubeconfig --name "$KIND_CLUSTER_NAME"
   else
     k8s_log "creating kind cluster $KIND_CLUSTER_NAME"
+    KIND_CLUSTER_CREATED=1
     kind create cluster --name "$KIND_CLUSTER_NAME" --config "$KIND_OVERLAY/kind-cluster.yaml" --wait 120s
   fi
 }
@@ -111,11 +114,15 @@ wait_for_shard_ready() {
   kc wait --for=condition=complete job/chorus-schema --timeout "$SCHEMA_TIMEOUT"
 }
 
-# The password of ClickHouse's user default, as the cluster holds it (not as a local file
-# says: the chaos suite may run against a shard applied elsewhere).
+# The password of ClickHouse's user default, as a running ClickHouse container has it (not as
+# a local file says: the chaos suite may run against a shard applied elsewhere; nor by the
+# Secret's name, which the kind overlay's secretGenerator suffixes with a hash).
 clickhouse_password() {
-  # --decode: the one spelling GNU's and macOS's base64 share.
-  kc get secret clickhouse-credentials -o jsonpath='{.data.password}' | base64 --decode
+  local password
+  password=$(kc exec "${SHARD_PODS[0]}" -c clickhouse -- printenv CLICKHOUSE_DEFAULT_PASSWORD) ||
+    k8s_fail "cannot read CLICKHOUSE_DEFAULT_PASSWORD in ${SHARD_PODS[0]}'s clickhouse container"
+  [ -n "$password" ] || k8s_fail "CLICKHOUSE_DEFAULT_PASSWORD is empty in ${SHARD_PODS[0]}"
+  printf %s "$password"
 }
 
 # Posts an INSERT through the client Service from inside the cluster, as an application
