@@ -84,6 +84,7 @@ kind_cluster_up() {
     kind export kubeconfig --name "$KIND_CLUSTER_NAME"
   else
     k8s_log "creating kind cluster $KIND_CLUSTER_NAME"
+    # shellcheck disable=SC2034 # read by kind.sh, which sources this file
     KIND_CLUSTER_CREATED=1
     kind create cluster --name "$KIND_CLUSTER_NAME" --config "$KIND_OVERLAY/kind-cluster.yaml" --wait 120s
   fi
