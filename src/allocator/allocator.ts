@@ -60,8 +60,10 @@ export class Allocator {
     private readonly observer: AllocatorObserver = {},
   ) {}
 
-  async init(): Promise<void> {
-    await this.zk.waitConnected();
+  /** Waits up to `connectTimeoutMs` (the session's own timeout by default) for ZooKeeper to answer. */
+  async init(connectTimeoutMs?: number): Promise<void> {
+    if (!this.zk.isConnected) this.log.info({ path: this.opts.path, waitMs: connectTimeoutMs }, 'waiting for ZooKeeper');
+    await this.zk.waitConnected(connectTimeoutMs);
     if (!(await this.zk.exists(this.opts.path))) await this.zk.mkdirp(this.opts.path);
     await this.zk.protect(this.opts.path);
     await this.refresh();

@@ -162,6 +162,12 @@ export const configSchema = z
       .strict()
       .prefault({}),
     shutdownGraceMs: z.number().int().min(0).default(15_000),
+    /**
+     * How long start waits for ClickHouse and for ZooKeeper to answer before it gives up (and the
+     * process exits for its supervisor to restart it): pods of a StatefulSet start together, and
+     * ZooKeeper takes a while to form a quorum.
+     */
+    startupWaitMs: z.number().int().min(0).default(300_000),
     testFaults: z.boolean().default(false),
   })
   .strict();

@@ -421,7 +421,7 @@ export class Sidecar implements AdminBackend {
     if (!this.transport.secure) this.logger.warn('tls.insecure is set: the gRPC and interserver ports are plaintext and peers are not authenticated; anyone who reaches them can forge gossip and read parts');
     this.transport.start();
     await this.store.init();
-    await this.waitForClickHouse();
+    await this.waitForClickHouse(this.config.startupWaitMs);
     const dialect = await this.ch.detect();
     this.logger.info({ clickhouse: dialect.version }, 'ClickHouse version detected');
     await this.staging.init();
@@ -432,7 +432,7 @@ export class Sidecar implements AdminBackend {
       if (table.remoteDisks.length > 0) throw remoteStorageError(table);
       await dataPathBeside(table, this.store.partsDir);
     }
-    await this.allocator.init();
+    await this.allocator.init(this.config.startupWaitMs);
     await this.recovery.recover();
     // Only the allocating member needs a session; the others open one if they ever must allocate.
     if (this.gossip.allocatingMember() !== this.config.replica) this.zk.close();
@@ -494,7 +494,7 @@ export class Sidecar implements AdminBackend {
     }
   }
 
-  private async waitForClickHouse(timeoutMs = 60_000): Promise<void> {
+  private async waitForClickHouse(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (!(await this.ch.ping())) {
       if (Date.now() > deadline) throw new ChorusError('CLICKHOUSE_UNAVAILABLE', `ClickHouse at ${this.config.clickhouse.url} did not answer within ${timeoutMs} ms`);

@@ -3,7 +3,8 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
-import { devKill, devStart } from '../../src/dev/cluster.js';
+import { devKill, devStart, readCluster } from '../../src/dev/cluster.js';
+import { isAlive } from '../../src/dev/processes.js';
 import { DEV_USERS } from '../../src/dev/clickhouse.js';
 import { TestCluster, testBackend } from '../support/cluster.js';
 
@@ -297,6 +298,29 @@ describe('clients', () => {
       for (let i = 0; i < 3; i++) {
         expect((await cluster.clickhouse(i, `SELECT count() = uniqExact(id) FROM ${TABLE} WHERE id >= 900 AND id < 920`)).trim()).toBe('1');
       }
+    }, 180_000);
+
+    it('a sidecar that starts while ZooKeeper is down waits for it (startupWaitMs) and is ready once it is back', async () => {
+      await devKill(cluster.info.dir, 'r1', 'zookeeper');
+      let started: Promise<void> = Promise.resolve();
+      try {
+        await devKill(cluster.info.dir, 'r2', 'sidecar', 'TERM');
+        // Rejects if the sidecar exits before it is ready.
+        started = devStart(cluster.info.dir, 'r2', 'sidecar');
+        started.catch(() => undefined);
+        // Longer than the ZooKeeper client's own timeout (gossip.allocateTimeoutMs, 5 s), after
+        // which a start that did not wait gave up and exited: pods of a StatefulSet start together.
+        await sleep(8000);
+        expect(isAlive(readCluster(cluster.info.dir).replicas[1]!.pids.sidecar)).toBe(true);
+        expect((await fetch(`${cluster.replica(1).http}/healthz`).catch(() => null))?.status).toBeUndefined();
+      } finally {
+        await devStart(cluster.info.dir, 'r1', 'zookeeper');
+      }
+      await started;
+      await expect
+        .poll(async () => (await send(1, `INSERT INTO ${TABLE} FORMAT TabSeparated`, ROWS(950, 2))).status, { timeout: 60_000, interval: 500 })
+        .toBe(200);
+      await expect.poll(() => counts('id >= 950 AND id < 952'), { timeout: 20_000, interval: 200 }).toEqual([2, 2, 2]);
     }, 180_000);
 
     it('a staging table that could not be emptied is never handed out with an earlier insert’s parts', async () => {
