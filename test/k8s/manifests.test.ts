@@ -152,6 +152,8 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
         const c = containerOf(sts, name);
         expect(c.securityContext?.runAsUser ?? pod.securityContext.runAsUser, `${name} uid`).toBe(101);
         expect(c.securityContext?.runAsGroup ?? pod.securityContext.runAsGroup, `${name} gid`).toBe(101);
+        expect(c.securityContext?.allowPrivilegeEscalation, `${name} allowPrivilegeEscalation`).toBe(false);
+        expect(c.securityContext?.capabilities?.drop, `${name} capabilities`).toEqual(['ALL']);
       }
     }
   }));
