@@ -66,6 +66,8 @@ describe('Dockerfile', () => {
     expect(deps, 'the runtime stage copies node_modules from a stage').toBeDefined();
     const depsStage = dockerfile.stages.find((s) => s.name === deps!.flags.get('from'))!;
     expect(runStepsOf(depsStage).filter((w) => w[0] === 'npm').map(npmStep)).toEqual(['npm ci --omit=dev']);
+    // better-sqlite3 is compiled there for that Node: the runtime must run the same one.
+    expect(baseImage(depsStage)).toBe(runtime.base);
   });
 
   it('carries no compiler at run time: the runtime stage starts from the image, not the toolchain stage', () => {
