@@ -154,6 +154,8 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
         expect(c.securityContext?.runAsGroup ?? pod.securityContext.runAsGroup, `${name} gid`).toBe(101);
         expect(c.securityContext?.allowPrivilegeEscalation, `${name} allowPrivilegeEscalation`).toBe(false);
         expect(c.securityContext?.capabilities?.drop, `${name} capabilities`).toEqual(['ALL']);
+        // A read-only root needs a writable /tmp (SQLite's temporary files).
+        if (c.securityContext?.readOnlyRootFilesystem) expect((c.volumeMounts as { mountPath: string }[]).map((m) => m.mountPath), `${name} mounts`).toContain('/tmp');
       }
     }
   }));
