@@ -20,6 +20,8 @@ export default defineConfig({
       { extends: true, test: { name: 'deploy', include: ['test/k8s/**/*.test.ts'] } },
       // The same requests to both backends, in one file: what Chorus relies on, and where they differ.
       { extends: true, test: { name: 'contract', include: ['test/contract/**/*.test.ts'] } },
+      // The chaos suite's own tooling (network namespaces, partitions); needs root, skips itself otherwise.
+      { extends: true, test: { name: 'chaos', include: ['test/chaos/**/*.test.ts'] } },
       ...backends.map((backend) => ({
         extends: true as const,
         test: {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs to run Chorus's dev cluster and tests:
 # Debian's ClickHouse and ZooKeeper (when missing), shellcheck for the shell scripts' test,
-# npm dependencies, the TypeScript build.
+# iptables for the chaos suite's partitions, npm dependencies, the TypeScript build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ need_apt=()
 [ -x /usr/share/zookeeper/bin/zkServer.sh ] || need_apt+=(zookeeper)
 command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 if [ ${#need_apt[@]} -gt 0 ]; then
