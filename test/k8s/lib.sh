@@ -113,17 +113,21 @@ wait_for_shard_ready() {
   kc rollout status statefulset/zookeeper --timeout "$ROLLOUT_TIMEOUT"
   kc rollout status "statefulset/$SHARD_STATEFULSET" --timeout "$ROLLOUT_TIMEOUT"
   kc wait --for=condition=complete job/chorus-schema --timeout "$SCHEMA_TIMEOUT"
+  # Here, in the caller's shell, so that the inserts and probes run in $(...) inherit it.
+  load_clickhouse_password
 }
 
 # The password of ClickHouse's user default, as a running ClickHouse container has it (not as
 # a local file says: the chaos suite may run against a shard applied elsewhere; nor by the
 # Secret's name, which the kind overlay's secretGenerator suffixes with a hash).
-clickhouse_password() {
-  local password
-  password=$(kc exec "${SHARD_PODS[0]}" -c clickhouse -- printenv CLICKHOUSE_DEFAULT_PASSWORD) ||
+# Read once into SHARD_CH_PASSWORD (every insert and convergence probe needs it); a caller in
+# a subshell reads it itself.
+SHARD_CH_PASSWORD=
+load_clickhouse_password() {
+  [ -z "$SHARD_CH_PASSWORD" ] || return 0
+  SHARD_CH_PASSWORD=$(kc exec "${SHARD_PODS[0]}" -c clickhouse -- printenv CLICKHOUSE_DEFAULT_PASSWORD) ||
     k8s_fail "cannot read CLICKHOUSE_DEFAULT_PASSWORD in ${SHARD_PODS[0]}'s clickhouse container"
-  [ -n "$password" ] || k8s_fail "CLICKHOUSE_DEFAULT_PASSWORD is empty in ${SHARD_PODS[0]}"
-  printf %s "$password"
+  [ -n "$SHARD_CH_PASSWORD" ] || k8s_fail "CLICKHOUSE_DEFAULT_PASSWORD is empty in ${SHARD_PODS[0]}"
 }
 
 # Posts an INSERT through the client Service from inside the cluster, as an application
@@ -131,8 +135,8 @@ clickhouse_password() {
 # retry, which is the point. Prints "lsn=L deduplicated=0|1|partial".
 # Usage: chorus_insert TABLE JSON_EACH_ROW_BODY [INSERT_DEDUPLICATION_TOKEN]
 chorus_insert() {
-  local table=$1 rows=$2 token=${3:-} password
-  password=$(clickhouse_password)
+  local table=$1 rows=$2 token=${3:-}
+  load_clickhouse_password
   # shellcheck disable=SC2016 # JavaScript, whose ${...} are template literals
   local script='
 (async () => {
@@ -163,15 +167,15 @@ chorus_insert() {
     await new Promise((r) => setTimeout(r, 2000));
   }
 })();'
-  kc exec "${SHARD_PODS[0]}" -c chorus -- node -e "$script" -- "$SHARD_CLIENT_URL" "$table" "default:$password" "$rows" "$token"
+  kc exec "${SHARD_PODS[0]}" -c chorus -- node -e "$script" -- "$SHARD_CLIENT_URL" "$table" "default:$SHARD_CH_PASSWORD" "$rows" "$token"
 }
 
 # "count<TAB>checksum" of a table on one replica, read from its own ClickHouse.
 # Usage: replica_digest POD TABLE
 replica_digest() {
-  local pod=$1 table=$2 password
-  password=$(clickhouse_password)
-  kc exec "$pod" -c clickhouse -- clickhouse-client --password "$password" \
+  local pod=$1 table=$2
+  load_clickhouse_password
+  kc exec "$pod" -c clickhouse -- clickhouse-client --password "$SHARD_CH_PASSWORD" \
     -q "SELECT count(), sum(cityHash64(id, payload)) FROM $table"
 }
 

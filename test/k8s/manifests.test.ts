@@ -43,6 +43,10 @@ const OPERATOR_SECRETS: Record<string, Record<string, string>> = {
   'chorus-zookeeper-auth': { auth: 'chorus:example-password' },
 };
 
+/** The Dockerfile's runtime stage, and its ENV: what the sidecar's container starts with. */
+const RUNTIME_STAGE = parseDockerfile(readFileSync(join(REPO, 'Dockerfile'), 'utf8')).stages.at(-1)!;
+const IMAGE_ENV = Object.fromEntries(RUNTIME_STAGE.instructions.filter((i) => i.keyword === 'ENV').flatMap((i) => [...keyValues(i.args)]));
+
 interface Rendered {
   name: string;
   objects: K8sObject[];
@@ -93,7 +97,7 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
     const pod = `${sts.metadata.name}-${ordinal}`;
     const chorus = containerOf(sts, 'chorus');
     const links = sts.spec.template.spec.enableServiceLinks === false ? [] : ofKind(r.objects, 'Service');
-    const env = containerEnv(chorus.env as EnvVar[], { name: pod, namespace: 'test', labels: sts.spec.template.metadata.labels, serviceLinks: links, imageEnv: imageEnv() }, secretValue(r));
+    const env = containerEnv(chorus.env as EnvVar[], { name: pod, namespace: 'test', labels: sts.spec.template.metadata.labels, serviceLinks: links, imageEnv: IMAGE_ENV }, secretValue(r));
     const configFile = env.CHORUS_CONFIG;
     expect(configFile, 'CHORUS_CONFIG').toBeTruthy();
     const mount = (chorus.volumeMounts as { name: string; mountPath: string }[]).find((m) => configFile!.startsWith(m.mountPath + '/'));
@@ -161,8 +165,7 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
   }));
 
   it("the sidecar container runs `chorus serve` from the repository's image", each((r) => {
-    const runtime = parseDockerfile(readFileSync(join(REPO, 'Dockerfile'), 'utf8')).stages.at(-1)!;
-    const lastOf = (keyword: string) => runtime.instructions.filter((i) => i.keyword === keyword).at(-1);
+    const lastOf = (keyword: string) => RUNTIME_STAGE.instructions.filter((i) => i.keyword === keyword).at(-1);
     const exec = (keyword: string) => {
       const found = lastOf(keyword);
       return found ? (commandForm(found.args) as { exec: string[] }).exec : [];
@@ -429,12 +432,6 @@ describe.skipIf(!hasKubectl)('Kubernetes manifests (k8s/)', () => {
     for (const o of kind.objects.filter((x) => x.kind !== 'Namespace')) expect(o.metadata.namespace, `${o.kind} ${o.metadata.name}`).toBe('chorus');
   });
 });
-
-/** The ENV of the Dockerfile's runtime stage: what the sidecar's container starts with. */
-function imageEnv(): Record<string, string> {
-  const runtime = parseDockerfile(readFileSync(join(REPO, 'Dockerfile'), 'utf8')).stages.at(-1)!;
-  return Object.fromEntries(runtime.instructions.filter((i) => i.keyword === 'ENV').flatMap((i) => [...keyValues(i.args)]));
-}
 
 function containerOf(w: K8sObject, name: string): Container {
   return (w.spec?.template?.spec?.containers as Container[] | undefined)?.find((c) => c.name === name);
