@@ -41,6 +41,9 @@ export interface GossipOptions {
 /** Ranges in one digest: a replica's known LSNs above its watermark are a few gaps, not millions. */
 const MAX_DIGEST_RANGES = 10_000;
 
+/** Exchanges in a row that may bring only entries already here before a full pull gives up. */
+const PULL_ROUNDS_WITHOUT_PROGRESS = 3;
+
 /**
  * Log dissemination between the sidecars of a shard: push on append, periodic digest
  * exchange with a random peer to pull (and push back) what either side lacks, and the
@@ -195,7 +198,7 @@ export class Gossip {
    * Validates and stores entries from `from`. Refused ones are not stored, counted and logged
    * with their sender; their reasons are returned (the caller answers INVALID_ARGUMENT).
    */
-  private async receive(raw: unknown[], from: string): Promise<{ added: LogEntry[]; refused: string[] }> {
+  private async receive(raw: unknown[], from: string): Promise<{ added: LogEntry[]; conflicts: number; refused: string[] }> {
     if (raw.length > this.opts.maxEntriesPerMessage) {
       this.metrics.gossipRefusedEntries.inc({ reason: 'too_many' }, raw.length);
       this.logger.warn({ from, entries: raw.length }, 'a message with too many entries refused');
@@ -223,10 +226,10 @@ export class Gossip {
       else refuse('unverifiable', `LSN ${e.lsn} is beyond the last next LSN seen (${bound}) and ZooKeeper cannot be asked now; it is taken when pulled later`, e.lsn);
       return false;
     });
-    const { added } = this.log.addEntries(storable, 'pending', from);
+    const { added, conflicts } = this.log.addEntries(storable, 'pending', from);
     this.applyDecommissions(added);
     if (added.length) this.onNewEntries(added);
-    return { added, refused };
+    return { added, conflicts: conflicts.length, refused };
   }
 
   /** A decommission entry, once stored here (received, or recorded here), removes its member. */
@@ -302,15 +305,15 @@ export class Gossip {
   }
 
   /** One exchange; returns how many entries the peer sent and how many were new here. Throws on failure. */
-  private async exchangeWith(peer: Peer): Promise<{ received: number; added: number; refused: string[] }> {
+  private async exchangeWith(peer: Peer): Promise<{ received: number; added: number; conflicts: number; refused: string[] }> {
     const reply = await peer.exchange(this.log.digest(this.opts.self), this.opts.rpcTimeoutMs);
-    const { added, refused } = await this.receive(reply.entries, peer.name);
+    const { added, conflicts, refused } = await this.receive(reply.entries, peer.name);
     // The peer dialed is the one whose address (and, with TLS, certificate) is configured: its
     // digest speaks for itself, whatever name it carries.
     this.log.setPeerProgress(peer.name, Number(reply.digest.appliedWatermark), Number(reply.digest.maxLsn));
     const theyLack = this.log.missingFrom(reply.digest, this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes);
     if (theyLack.length) await peer.push(this.opts.self, theyLack, this.opts.rpcTimeoutMs);
-    return { received: reply.entries.length, added: added.length, refused };
+    return { received: reply.entries.length, added: added.length, conflicts, refused };
   }
 
   /**
@@ -320,11 +323,19 @@ export class Gossip {
    */
   async pullAll(peer: Peer): Promise<number> {
     let total = 0;
+    // A round can bring only entries that arrived meanwhile by another path (a push from that
+    // peer, or its own exchange with us, crosses ours): the next round's digest has them. Only
+    // rounds that keep bringing nothing new mean the peer's answers do not follow our digest.
+    let roundsWithNothingNew = 0;
     for (;;) {
       const round = await this.exclusive(() => this.exchangeWith(peer));
       if (round.refused.length) throw new ChorusError('FAILED_PRECONDITION', `${peer.name} holds entries this replica refuses (${round.refused[0]})`);
+      if (round.conflicts) throw new ChorusError('FAILED_PRECONDITION', `${peer.name} keeps sending entries that conflict with this replica's log (see the alarms of chorus status)`);
       if (round.received === 0) return total;
-      if (round.added === 0) throw new ChorusError('FAILED_PRECONDITION', `${peer.name} keeps sending entries that conflict with this replica's log (see the alarms of chorus status)`);
+      roundsWithNothingNew = round.added === 0 ? roundsWithNothingNew + 1 : 0;
+      if (roundsWithNothingNew >= PULL_ROUNDS_WITHOUT_PROGRESS) {
+        throw new ChorusError('FAILED_PRECONDITION', `${peer.name} sent only entries this replica already holds in ${roundsWithNothingNew} exchanges in a row; what it holds beyond them is not known here`);
+      }
       total += round.added;
     }
   }
