@@ -1,0 +1,90 @@
+/**
+ * Where a chaos scenario runs. The workload, the nemesis and the checker talk only to this
+ * interface, so the same scenarios drive the local backend (dev cluster processes in network
+ * namespaces on this machine) and the kind backend (the kind overlay, through kubectl).
+ */
+
+/** Every fault the nemesis knows; `--faults` takes a comma-separated list of these names. */
+export const FAULT_KINDS = [
+  /** kill -9 one replica's sidecar; started again when the fault ends. */
+  'kill-sidecar',
+  /** kill -9 one replica's ClickHouse; started again when the fault ends. */
+  'kill-clickhouse',
+  /** ZooKeeper killed (-9), started again when the fault ends. */
+  'restart-zookeeper',
+  /** One replica cut from ZooKeeper longer than its session timeout, so the session expires. */
+  'expire-zookeeper-session',
+  /** One replica cut from its peers (both ways); ZooKeeper and clients still reach it. */
+  'partition-replica',
+  /** One replica cut from ZooKeeper only, for less than its session timeout. */
+  'partition-zookeeper',
+  /** Packets from one replica to another dropped, the other way delivered. */
+  'partition-one-way',
+  /** SIGSTOP one replica's sidecar (a long GC pause), SIGCONT when the fault ends. */
+  'pause-sidecar',
+  /** One replica's network slow (rate-limited, queued, lossy). */
+  'slow-network',
+  /** Bytes flipped in the parts one replica serves to its peers (the sidecar's test fault hook). */
+  'corrupt-parts',
+  /** One replica's data disk full. */
+  'disk-full',
+] as const;
+
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+export function isFaultKind(value: string): value is FaultKind {
+  return (FAULT_KINDS as readonly string[]).includes(value);
+}
+
+/** One fault of a schedule: which, on whom, for how long. */
+export interface Fault {
+  kind: FaultKind;
+  /** The replica it hits (the first of `targets`); for restart-zookeeper, the replica whose view is reported. */
+  target: string;
+  /** For partition-one-way: packets from `target` to `other` are dropped. */
+  other?: string;
+  durationMs: number;
+}
+
+/** What the backend did, for the timeline (e.g. "iptables DROP 10.231.7.3 -> 10.231.7.2"). */
+export interface Injected {
+  /** Undoes the fault; idempotent. */
+  heal(): Promise<void>;
+  detail: string;
+}
+
+/** One HTTP reply from a replica's Chorus port, or how the request failed before one came. */
+export type HttpOutcome =
+  | { kind: 'reply'; status: number; body: string; errorCode: string | null }
+  /** `sent` false: the connection was refused or never opened, so nothing reached the server. */
+  | { kind: 'no-reply'; sent: boolean; error: string };
+
+export interface HttpRequest {
+  replica: string;
+  /** The SQL, sent as the `query` URL parameter. */
+  query: string;
+  body?: string;
+  params?: Record<string, string>;
+  timeoutMs: number;
+}
+
+export interface ChaosBackend {
+  /** `local` or `kind`. */
+  readonly name: string;
+  readonly replicas: readonly string[];
+  /** The fault kinds this backend can inject (the runner refuses a --faults list asking for others). */
+  readonly supportedFaults: ReadonlySet<FaultKind>;
+  /** POSTs to a replica's Chorus HTTP port (what a ClickHouse client pointed at Chorus does). */
+  chorus(request: HttpRequest): Promise<HttpOutcome>;
+  /** A query straight to a replica's ClickHouse; throws on failure. For set-up and for reading what is stored. */
+  clickhouse(replica: string, sql: string): Promise<string>;
+  /** Runs DDL on every replica's ClickHouse (DDL is not replicated by Chorus yet). */
+  onEvery(sql: string): Promise<void>;
+  inject(fault: Fault): Promise<Injected>;
+  /** Heals whatever is still injected and brings every process back; after it every replica answers. */
+  healAll(): Promise<void>;
+  /** True when every sidecar reports every member alive and no lag (its /readyz and status). */
+  settled(): Promise<boolean>;
+  /** Stops everything the backend started and removes what it made (namespaces, rules, dirs). */
+  close(): Promise<void>;
+}
