@@ -24,6 +24,44 @@ export class ClickHouseQueryError extends ChorusError {
 }
 
 /**
+ * ClickHouse error codes (src/Common/ErrorCodes.cpp) that blame the server's state, not the
+ * rows or the statement: full or failing disk, memory, too many parts, too many queries, a
+ * read-only table. An insert refused so is worth retrying; one refused for its data is not.
+ */
+const SERVER_SIDE_CODES = new Set([
+  24, // CANNOT_WRITE_TO_OSTREAM
+  75, // CANNOT_WRITE_TO_FILE_DESCRIPTOR
+  76, // CANNOT_OPEN_FILE
+  77, // CANNOT_CLOSE_FILE
+  88, // CANNOT_TRUNCATE_FILE
+  159, // TIMEOUT_EXCEEDED
+  172, // CANNOT_CREATE_DIRECTORY
+  173, // CANNOT_ALLOCATE_MEMORY
+  202, // TOO_MANY_SIMULTANEOUS_QUERIES
+  204, // CANNOT_FSYNC
+  214, // CANNOT_STATVFS
+  236, // ABORTED
+  241, // MEMORY_LIMIT_EXCEEDED
+  242, // TABLE_IS_READ_ONLY
+  243, // NOT_ENOUGH_SPACE
+  252, // TOO_MANY_PARTS
+  275, // AIO_WRITE_ERROR
+  394, // QUERY_WAS_CANCELLED
+  400, // CANNOT_STAT
+  425, // SYSTEM_ERROR
+  439, // CANNOT_SCHEDULE_TASK
+]);
+
+/** What a Poco or std exception (codes 1000, 1001) says when the disk under ClickHouse fails. */
+const SERVER_SIDE_TEXT = /no space left on device|cannot write file|disk quota exceeded|read-only file system/i;
+
+/** True when ClickHouse refused a query for its own state (see SERVER_SIDE_CODES), not for what it was sent. */
+export function isServerSideFailure(err: ClickHouseQueryError): boolean {
+  if (err.clickhouseCode !== undefined && SERVER_SIDE_CODES.has(err.clickhouseCode)) return true;
+  return SERVER_SIDE_TEXT.test(err.message);
+}
+
+/**
  * ClickHouse's error text, in the formats of every supported release:
  * 18.16 `Code: 60, e.displayText() = DB::Exception: Table x doesn't exist., e.what() = DB::Exception`,
  * 21.11+ `Code: 60. DB::Exception: Table x does not exist. (UNKNOWN_TABLE) (version 23.8.1.1)`.

@@ -15,6 +15,8 @@ export const ErrorCodes = {
   PART_NOT_FOUND: 404,
   PART_VERIFICATION_FAILED: 502,
   CLICKHOUSE_UNAVAILABLE: 503,
+  /** ClickHouse refused rows for a reason of its own (disk full, memory, too many parts): nothing stored; retry later. */
+  CLICKHOUSE_CANNOT_STORE: 503,
   CLICKHOUSE_ERROR: 502,
   ALLOCATOR_UNAVAILABLE: 503,
   DUPLICATE_PENDING: 503,

@@ -43,9 +43,31 @@ export const ping = (url: string) => httpOk(`${url}/ping`);
 
 const escapeXml = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
-/** A ClickHouse server config of our own: loopback only, its data under `dir`. */
-export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zookeeper?: string; macros?: Record<string, string>; root?: string } = {}): string {
+/**
+ * Where a replica's processes run: on this machine's loopback (the default), or in a network
+ * namespace of the chaos suite, reachable from the host at `address`.
+ */
+export interface Placement {
+  address: string;
+  netns?: string;
+}
+
+export const LOOPBACK: Placement = { address: '127.0.0.1' };
+
+/**
+ * What a server in the placement listens on: in a namespace every address it has (its loopback,
+ * for its own sidecar, and its veth, for the host), which are only that namespace's.
+ */
+export const listenHost = (placement: Placement) => (placement.netns ? '0.0.0.0' : placement.address);
+
+/** A ClickHouse server config of our own: loopback only (or its namespace), its data under `dir`. */
+export function clickhouseConfig(
+  dir: string,
+  ports: ClickHousePorts,
+  opts: { zookeeper?: string; macros?: Record<string, string>; root?: string; placement?: Placement } = {},
+): string {
   const root = opts.root ?? 'yandex';
+  const placement = opts.placement ?? LOOPBACK;
   const zk = opts.zookeeper
     ? `<zookeeper>${opts.zookeeper
         .split(',')
@@ -66,8 +88,8 @@ export function clickhouseConfig(dir: string, ports: ClickHousePorts, opts: { zo
   <http_port>${ports.http}</http_port>
   <tcp_port>${ports.tcp}</tcp_port>
   <interserver_http_port>${ports.interserver}</interserver_http_port>
-  <interserver_http_host>127.0.0.1</interserver_http_host>
-  <listen_host>127.0.0.1</listen_host>
+  <interserver_http_host>${escapeXml(placement.address)}</interserver_http_host>
+  <listen_host>${escapeXml(listenHost(placement))}</listen_host>
   <path>${escapeXml(join(dir, 'data'))}/</path>
   <tmp_path>${escapeXml(join(dir, 'tmp'))}/</tmp_path>
   <user_files_path>${escapeXml(join(dir, 'user_files'))}/</user_files_path>
@@ -96,9 +118,11 @@ export const DEV_USERS = {
   stranger: 'stranger-secret',
 } as const;
 
-export function clickhouseUsersConfig(root = 'yandex'): string {
+export function clickhouseUsersConfig(root = 'yandex', placement: Placement = LOOPBACK): string {
+  // In a namespace, the host reaches the server from the namespace's /24 (the chaos bridge).
+  const networks = ['::1', '127.0.0.1', ...(placement.netns ? [placement.address.replace(/\.\d+$/, '.0/24')] : [])];
   const user = (name: string, password: string, profile: string, extra = '') =>
-    `<${name}><password>${escapeXml(password)}</password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>${profile}</profile><quota>default</quota>${extra}</${name}>`;
+    `<${name}><password>${escapeXml(password)}</password><networks>${networks.map((ip) => `<ip>${escapeXml(ip)}</ip>`).join('')}</networks><profile>${profile}</profile><quota>default</quota>${extra}</${name}>`;
   return `<?xml version="1.0"?>
 <${root}>
   <profiles>
@@ -116,19 +140,25 @@ export function clickhouseUsersConfig(root = 'yandex'): string {
 `;
 }
 
-/** Starts one replica's ClickHouse of the given backend, its data under `dir/data`; resolves with its pid once it answers /ping. */
+/**
+ * Starts one replica's ClickHouse of the given backend, its data under `dir/data`, in its
+ * placement; resolves with its pid once it answers /ping at the placement's address.
+ */
 export async function startClickHouse(
   backend: ClickHouseBackend,
   dir: string,
   ports: ClickHousePorts,
-  opts: { zookeeper?: string; macros?: Record<string, string> } = {},
+  opts: { zookeeper?: string; macros?: Record<string, string>; placement?: Placement } = {},
 ): Promise<number> {
   mkdirSync(dir, { recursive: true });
   const logFile = join(dir, 'stdout.log');
+  const placement = opts.placement ?? LOOPBACK;
+  const url = `http://${placement.address}:${ports.http}`;
   if (backend === 'chdb') {
     if (opts.zookeeper) throw new Error('the chdb backend has no ZooKeeper client: ReplicatedMergeTree baselines need --clickhouse server');
-    const pid = spawnDetached(process.execPath, [CHDB_FRONT_ENTRY, '--data', join(dir, 'data'), '--port', String(ports.http)], { logFile, cwd: dir });
-    await waitFor('ClickHouse (chdb)', () => ping(`http://127.0.0.1:${ports.http}`), { timeoutMs: 60_000, pid, logFile });
+    const args = [CHDB_FRONT_ENTRY, '--data', join(dir, 'data'), '--port', String(ports.http), '--host', listenHost(placement)];
+    const pid = spawnDetached(process.execPath, args, { logFile, cwd: dir, netns: placement.netns });
+    await waitFor('ClickHouse (chdb)', () => ping(url), { timeoutMs: 60_000, pid, logFile });
     return pid;
   }
   const binary = clickhouseServerBinary();
@@ -137,9 +167,9 @@ export async function startClickHouse(
   }
   const configFile = join(dir, 'config.xml');
   const root = configRoot(binary);
-  writeFileSync(join(dir, 'users.xml'), clickhouseUsersConfig(root));
-  writeFileSync(configFile, clickhouseConfig(dir, ports, { ...opts, root }));
-  const pid = spawnDetached(binary, [`--config-file=${configFile}`], { logFile, cwd: dir });
-  await waitFor('ClickHouse', () => ping(`http://127.0.0.1:${ports.http}`), { timeoutMs: 60_000, pid, logFile: join(dir, 'clickhouse-server.err.log') });
+  writeFileSync(join(dir, 'users.xml'), clickhouseUsersConfig(root, placement));
+  writeFileSync(configFile, clickhouseConfig(dir, ports, { ...opts, root, placement }));
+  const pid = spawnDetached(binary, [`--config-file=${configFile}`], { logFile, cwd: dir, netns: placement.netns });
+  await waitFor('ClickHouse', () => ping(url), { timeoutMs: 60_000, pid, logFile: join(dir, 'clickhouse-server.err.log') });
   return pid;
 }

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify as toYaml } from 'yaml';
-import { startClickHouse, type ClickHouseBackend } from './clickhouse.js';
+import { LOOPBACK, listenHost, startClickHouse, type ClickHouseBackend, type Placement } from './clickhouse.js';
 import { sleep } from '../core/async.js';
 import { freePort, httpOk, isAlive, signalGroup, spawnDetached, stopProcess, waitFor } from './processes.js';
 import { startZooKeeper } from './zookeeper.js';
@@ -28,6 +28,8 @@ export interface ReplicaInfo {
   interserver: string;
   pids: { clickhouse: number; sidecar: number };
   dir: string;
+  /** Where its ClickHouse and sidecar run: loopback, or a network namespace of the chaos suite. */
+  placement: Placement;
   /** Its certificate (CN = name), absent when the cluster runs insecure. */
   tls?: TlsFiles;
   ports: { http: number; interserver: number; grpc: number; clickhouseHttp: number; clickhouseTcp: number; clickhouseInterserver: number };
@@ -36,6 +38,7 @@ export interface ReplicaInfo {
 export interface ClusterInfo {
   dir: string;
   zookeeper: string;
+  zookeeperHost: string;
   zookeeperPort: number;
   zookeeperPid: number;
   shard: string;
@@ -67,6 +70,12 @@ export interface DevUpOptions {
   withoutSidecars?: boolean;
   /** Plaintext gRPC and interserver ports (tls.insecure), for tests of that mode. */
   insecure?: boolean;
+  /**
+   * Runs each replica in a network namespace (the chaos suite's), listening at its address
+   * there, and ZooKeeper on the host at `zookeeperHost` (the namespaces' bridge), so that
+   * dropping packets between those addresses partitions the shard.
+   */
+  network?: { zookeeperHost: string; replicas: Record<string, Placement> };
 }
 
 const stateFile = (dir: string) => join(dir, 'cluster.json');
@@ -90,9 +99,11 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     if (isAlive(previous.zookeeperPid)) throw new Error(`a dev cluster is already running in ${dir}; run \`chorus dev down --dir ${dir}\` first`);
   }
   const zkPort = await freePort();
+  const zkHost = opts.network?.zookeeperHost ?? '127.0.0.1';
   const info: ClusterInfo = {
     dir,
-    zookeeper: `127.0.0.1:${zkPort}`,
+    zookeeper: `${zkHost}:${zkPort}`,
+    zookeeperHost: zkHost,
     zookeeperPort: zkPort,
     zookeeperPid: 0,
     shard: 'shard1',
@@ -105,7 +116,7 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
   };
   const save = () => writeFileSync(stateFile(dir), JSON.stringify(info, null, 2));
   try {
-    info.zookeeperPid = await startZooKeeper(join(dir, 'zookeeper'), zkPort);
+    info.zookeeperPid = await startZooKeeper(join(dir, 'zookeeper'), zkPort, zkHost);
     save();
     const names = Array.from({ length: opts.replicas }, (_, i) => `r${i + 1}`);
     if (!info.tls.insecure) {
@@ -114,6 +125,8 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     }
     const scheme = info.tls.insecure ? 'http' : 'https';
     for (const name of names) {
+      const placement = opts.network?.replicas[name] ?? LOOPBACK;
+      const host = placement.address;
       const ports = {
         http: await freePort(),
         interserver: await freePort(),
@@ -124,12 +137,13 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
       };
       info.replicas.push({
         name,
-        http: `http://127.0.0.1:${ports.http}`,
-        clickhouse: `http://127.0.0.1:${ports.clickhouseHttp}`,
-        grpc: `127.0.0.1:${ports.grpc}`,
-        interserver: `${scheme}://127.0.0.1:${ports.interserver}`,
+        http: `http://${host}:${ports.http}`,
+        clickhouse: `http://${host}:${ports.clickhouseHttp}`,
+        grpc: `${host}:${ports.grpc}`,
+        interserver: `${scheme}://${host}:${ports.interserver}`,
         pids: { clickhouse: 0, sidecar: 0 },
         dir: join(dir, name),
+        placement,
         ...(info.tls.insecure ? {} : { tls: issueDevCertificate(info.tls.dir, name) }),
         ports,
       });
@@ -141,7 +155,7 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
           info.clickhouseBackend,
           join(r.dir, 'clickhouse'),
           { http: r.ports.clickhouseHttp, tcp: r.ports.clickhouseTcp, interserver: r.ports.clickhouseInterserver },
-          opts.clickhouseZookeeper ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } } : {},
+          { ...(opts.clickhouseZookeeper ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } } : {}), placement: r.placement },
         );
         save();
       }),
@@ -172,9 +186,9 @@ function writeSidecarConfig(info: ClusterInfo, r: ReplicaInfo, extra: Record<str
     logLevel: 'info',
     clickhouse: { url: r.clickhouse },
     zookeeper: { connect: info.zookeeper, sessionTimeoutMs: 10_000, auth: info.zookeeperAuth },
-    http: { host: '127.0.0.1', port: r.ports.http },
-    interserver: { host: '127.0.0.1', port: r.ports.interserver },
-    grpc: { host: '127.0.0.1', port: r.ports.grpc },
+    http: { host: listenHost(r.placement), port: r.ports.http },
+    interserver: { host: listenHost(r.placement), port: r.ports.interserver },
+    grpc: { host: listenHost(r.placement), port: r.ports.grpc },
     peers: info.replicas.map((p) => ({ name: p.name, grpc: p.grpc, interserver: p.interserver })),
     admin: { token: info.adminToken },
     // A short reload period, so that a rotation test sees new files within a second.
@@ -194,7 +208,7 @@ export async function startSidecar(info: ClusterInfo, r: ReplicaInfo): Promise<v
   if (!existsSync(SIDECAR_ENTRY)) throw new Error(`${SIDECAR_ENTRY} is missing: run \`npm run build\` first`);
   const logFile = join(r.dir, 'sidecar.log');
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CHORUS_')));
-  r.pids.sidecar = spawnDetached(process.execPath, [SIDECAR_ENTRY, 'serve', '--config', sidecarConfigPath(r)], { logFile, env });
+  r.pids.sidecar = spawnDetached(process.execPath, [SIDECAR_ENTRY, 'serve', '--config', sidecarConfigPath(r)], { logFile, env, netns: r.placement?.netns });
   saveCluster(info);
   await waitFor(`sidecar ${r.name}`, () => httpOk(`${r.http}/readyz`), { timeoutMs: 60_000, pid: r.pids.sidecar, logFile });
 }
@@ -234,7 +248,7 @@ export async function devStart(dir: string, name: string, component: Component |
   const info = readCluster(dir);
   if (component === 'zookeeper') {
     if (!isAlive(info.zookeeperPid)) {
-      info.zookeeperPid = await startZooKeeper(join(info.dir, 'zookeeper'), info.zookeeperPort);
+      info.zookeeperPid = await startZooKeeper(join(info.dir, 'zookeeper'), info.zookeeperPort, info.zookeeperHost ?? '127.0.0.1');
       saveCluster(info);
     }
     return;
@@ -245,9 +259,12 @@ export async function devStart(dir: string, name: string, component: Component |
       info.clickhouseBackend ?? 'server',
       join(r.dir, 'clickhouse'),
       { http: r.ports.clickhouseHttp, tcp: r.ports.clickhouseTcp, interserver: r.ports.clickhouseInterserver },
-      existsSync(join(r.dir, 'clickhouse', 'config.xml')) && readFileSync(join(r.dir, 'clickhouse', 'config.xml'), 'utf8').includes('<zookeeper>')
-        ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } }
-        : {},
+      {
+        ...(existsSync(join(r.dir, 'clickhouse', 'config.xml')) && readFileSync(join(r.dir, 'clickhouse', 'config.xml'), 'utf8').includes('<zookeeper>')
+          ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } }
+          : {}),
+        placement: r.placement ?? LOOPBACK,
+      },
     );
     saveCluster(info);
   }

@@ -46,9 +46,12 @@ export async function freePort(): Promise<number> {
 /**
  * Starts a long-lived process in its own process group, output to `logFile`, not tied to
  * this process: `chorus dev up` returns and leaves it running, `dev down` stops it by pid.
+ * With `netns`, it runs in that network namespace: `ip netns exec` enters it and then execs the
+ * command, so the pid returned is still the command's own.
  */
-export function spawnDetached(command: string, args: string[], opts: { logFile: string; env?: NodeJS.ProcessEnv; cwd?: string }): number {
+export function spawnDetached(command: string, args: string[], opts: { logFile: string; env?: NodeJS.ProcessEnv; cwd?: string; netns?: string }): number {
   const out = openSync(opts.logFile, 'a');
+  if (opts.netns) [command, args] = ['ip', ['netns', 'exec', opts.netns, command, ...args]];
   const child = spawn(command, args, {
     detached: true,
     stdio: ['ignore', out, out],

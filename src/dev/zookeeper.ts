@@ -29,7 +29,8 @@ export async function mntr(port: number): Promise<Record<string, string>> {
   );
 }
 
-export async function startZooKeeper(dir: string, port: number): Promise<number> {
+/** Starts ZooKeeper listening on `host:port` (loopback unless told otherwise), data under `dir`. */
+export async function startZooKeeper(dir: string, port: number, host = '127.0.0.1'): Promise<number> {
   if (!existsSync(ZK_SERVER_SCRIPT)) {
     throw new Error(`ZooKeeper is not installed (${ZK_SERVER_SCRIPT} missing): run \`bash scripts/setup.sh\` or apt-get install zookeeper`);
   }
@@ -43,7 +44,7 @@ export async function startZooKeeper(dir: string, port: number): Promise<number>
       'syncLimit=5',
       `dataDir=${join(dir, 'data')}`,
       `clientPort=${port}`,
-      'clientPortAddress=127.0.0.1',
+      `clientPortAddress=${host}`,
       '4lw.commands.whitelist=*',
       'admin.enableServer=false',
       'maxClientCnxns=0',
@@ -58,8 +59,8 @@ export async function startZooKeeper(dir: string, port: number): Promise<number>
     logFile,
     env: { ...process.env, ZOOCFGDIR: dir, ZOO_LOG_DIR: dir, JVMFLAGS: '-Xmx512m' },
   });
-  await waitFor('ZooKeeper', async () => (await fourLetterWord(port, 'ruok')) === 'imok', { timeoutMs: 60_000, pid, logFile });
+  await waitFor('ZooKeeper', async () => (await fourLetterWord(port, 'ruok', host)) === 'imok', { timeoutMs: 60_000, pid, logFile });
   // ruok answers before the server takes sessions; srvr answers only once it serves.
-  await waitFor('ZooKeeper', async () => (await fourLetterWord(port, 'srvr')).includes('Mode:'), { timeoutMs: 60_000, pid, logFile });
+  await waitFor('ZooKeeper', async () => (await fourLetterWord(port, 'srvr', host)).includes('Mode:'), { timeoutMs: 60_000, pid, logFile });
   return pid;
 }

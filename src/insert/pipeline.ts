@@ -3,7 +3,7 @@ import { newNonce } from '../allocator/allocator.js';
 import type { Allocation, AllocationRequest } from '../allocator/window.js';
 import type { Attacher } from '../clickhouse/attach.js';
 import type { TableCatalog } from '../clickhouse/catalog.js';
-import { ClickHouseQueryError, type ClickHouseHttp } from '../clickhouse/http.js';
+import { ClickHouseQueryError, isServerSideFailure, type ClickHouseHttp } from '../clickhouse/http.js';
 import { sleep } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -130,6 +130,9 @@ export class InsertPipeline {
         if (err instanceof ClickHouseQueryError) stagingMayRun = false;
         const bodyFailure = req.bodyFailure();
         if (bodyFailure) throw bodyFailure;
+        if (err instanceof ClickHouseQueryError && isServerSideFailure(err)) {
+          throw new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse could not store the rows for ${label} now (nothing was stored; retry later): ${err.message}`, err);
+        }
         if (err instanceof ClickHouseQueryError) {
           throw new ChorusError('BAD_DATA', `ClickHouse refused the rows for ${label}: ${err.message}`, err);
         }

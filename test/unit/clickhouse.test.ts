@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Dialect, parsePartName } from '../../src/clickhouse/dialect.js';
-import { exceptionInBody, parseClickHouseError } from '../../src/clickhouse/http.js';
+import { ClickHouseQueryError, exceptionInBody, isServerSideFailure, parseClickHouseError } from '../../src/clickhouse/http.js';
 import { isLocalDiskType } from '../../src/clickhouse/catalog.js';
 import { assertSafeFileName } from '../../src/parts/files.js';
 import { httpException } from '../../src/dev/chdb/errors.js';
@@ -52,6 +52,21 @@ describe("ClickHouse's error text", () => {
 
   it('takes the code from X-ClickHouse-Exception-Code when there is one', () => {
     expect(parseClickHouseError('something went wrong', '241').code).toBe(241);
+  });
+
+  it("tells a refusal for the server's own state (disk full, memory, parts) from one for the rows sent", () => {
+    const refusal = (body: string) => {
+      const e = parseClickHouseError(body);
+      return new ClickHouseQueryError(e.code, e.message, e.name);
+    };
+    // What 18.16 answered when the chaos suite filled a replica's disk.
+    expect(isServerSideFailure(refusal('Poco::Exception. Code: 1000, e.code() = 0, e.displayText() = Cannot write file: /data/r3/clickhouse-server.err.log, e.what() = Cannot write file'))).toBe(true);
+    expect(isServerSideFailure(refusal('Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE) (version 23.8.1.1)'))).toBe(true);
+    expect(isServerSideFailure(refusal('Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS) (version 24.3.1.1)'))).toBe(true);
+    expect(isServerSideFailure(refusal('Code: 241. DB::Exception: Memory limit (total) exceeded. (MEMORY_LIMIT_EXCEEDED) (version 26.7.2.1)'))).toBe(true);
+    expect(isServerSideFailure(refusal("Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected \\t before: x, e.what() = DB::Exception"))).toBe(false);
+    expect(isServerSideFailure(refusal('Code: 62. DB::Exception: Syntax error. (SYNTAX_ERROR) (version 23.8.1.1)'))).toBe(false);
+    expect(isServerSideFailure(refusal('Code: 53. DB::Exception: Type mismatch. (TYPE_MISMATCH) (version 26.7.2.1)'))).toBe(false);
   });
 
   it('finds an exception written after rows in a 200 response', () => {
