@@ -74,6 +74,11 @@ export interface ChaosBackend {
   readonly replicas: readonly string[];
   /** The fault kinds this backend can inject (the runner refuses a --faults list asking for others). */
   readonly supportedFaults: ReadonlySet<FaultKind>;
+  /**
+   * The sidecars' zookeeper.sessionTimeoutMs: the nemesis cuts longer than it to expire a
+   * session and shorter to only disconnect one. 10 s (the dev cluster's) when not given.
+   */
+  readonly zookeeperSessionTimeoutMs?: number;
   /** POSTs to a replica's Chorus HTTP port (what a ClickHouse client pointed at Chorus does). */
   chorus(request: HttpRequest): Promise<HttpOutcome>;
   /** A query straight to a replica's ClickHouse; throws on failure. For set-up and for reading what is stored. */
@@ -87,4 +92,15 @@ export interface ChaosBackend {
   settled(): Promise<boolean>;
   /** Stops everything the backend started and removes what it made (namespaces, rules, dirs). */
   close(): Promise<void>;
+}
+
+/** What the runner asks of a backend it starts (`LocalBackend.start(options)`, `KindBackend.start(options)`). */
+export interface BackendStartOptions {
+  /** Which ClickHouse the replicas run (the kind backend may support only `server`). */
+  clickhouse: 'server' | 'chdb';
+  replicas: number;
+  /** Databases the sidecars replicate (their clickhouse.databases): the workload writes into `chaos`. */
+  databases: readonly string[];
+  /** Progress for the operator, one line at a time (the runner prints them on stderr). */
+  log?: (line: string) => void;
 }

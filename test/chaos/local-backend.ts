@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { ClickHouseBackend } from '../../src/dev/clickhouse.js';
 import { devDown, devKill, devStart, devUp, readCluster, scratchRoot, type ClusterInfo, type Component, type ReplicaInfo } from '../../src/dev/cluster.js';
 import { httpOk, isAlive } from '../../src/dev/processes.js';
-import { FAULT_KINDS, type ChaosBackend, type Fault, type FaultKind, type HttpOutcome, type HttpRequest, type Injected } from './backend.js';
+import { FAULT_KINDS, type BackendStartOptions, type ChaosBackend, type Fault, type FaultKind, type HttpOutcome, type HttpRequest, type Injected } from './backend.js';
 import { ChaosNetwork, chaosNetworkUnavailable } from './network.js';
 
 /*
@@ -14,15 +14,22 @@ import { ChaosNetwork, chaosNetworkUnavailable } from './network.js';
  * replica's directory on a tmpfs of its own, so its disk can be filled.
  */
 
-export interface LocalBackendOptions {
-  clickhouse?: ClickHouseBackend;
-  replicas?: number;
+export interface LocalBackendOptions extends Partial<BackendStartOptions> {
   /** Each replica's tmpfs (its ClickHouse data, Chorus's log and part store). */
   diskBytes?: number;
   /** The sidecars' ZooKeeper session timeout; expire-zookeeper-session cuts a replica off longer than this. */
   zookeeperSessionTimeoutMs?: number;
   /** Leaves the cluster's directory (logs) in place after close. */
   keepDir?: boolean;
+}
+
+interface LocalSettings {
+  clickhouse: ClickHouseBackend;
+  replicas: number;
+  databases: readonly string[];
+  diskBytes: number;
+  zookeeperSessionTimeoutMs: number;
+  keepDir: boolean;
 }
 
 const PREFIX = 'chaos';
@@ -45,8 +52,12 @@ export class LocalBackend implements ChaosBackend {
     private readonly dir: string,
     private readonly network: ChaosNetwork,
     private readonly mounts: string[],
-    private readonly options: Required<Omit<LocalBackendOptions, 'clickhouse'>> & { clickhouse: ClickHouseBackend },
+    private readonly options: LocalSettings,
   ) {}
+
+  get zookeeperSessionTimeoutMs(): number {
+    return this.options.zookeeperSessionTimeoutMs;
+  }
 
   get replicas(): readonly string[] {
     return this.info.replicas.map((r) => r.name);
@@ -60,13 +71,15 @@ export class LocalBackend implements ChaosBackend {
   static async start(options: LocalBackendOptions = {}): Promise<LocalBackend> {
     const why = localBackendUnavailable();
     if (why) throw new Error(`the local chaos backend cannot run here: ${why}`);
-    const settings = {
+    const settings: LocalSettings = {
       clickhouse: options.clickhouse ?? 'server',
       replicas: options.replicas ?? 3,
+      databases: options.databases ?? ['default'],
       diskBytes: options.diskBytes ?? DEFAULT_DISK_BYTES,
       zookeeperSessionTimeoutMs: options.zookeeperSessionTimeoutMs ?? 10_000,
       keepDir: options.keepDir ?? false,
     };
+    const log = options.log ?? (() => undefined);
     sweepStaleRuns();
     const names = Array.from({ length: settings.replicas }, (_, i) => `r${i + 1}`);
     const dir = join(scratchRoot(), `${PREFIX}-${process.pid}-${Date.now().toString(36)}`);
@@ -88,8 +101,9 @@ export class LocalBackend implements ChaosBackend {
           zookeeperHost: network.hostAddress,
           replicas: Object.fromEntries(names.map((n) => [n, { address: network.address(n), netns: network.namespace(n) }])),
         },
-        sidecarConfig: { testFaults: true, 'zookeeper.sessionTimeoutMs': settings.zookeeperSessionTimeoutMs },
+        sidecarConfig: { testFaults: true, 'zookeeper.sessionTimeoutMs': settings.zookeeperSessionTimeoutMs, 'clickhouse.databases': [...settings.databases] },
       });
+      log(`local backend: ${settings.replicas} replicas (${settings.clickhouse}) in network namespaces on ${network.hostAddress}/24, data in ${dir}`);
     } catch (error) {
       await teardown(dir, network, mounts, settings.keepDir);
       throw error;
