@@ -10,6 +10,11 @@ import { ChaosNetwork, NetemUnavailableError, chaosNetworkUnavailable } from './
 
 const PREFIX = 'cht';
 const PORT = 7411;
+// Servers of the test process on the host's bridge address: one stands for ZooKeeper, one for anything else there.
+const HOST_PORT = 7412;
+const OTHER_HOST_PORT = 7413;
+const SINK_PORT = 7414;
+const UDP_PORT = 7415;
 const PROBE_TIMEOUT_MS = 1_500;
 
 // Echoes every chunk and reports it on stdout, so the test sees what reached the server even when the echo is dropped.
@@ -41,6 +46,54 @@ const socket = require('node:net').connect(Number(port), host, () => process.std
 socket.on('data', (chunk) => process.stdout.write('echo:' + chunk.toString()));
 socket.on('error', (error) => process.stdout.write('error:' + error.code + '\\n'));
 process.stdin.on('data', (chunk) => socket.write(chunk));
+`;
+
+// Counts the bytes of the first connection for windowMs from its first byte, prints them as JSON, exits.
+const SINK = `
+const [port, windowMs] = process.argv.slice(1).map(Number);
+const server = require('node:net').createServer((socket) => {
+  let bytes = 0, started = 0;
+  socket.on('data', (chunk) => {
+    if (!started) { started = Date.now(); setTimeout(() => { process.stdout.write(JSON.stringify({ bytes, ms: Date.now() - started }) + '\\n'); process.exit(0); }, windowMs); }
+    bytes += chunk.length;
+  });
+  socket.on('error', () => {});
+});
+server.listen(port, '0.0.0.0', () => process.stdout.write('listening\\n'));
+`;
+
+// Writes to host:port as fast as the connection takes it, until killed.
+const SENDER = `
+const [host, port] = process.argv.slice(1);
+const chunk = Buffer.alloc(64 * 1024, 120);
+const socket = require('node:net').connect(Number(port), host);
+const pump = () => { while (socket.write(chunk)); };
+socket.on('connect', pump);
+socket.on('drain', pump);
+socket.on('error', () => process.exit(0));
+`;
+
+// Echoes every datagram.
+const UDP_ECHO = `
+const socket = require('node:dgram').createSocket('udp4');
+socket.on('message', (message, from) => socket.send(message, from.port, from.address));
+socket.bind(Number(process.argv[1]), '0.0.0.0', () => process.stdout.write('listening\\n'));
+`;
+
+// Sends count datagrams, one every 2 ms, then reports how many came back within a second of the last.
+const UDP_PROBE = `
+const [host, port, count] = process.argv.slice(1);
+const socket = require('node:dgram').createSocket('udp4');
+const back = new Set();
+socket.on('message', (message) => back.add(message.toString()));
+let sent = 0;
+const timer = setInterval(() => {
+  socket.send(String(sent), Number(port), host);
+  if (++sent === Number(count)) {
+    clearInterval(timer);
+    setTimeout(() => { process.stdout.write(JSON.stringify({ sent, replies: back.size }) + '\\n'); process.exit(0); }, 1000);
+  }
+}, 2);
 `;
 
 interface ProbeResult {
@@ -78,11 +131,32 @@ describe.skipIf(unavailable !== undefined)('ChaosNetwork', () => {
     return child;
   }
 
-  async function probeFrom(member: string, timeoutMs = PROBE_TIMEOUT_MS): Promise<ProbeResult> {
-    const child = track(network.exec(member, [process.execPath, '-e', PROBE, network.address('a'), String(PORT), String(timeoutMs)]));
+  async function probeFrom(member: string, timeoutMs = PROBE_TIMEOUT_MS, target: { host: string; port: number } = { host: network.address('a'), port: PORT }): Promise<ProbeResult> {
+    const child = track(network.exec(member, [process.execPath, '-e', PROBE, target.host, String(target.port), String(timeoutMs)]));
     const output = watchOutput(child);
     const line = await output.waitFor('}', timeoutMs + 10_000);
     return JSON.parse(line) as ProbeResult;
+  }
+
+  /** kbit/s of TCP payload from one member to another, measured by the receiver over windowMs. */
+  async function throughputKbit(from: string, to: string, windowMs: number): Promise<number> {
+    const sink = track(network.exec(to, [process.execPath, '-e', SINK, String(SINK_PORT), String(windowMs)]));
+    const sinkOutput = watchOutput(sink);
+    await sinkOutput.waitFor('listening', 10_000);
+    const sender = track(network.exec(from, [process.execPath, '-e', SENDER, network.address(to), String(SINK_PORT)]));
+    try {
+      const { bytes, ms } = JSON.parse(await sinkOutput.waitFor('"bytes"', windowMs + 20_000)) as { bytes: number; ms: number };
+      return (bytes * 8) / ms;
+    } finally {
+      sender.kill('SIGKILL');
+      sink.kill('SIGKILL');
+    }
+  }
+
+  /** How many of count datagrams from the member to host:port came back. */
+  async function udpRoundTrips(member: string, host: string, count: number): Promise<{ sent: number; replies: number }> {
+    const child = track(network.exec(member, [process.execPath, '-e', UDP_PROBE, host, String(UDP_PORT), String(count)]));
+    return JSON.parse(await watchOutput(child).waitFor('"replies"', 30_000)) as { sent: number; replies: number };
   }
 
   it('gives each member its own address and puts the host at .1 on the bridge', () => {
@@ -180,6 +254,91 @@ describe.skipIf(unavailable !== undefined)('ChaosNetwork', () => {
     }
   });
 
+  it('isolateFromHostPort(a, port) cuts a from that host port only, both ways, until heal()', async () => {
+    const zookeeper = await hostServer(network.hostAddress, HOST_PORT);
+    const other = await hostServer(network.hostAddress, OTHER_HOST_PORT);
+    try {
+      const held = track(network.exec('a', [process.execPath, '-e', HELD_CLIENT, network.hostAddress, String(HOST_PORT)]));
+      const heldOutput = watchOutput(held);
+      await heldOutput.waitFor('connected', 10_000);
+      held.stdin?.write('before\n');
+      await heldOutput.waitFor('echo:before', 10_000);
+
+      network.isolateFromHostPort('a', HOST_PORT);
+      try {
+        // On the connection made before, what the host's port sends never reaches a (the namespace's rule) ...
+        zookeeper.push('pushed\n');
+        await expect(heldOutput.waitFor('pushed', PROBE_TIMEOUT_MS)).rejects.toThrow(/not seen/);
+        expect(await probeFrom('a', PROBE_TIMEOUT_MS, { host: network.hostAddress, port: HOST_PORT })).toMatchObject({ connected: false, error: 'timeout' });
+        // Not cut: a from the host's other ports, a's peers from the port, clients on the host from a.
+        expect(await probeFrom('a', PROBE_TIMEOUT_MS, { host: network.hostAddress, port: OTHER_HOST_PORT })).toMatchObject({ connected: true, echoed: true });
+        expect(await probeFrom('b', PROBE_TIMEOUT_MS, { host: network.hostAddress, port: HOST_PORT })).toMatchObject({ connected: true, echoed: true });
+        expect(await probeFromHost(network.address('a'), PORT)).toMatchObject({ connected: true, echoed: true });
+        // ... and a's bytes never reach the host (the host's rule).
+        held.stdin?.write('during\n');
+        await sleep(PROBE_TIMEOUT_MS);
+        expect(zookeeper.received()).not.toContain('during');
+      } finally {
+        network.heal();
+      }
+      // TCP retransmits both ways once the packets get through again.
+      await heldOutput.waitFor('pushed', 30_000);
+      await heldOutput.waitFor('during', 30_000);
+      expect(zookeeper.received()).toContain('during');
+      expect(await probeFrom('a', PROBE_TIMEOUT_MS, { host: network.hostAddress, port: HOST_PORT })).toMatchObject({ connected: true, echoed: true });
+    } finally {
+      await zookeeper.close();
+      await other.close();
+    }
+  });
+
+  it('slow(a, { rateKbit }) limits the rate to and from a to about rateKbit; clearSlow() lifts it', async () => {
+    const rateKbit = 1_000;
+    const windowMs = 2_000;
+    // Unlimited, a veth pair carries far more than the limit: the limit below is the qdisc's doing.
+    expect(await throughputKbit('b', 'a', windowMs)).toBeGreaterThan(10 * rateKbit);
+    network.slow('a', { rateKbit });
+    try {
+      // Bounds follow from the configuration: TCP cannot beat the rate (headers count too), and
+      // with a queue of latencyMs it keeps the link busy most of the time.
+      for (const [from, to] of [['b', 'a'], ['a', 'b']] as const) {
+        const measured = await throughputKbit(from, to, windowMs);
+        expect(measured, `${from} -> ${to}`).toBeLessThanOrEqual(1.1 * rateKbit);
+        expect(measured, `${from} -> ${to}`).toBeGreaterThanOrEqual(0.5 * rateKbit);
+      }
+      // Untouched: traffic between other members.
+      expect(await throughputKbit('b', 'c', windowMs)).toBeGreaterThan(10 * rateKbit);
+    } finally {
+      network.clearSlow('a');
+    }
+    expect(await throughputKbit('b', 'a', windowMs)).toBeGreaterThan(10 * rateKbit);
+  });
+
+  it('slow(a, { lossPercent }) drops that share of packets each way, not a\'s loopback traffic, and outlasts heal()', async () => {
+    const count = 300;
+    const echo = track(network.exec('a', [process.execPath, '-e', UDP_ECHO, String(UDP_PORT)]));
+    await watchOutput(echo).waitFor('listening', 10_000);
+    try {
+      expect(await udpRoundTrips('b', network.address('a'), count)).toEqual({ sent: count, replies: count });
+      network.slow('a', { rateKbit: 100_000, lossPercent: 30 });
+      try {
+        // Healing partitions leaves the link as slow as it was.
+        network.heal();
+        // A round trip survives both ways with probability 0.7 * 0.7 = 0.49; the bounds are over 6 standard deviations away.
+        const lossy = await udpRoundTrips('b', network.address('a'), count);
+        expect(lossy.replies / count).toBeGreaterThan(0.3);
+        expect(lossy.replies / count).toBeLessThan(0.68);
+        // A sidecar and its ClickHouse talk over loopback inside the namespace: not slowed.
+        expect(await udpRoundTrips('a', '127.0.0.1', count)).toEqual({ sent: count, replies: count });
+      } finally {
+        network.clearSlow('a');
+      }
+      expect(await udpRoundTrips('b', network.address('a'), count)).toEqual({ sent: count, replies: count });
+    } finally {
+      echo.kill('SIGKILL');
+    }
+  });
+
   it('destroy() leaves no namespace, link or rule carrying the run tag, and may be called twice', () => {
     const tag = network.tag;
     for (const child of children) child.kill('SIGKILL');
@@ -256,6 +415,47 @@ function watchOutput(child: ChildProcess): OutputWatch {
       });
     },
   };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface HostServer {
+  /** Everything received so far, from every connection. */
+  received(): string;
+  /** Sends text to every client unasked: data that flows only from the server's port. */
+  push(text: string): void;
+  close(): Promise<void>;
+}
+
+/** An echo server of the test process on the host. */
+function hostServer(host: string, port: number): Promise<HostServer> {
+  let received = '';
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('data', (chunk) => {
+      received += chunk.toString();
+      socket.write(chunk);
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => sockets.delete(socket));
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () =>
+      resolve({
+        received: () => received,
+        push: (text) => {
+          for (const socket of sockets) socket.write(text);
+        },
+        close: () =>
+          new Promise<void>((done) => {
+            for (const socket of sockets) socket.destroy();
+            server.close(() => done());
+          }),
+      }),
+    );
+  });
 }
 
 function probeFromHost(host: string, port: number, timeoutMs = PROBE_TIMEOUT_MS): Promise<ProbeResult> {

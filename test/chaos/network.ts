@@ -18,6 +18,20 @@ import { randomBytes } from 'node:crypto';
  * fails the sender's send() at once with EPERM, which no real network does; a drop on the way
  * in leaves the sender waiting for an answer, as a partition does.
  *
+ * Two kinds of rules, each in chains of its own so that one can go without the other:
+ *   cuts  (partition, isolate, isolateFromHostPort)  namespace chain CHAOS-CUT, host chain <PREFIX><TAG>;
+ *                                                    heal() flushes them
+ *   loss  (slow)                                     namespace chain CHAOS-SLOW, host chain <PREFIX><TAG>S;
+ *                                                    clearSlow() removes them, heal() leaves them
+ * A slow network is a property of the link, like netem: healing the partitions of a run does
+ * not make its links fast again.
+ *
+ * Slow without netem (kernels without sch_netem, like this project's VMs): tbf on both ends of
+ * the member's veth pair limits the rate each way and queues what exceeds it, up to a latency
+ * budget (beyond it tbf drops); iptables' statistic match drops a random share of the packets
+ * where they arrive. Loopback traffic inside the namespace (a sidecar and its ClickHouse on
+ * 127.0.0.1) goes through neither.
+ *
  * What a one-way partition means for TCP: partition(a, b, { oneWay: true }) drops every packet
  * from a to b, and nothing from b to a. A new connection fails in both directions (a's SYN is
  * lost; b's SYN arrives but a's SYN-ACK is lost), so the difference shows only on connections
@@ -40,6 +54,15 @@ export interface NetemOptions {
   lossPercent?: number;
 }
 
+export interface SlowOptions {
+  /** The rate each way, in kbit/s (tbf on both veth ends). */
+  rateKbit: number;
+  /** The longest a packet waits in the queue once the rate is exceeded; tbf drops what would wait longer. Default 500. */
+  latencyMs?: number;
+  /** The share of packets dropped at random, each way (iptables statistic, where they arrive). */
+  lossPercent?: number;
+}
+
 export class NetemUnavailableError extends Error {
   constructor(detail: string) {
     super(`tc netem is unavailable (the kernel lacks sch_netem?): ${detail}`);
@@ -48,6 +71,14 @@ export class NetemUnavailableError extends Error {
 }
 
 const MAX_PREFIX = 6;
+// Namespace-local chains: every namespace has its own tables, so fixed names cannot clash.
+const CUT_CHAIN = 'CHAOS-CUT';
+const SLOW_CHAIN = 'CHAOS-SLOW';
+// The host chain of loss rules is the run's chain name plus this letter (not a hex digit, so no tag ends with it).
+const HOST_SLOW_SUFFIX = 'S';
+const DEFAULT_SLOW_LATENCY_MS = 500;
+// tbf needs a bucket of at least a full frame; 10 ms of the rate when that is more.
+const MIN_TBF_BURST_BYTES = 4096;
 const MAX_MEMBERS = 99;
 const TAG_BYTES = 2;
 
@@ -65,7 +96,10 @@ export class ChaosNetwork {
   readonly bridge: string;
   private readonly prefix: string;
   private readonly hostChain: string;
+  private readonly hostSlowChain: string;
   private readonly members = new Map<string, Member>();
+  /** Per slowed member, the iptables argv lists that added its loss rules (each run again with -D by clearSlow). */
+  private readonly lossRules = new Map<string, string[][]>();
   private destroyed = false;
 
   private constructor(prefix: string, tag: string, subnet: string) {
@@ -73,6 +107,7 @@ export class ChaosNetwork {
     this.tag = tag;
     this.bridge = `${prefix}${tag}br`;
     this.hostChain = `${prefix}${tag}`.toUpperCase();
+    this.hostSlowChain = `${this.hostChain}${HOST_SLOW_SUFFIX}`;
     this.hostAddress = `${subnet}.1`;
   }
 
@@ -118,7 +153,7 @@ export class ChaosNetwork {
       tryRun(['ip', 'link', 'delete', link]);
       removed.push(link);
     }
-    const hostChains = new RegExp(`^${prefix.toUpperCase()}([0-9A-F]{${TAG_BYTES * 2}})$`);
+    const hostChains = new RegExp(`^${prefix.toUpperCase()}([0-9A-F]{${TAG_BYTES * 2}})${HOST_SLOW_SUFFIX}?$`);
     for (const chain of listHostChains()) {
       const tag = hostChains.exec(chain)?.[1]?.toLowerCase();
       if (tag === undefined || liveTags.has(tag)) continue;
@@ -162,13 +197,69 @@ export class ChaosNetwork {
     }
   }
 
-  /** Removes every drop rule, in the namespaces and on the host; netem stays until clearNetem. */
+  /**
+   * Cuts the member from one TCP port of the host address only (ZooKeeper, which runs on the
+   * host): its packets to that port are dropped on the host, the port's packets to it in its
+   * namespace. Everything else between the host and the member flows, clients on the host
+   * connecting to the member included (their source ports are ephemeral ones, never a
+   * listening port like ZooKeeper's).
+   */
+  isolateFromHostPort(member: string, port: number): void {
+    const isolated = this.member(member);
+    if (!Number.isInteger(port) || port < 1 || port > 65_535) throw new Error(`not a TCP port: ${port}`);
+    run(['iptables', '-w', '-A', this.hostChain, '-s', isolated.address, '-p', 'tcp', '--dport', String(port), '-j', 'DROP']);
+    run(inNamespace(isolated, ['iptables', '-w', '-A', CUT_CHAIN, '-s', this.hostAddress, '-p', 'tcp', '--sport', String(port), '-j', 'DROP']));
+  }
+
+  /** Removes every cut (partition, isolate, isolateFromHostPort), in the namespaces and on the host; slow and netem stay until clearSlow and clearNetem. */
   heal(): void {
-    for (const member of this.members.values()) run(inNamespace(member, ['iptables', '-w', '-F', 'INPUT']));
+    for (const member of this.members.values()) run(inNamespace(member, ['iptables', '-w', '-F', CUT_CHAIN]));
     run(['iptables', '-w', '-F', this.hostChain]);
   }
 
-  /** Delays and/or drops every packet to and from the member (so a round trip gains twice delayMs). */
+  /**
+   * Makes the member's network slow without netem: its rate limited each way (tbf on both veth
+   * ends; what exceeds the rate waits, up to latencyMs) and, with lossPercent, a random share of
+   * the packets to and from it dropped where they arrive. Replaces an earlier slow() or netem()
+   * of the member (they share the veth's root qdisc). Stays until clearSlow, through heal().
+   */
+  slow(member: string, options: SlowOptions): void {
+    const target = this.member(member);
+    const { rateKbit, latencyMs = DEFAULT_SLOW_LATENCY_MS, lossPercent = 0 } = options;
+    if (!(rateKbit > 0) || !Number.isFinite(rateKbit)) throw new Error(`rateKbit must be a positive number: ${rateKbit}`);
+    if (!(latencyMs > 0) || !Number.isFinite(latencyMs)) throw new Error(`latencyMs must be a positive number: ${latencyMs}`);
+    if (!(lossPercent >= 0 && lossPercent < 100)) throw new Error(`lossPercent must be in [0, 100): ${lossPercent}`);
+    this.clearSlow(member);
+
+    const burstBytes = Math.max(MIN_TBF_BURST_BYTES, Math.ceil((rateKbit * 1000) / 8 / 100));
+    const tbf = ['tbf', 'rate', `${Math.round(rateKbit)}kbit`, 'burst', String(burstBytes), 'latency', `${Math.round(latencyMs)}ms`];
+    run(inNamespace(target, ['tc', 'qdisc', 'replace', 'dev', target.namespaceVeth, 'root', ...tbf]));
+    run(['tc', 'qdisc', 'replace', 'dev', target.hostVeth, 'root', ...tbf]);
+
+    if (lossPercent === 0) return;
+    const random = ['-m', 'statistic', '--mode', 'random', '--probability', String(lossPercent / 100), '-j', 'DROP'];
+    // Arriving at the member from outside (not its loopback), at each peer from it, at the host from it.
+    const rules = [
+      inNamespace(target, ['iptables', '-w', '-A', SLOW_CHAIN, '-i', target.namespaceVeth, ...random]),
+      ...[...this.members.values()].filter((peer) => peer !== target).map((peer) => inNamespace(peer, ['iptables', '-w', '-A', SLOW_CHAIN, '-s', target.address, ...random])),
+      ['iptables', '-w', '-A', this.hostSlowChain, '-s', target.address, ...random],
+    ];
+    this.lossRules.set(member, rules);
+    for (const rule of rules) run(rule);
+  }
+
+  /** Undoes slow(): the member's tbf qdiscs and loss rules. */
+  clearSlow(member: string): void {
+    const target = this.member(member);
+    for (const rule of this.lossRules.get(member) ?? []) tryRun(rule.map((arg) => (arg === '-A' ? '-D' : arg)));
+    this.lossRules.delete(member);
+    this.deleteRootQdiscs(target);
+  }
+
+  /**
+   * Delays and/or drops every packet to and from the member (so a round trip gains twice
+   * delayMs). Needs sch_netem (slow() does without); replaces an earlier slow() of the member.
+   */
   netem(member: string, options: NetemOptions): void {
     const target = this.member(member);
     const impairment = ['netem'];
@@ -185,9 +276,7 @@ export class ChaosNetwork {
   }
 
   clearNetem(member: string): void {
-    const target = this.member(member);
-    tryRun(inNamespace(target, ['tc', 'qdisc', 'del', 'dev', target.namespaceVeth, 'root']));
-    tryRun(['tc', 'qdisc', 'del', 'dev', target.hostVeth, 'root']);
+    this.deleteRootQdiscs(this.member(member));
   }
 
   /** Removes the namespaces (and with them the veth pairs), the bridge and the host chain; safe to call twice. */
@@ -200,6 +289,7 @@ export class ChaosNetwork {
     }
     tryRun(['ip', 'link', 'delete', this.bridge]);
     removeHostChain(this.hostChain);
+    removeHostChain(this.hostSlowChain);
     liveNetworks.delete(this);
   }
 
@@ -226,13 +316,24 @@ export class ChaosNetwork {
       run(inNamespace(member, ['ip', 'addr', 'add', `${member.address}/24`, 'dev', member.namespaceVeth]));
       run(inNamespace(member, ['ip', 'link', 'set', member.namespaceVeth, 'up']));
       run(inNamespace(member, ['ip', 'link', 'set', 'lo', 'up']));
+      for (const chain of [CUT_CHAIN, SLOW_CHAIN]) {
+        run(inNamespace(member, ['iptables', '-w', '-N', chain]));
+        run(inNamespace(member, ['iptables', '-w', '-A', 'INPUT', '-j', chain]));
+      }
     }
-    run(['iptables', '-w', '-N', this.hostChain]);
-    run(['iptables', '-w', '-I', 'INPUT', '-j', this.hostChain]);
+    for (const chain of [this.hostChain, this.hostSlowChain]) {
+      run(['iptables', '-w', '-N', chain]);
+      run(['iptables', '-w', '-I', 'INPUT', '-j', chain]);
+    }
   }
 
   private dropArriving(at: Member, source: string): void {
-    run(inNamespace(at, ['iptables', '-w', '-A', 'INPUT', '-s', source, '-j', 'DROP']));
+    run(inNamespace(at, ['iptables', '-w', '-A', CUT_CHAIN, '-s', source, '-j', 'DROP']));
+  }
+
+  private deleteRootQdiscs(target: Member): void {
+    tryRun(inNamespace(target, ['tc', 'qdisc', 'del', 'dev', target.namespaceVeth, 'root']));
+    tryRun(['tc', 'qdisc', 'del', 'dev', target.hostVeth, 'root']);
   }
 
   private member(name: string): Member {
