@@ -225,19 +225,15 @@ export class ChaosNetwork {
    */
   slow(member: string, options: SlowOptions): void {
     const target = this.member(member);
-    const { rateKbit, latencyMs = DEFAULT_SLOW_LATENCY_MS, lossPercent = 0 } = options;
-    if (!(rateKbit > 0) || !Number.isFinite(rateKbit)) throw new Error(`rateKbit must be a positive number: ${rateKbit}`);
-    if (!(latencyMs > 0) || !Number.isFinite(latencyMs)) throw new Error(`latencyMs must be a positive number: ${latencyMs}`);
-    if (!(lossPercent >= 0 && lossPercent < 100)) throw new Error(`lossPercent must be in [0, 100): ${lossPercent}`);
+    const tbf = tbfQdisc(options);
+    const lossPercent = options.lossPercent ?? 0;
     this.clearSlow(member);
 
-    const burstBytes = Math.max(MIN_TBF_BURST_BYTES, Math.ceil((rateKbit * 1000) / 8 / 100));
-    const tbf = ['tbf', 'rate', `${Math.round(rateKbit)}kbit`, 'burst', String(burstBytes), 'latency', `${Math.round(latencyMs)}ms`];
     run(inNamespace(target, ['tc', 'qdisc', 'replace', 'dev', target.namespaceVeth, 'root', ...tbf]));
     run(['tc', 'qdisc', 'replace', 'dev', target.hostVeth, 'root', ...tbf]);
 
     if (lossPercent === 0) return;
-    const random = ['-m', 'statistic', '--mode', 'random', '--probability', String(lossPercent / 100), '-j', 'DROP'];
+    const random = [...randomMatch(lossPercent), '-j', 'DROP'];
     // Arriving at the member from outside (not its loopback), at each peer from it, at the host from it.
     const rules = [
       inNamespace(target, ['iptables', '-w', '-A', SLOW_CHAIN, '-i', target.namespaceVeth, ...random]),
@@ -342,6 +338,24 @@ export class ChaosNetwork {
     if (!member) throw new Error(`no member ${name} (members: ${[...this.members.keys()].join(', ')})`);
     return member;
   }
+}
+
+/**
+ * The tbf qdisc (what follows `root`) of a slow link: the rate, a bucket of at least a frame,
+ * the queue's latency budget. Shared with the kind backend, which shapes a pod's link the same way.
+ */
+export function tbfQdisc(options: SlowOptions): string[] {
+  const { rateKbit, latencyMs = DEFAULT_SLOW_LATENCY_MS, lossPercent = 0 } = options;
+  if (!(rateKbit > 0) || !Number.isFinite(rateKbit)) throw new Error(`rateKbit must be a positive number: ${rateKbit}`);
+  if (!(latencyMs > 0) || !Number.isFinite(latencyMs)) throw new Error(`latencyMs must be a positive number: ${latencyMs}`);
+  if (!(lossPercent >= 0 && lossPercent < 100)) throw new Error(`lossPercent must be in [0, 100): ${lossPercent}`);
+  const burstBytes = Math.max(MIN_TBF_BURST_BYTES, Math.ceil((rateKbit * 1000) / 8 / 100));
+  return ['tbf', 'rate', `${Math.round(rateKbit)}kbit`, 'burst', String(burstBytes), 'latency', `${Math.round(latencyMs)}ms`];
+}
+
+/** The iptables match of lossPercent of the packets, at random (the statistic module: no netem needed). */
+export function randomMatch(lossPercent: number): string[] {
+  return ['-m', 'statistic', '--mode', 'random', '--probability', String(lossPercent / 100)];
 }
 
 /** Why the suite cannot build networks here, or undefined when it can. */

@@ -24,7 +24,19 @@ SHARD_STATEFULSET=clickhouse-shard1
 SHARD_PODS=(clickhouse-shard1-0 clickhouse-shard1-1 clickhouse-shard1-2)
 SHARD_CLIENT_URL=http://chorus-shard1:8124
 SHARD_ZNODE_ROOT=/chorus/default/shard1
+ZOOKEEPER_STATEFULSET=zookeeper
 ZOOKEEPER_POD=zookeeper-0
+ZOOKEEPER_CLIENT_PORT=2181
+
+# The names above, NAME=VALUE a line (SHARD_POD once per pod), for the chaos suite's kind
+# backend (test/chaos/kind-backend.ts), so that they are written down once.
+print_overlay_names() {
+  printf 'K8S_NAMESPACE=%s\n' "$K8S_NAMESPACE"
+  printf 'SHARD_STATEFULSET=%s\n' "$SHARD_STATEFULSET"
+  printf 'SHARD_POD=%s\n' "${SHARD_PODS[@]}"
+  printf 'ZOOKEEPER_STATEFULSET=%s\n' "$ZOOKEEPER_STATEFULSET"
+  printf 'ZOOKEEPER_CLIENT_PORT=%s\n' "$ZOOKEEPER_CLIENT_PORT"
+}
 
 k8s_log() {
   # date rather than printf's %(...)T: macOS still ships bash 3.2.
@@ -110,7 +122,7 @@ apply_kind_overlay() {
 
 wait_for_shard_ready() {
   k8s_log "waiting for ZooKeeper, the shard's replicas and the schema Job"
-  kc rollout status statefulset/zookeeper --timeout "$ROLLOUT_TIMEOUT"
+  kc rollout status "statefulset/$ZOOKEEPER_STATEFULSET" --timeout "$ROLLOUT_TIMEOUT"
   kc rollout status "statefulset/$SHARD_STATEFULSET" --timeout "$ROLLOUT_TIMEOUT"
   kc wait --for=condition=complete job/chorus-schema --timeout "$SCHEMA_TIMEOUT"
   # Here, in the caller's shell, so that the inserts and probes run in $(...) inherit it.
@@ -206,7 +218,7 @@ wait_for_convergence() {
 # The shard's znodes: its root and everything under it, one path a line.
 shard_znodes() {
   local listing
-  listing=$(kc exec "$ZOOKEEPER_POD" -c zookeeper -- zkCli.sh -server 127.0.0.1:2181 ls -R /chorus 2>&1) ||
+  listing=$(kc exec "$ZOOKEEPER_POD" -c zookeeper -- zkCli.sh -server "127.0.0.1:$ZOOKEEPER_CLIENT_PORT" ls -R /chorus 2>&1) ||
     k8s_fail "zkCli.sh ls -R /chorus failed in $ZOOKEEPER_POD: $listing"
   # zkCli prints its connection chatter on the same stream; only paths start with the root.
   printf '%s\n' "$listing" | tr -d '\r' | awk -v root="$SHARD_ZNODE_ROOT" '$0 == root || index($0, root "/") == 1'
