@@ -138,7 +138,12 @@ export class Applier {
       const e = ChorusError.from(err);
       const attempts = (this.attempts.get(entry.lsn) ?? 0) + 1;
       this.attempts.set(entry.lsn, attempts);
-      this.log.recordFailure(entry.lsn, `${e.qualifiedCode}: ${e.message}`);
+      try {
+        this.log.recordFailure(entry.lsn, `${e.qualifiedCode}: ${e.message}`);
+      } catch (recordError) {
+        // A full disk fails the attach and then this bookkeeping too: the retry below does not need it.
+        log.warn({ err: (recordError as Error).message }, 'could not record the failure in the local log');
+      }
       const delay = Math.min(10_000, this.opts.retryDelayMs * 2 ** Math.min(attempts - 1, 5));
       this.retryAt.set(entry.lsn, Date.now() + delay);
       log.warn({ err: e.message, code: e.qualifiedCode }, 'apply failed; will retry');

@@ -86,6 +86,11 @@ export interface ChaosBackend {
   /** Runs DDL on every replica's ClickHouse (DDL is not replicated by Chorus yet). */
   onEvery(sql: string): Promise<void>;
   inject(fault: Fault): Promise<Injected>;
+  /**
+   * Processes found dead that no fault killed (a crash), each started again when found: not an
+   * invariant broken, but a finding the report shows.
+   */
+  readonly unexpectedExits?: readonly string[];
   /** Heals whatever is still injected and brings every process back; after it every replica answers. */
   healAll(): Promise<void>;
   /** True when every sidecar reports every member alive and no lag (its /readyz and status). */
@@ -103,4 +108,6 @@ export interface BackendStartOptions {
   databases: readonly string[];
   /** Progress for the operator, one line at a time (the runner prints them on stderr). */
   log?: (line: string) => void;
+  /** Leave the cluster's files (logs, data) in place when closed, and say where. */
+  keep?: boolean;
 }

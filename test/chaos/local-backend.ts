@@ -1,11 +1,13 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import type { ClickHouseBackend } from '../../src/dev/clickhouse.js';
 import { devDown, devKill, devStart, devUp, readCluster, scratchRoot, type ClusterInfo, type Component, type ReplicaInfo } from '../../src/dev/cluster.js';
-import { httpOk, isAlive } from '../../src/dev/processes.js';
+import type { AdminStatus } from '../../src/api/admin.js';
+import { isAlive } from '../../src/dev/processes.js';
 import { FAULT_KINDS, type BackendStartOptions, type ChaosBackend, type Fault, type FaultKind, type HttpOutcome, type HttpRequest, type Injected } from './backend.js';
 import { ChaosNetwork, chaosNetworkUnavailable } from './network.js';
+import { sidecarSettled } from './settled.js';
 
 /*
  * The local backend: the dev cluster of `npm start` (ZooKeeper, ClickHouse and a sidecar per
@@ -46,6 +48,7 @@ export function localBackendUnavailable(): string | undefined {
 export class LocalBackend implements ChaosBackend {
   readonly name = 'local';
   readonly supportedFaults: ReadonlySet<FaultKind> = new Set(FAULT_KINDS);
+  readonly unexpectedExits: string[] = [];
   private closed = false;
 
   private constructor(
@@ -53,6 +56,7 @@ export class LocalBackend implements ChaosBackend {
     private readonly network: ChaosNetwork,
     private readonly mounts: string[],
     private readonly options: LocalSettings,
+    private readonly log: (line: string) => void,
   ) {}
 
   get zookeeperSessionTimeoutMs(): number {
@@ -77,7 +81,7 @@ export class LocalBackend implements ChaosBackend {
       databases: options.databases ?? ['default'],
       diskBytes: options.diskBytes ?? DEFAULT_DISK_BYTES,
       zookeeperSessionTimeoutMs: options.zookeeperSessionTimeoutMs ?? 10_000,
-      keepDir: options.keepDir ?? false,
+      keepDir: options.keepDir ?? options.keep ?? false,
     };
     const log = options.log ?? (() => undefined);
     sweepStaleRuns();
@@ -87,12 +91,7 @@ export class LocalBackend implements ChaosBackend {
     const network = ChaosNetwork.create({ prefix: PREFIX, members: names });
     const mounts: string[] = [];
     try {
-      for (const name of names) {
-        const mount = join(dir, name);
-        mkdirSync(mount, { recursive: true });
-        run(['mount', '-t', 'tmpfs', '-o', `size=${settings.diskBytes}`, `chaos-${name}`, mount]);
-        mounts.push(mount);
-      }
+      for (const name of names) mounts.push(mountDataDisk(join(dir, name), settings.diskBytes));
       await devUp({
         dir,
         replicas: settings.replicas,
@@ -108,7 +107,7 @@ export class LocalBackend implements ChaosBackend {
       await teardown(dir, network, mounts, settings.keepDir);
       throw error;
     }
-    return new LocalBackend(dir, network, mounts, settings);
+    return new LocalBackend(dir, network, mounts, settings, log);
   }
 
   async chorus(request: HttpRequest): Promise<HttpOutcome> {
@@ -129,6 +128,32 @@ export class LocalBackend implements ChaosBackend {
   }
 
   async inject(fault: Fault): Promise<Injected> {
+    const injected = await this.injectOnly(fault);
+    // As a kubelet would: whatever died meanwhile without being killed on purpose is started again, and told.
+    const heal = async () => {
+      await injected.heal();
+      await this.reviveDead(`the end of ${fault.kind} on ${fault.target}`);
+    };
+    return { detail: injected.detail, heal: once(heal) };
+  }
+
+  private async reviveDead(when: string): Promise<void> {
+    const info = this.info;
+    if (!isAlive(info.zookeeperPid)) {
+      this.unexpectedExits.push(`ZooKeeper had exited (found at ${when})`);
+      await devStart(this.dir, '', 'zookeeper');
+    }
+    for (const r of info.replicas) {
+      for (const component of ['clickhouse', 'sidecar'] as const) {
+        if (isAlive(r.pids[component])) continue;
+        this.unexpectedExits.push(`${r.name}'s ${component} had exited (found at ${when}); see ${join(r.dir, component === 'sidecar' ? 'sidecar.log' : 'clickhouse')}`);
+        this.log(`local backend: ${this.unexpectedExits.at(-1)}`);
+        await devStart(this.dir, r.name, component);
+      }
+    }
+  }
+
+  private async injectOnly(fault: Fault): Promise<Injected> {
     const r = this.replica(fault.target);
     const net = this.network;
     switch (fault.kind) {
@@ -170,8 +195,8 @@ export class LocalBackend implements ChaosBackend {
         await this.armFaults(r, { corruptServedFiles: 1_000_000 });
         return { detail: `${r.name} flips a byte in every part file it serves`, heal: once(() => this.armFaults(r, { corruptServedFiles: 0 })) };
       case 'disk-full': {
-        const filler = join(r.dir, FILLER);
-        const free = fillDisk(r.dir, filler);
+        const filler = join(r.dir, 'disk', FILLER);
+        const free = fillDisk(filler);
         return { detail: `${r.name}'s disk filled (${(free / 1024 ** 2).toFixed(0)} MiB taken by ${FILLER})`, heal: once(async () => rmSync(filler, { force: true })) };
       }
     }
@@ -182,23 +207,33 @@ export class LocalBackend implements ChaosBackend {
     for (const name of this.replicas) this.network.clearSlow(name);
     const info = this.info;
     for (const r of info.replicas) {
-      rmSync(join(r.dir, FILLER), { force: true });
+      rmSync(join(r.dir, 'disk', FILLER), { force: true });
       if (isAlive(r.pids.sidecar)) await devKill(this.dir, r.name, 'sidecar', 'CONT');
     }
-    await devStart(this.dir, '', 'zookeeper');
-    for (const r of info.replicas) await devStart(this.dir, r.name, 'all');
+    await this.reviveDead('the final heal');
     for (const r of this.info.replicas) await this.armFaults(r, { corruptServedFiles: 0 }).catch(() => undefined);
   }
 
   async settled(): Promise<boolean> {
-    const ready = await Promise.all(this.info.replicas.map((r) => httpOk(`${r.http}/readyz`)));
-    return ready.every(Boolean);
+    const replicas = this.replicas;
+    const settled = await Promise.all(
+      this.info.replicas.map(async (r) => {
+        try {
+          const res = await fetch(`${r.http}/_chorus/status`, { signal: AbortSignal.timeout(5_000) });
+          return res.ok && sidecarSettled((await res.json()) as AdminStatus, replicas);
+        } catch {
+          return false;
+        }
+      }),
+    );
+    return settled.every(Boolean);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await teardown(this.dir, this.network, this.mounts, this.options.keepDir);
+    if (this.options.keepDir) this.log(`local backend: its logs are kept in ${this.dir} (the data disks are gone with their tmpfs)`);
   }
 
   private replica(name: string): ReplicaInfo {
@@ -228,11 +263,11 @@ async function post(url: URL, body: string, timeoutMs: number): Promise<HttpOutc
 }
 
 /**
- * Fills the filesystem at `dir` to the last page; returns how many bytes the filler took.
+ * Fills the filesystem `filler` is on to the last page; returns how many bytes the filler took.
  * Chunk by chunk, smaller and smaller: what statfs reports free is not quite what a tmpfs lets
  * one file take, and the processes on it keep writing meanwhile.
  */
-function fillDisk(dir: string, filler: string): number {
+function fillDisk(filler: string): number {
   let offset = 0;
   for (const chunk of [256 * 1024 ** 2, 16 * 1024 ** 2, 1024 ** 2, 64 * 1024, 4096]) {
     while (tryRun(['fallocate', '-o', String(offset), '-l', String(chunk), filler]) !== undefined) offset += chunk;
@@ -253,11 +288,26 @@ async function teardown(dir: string, network: ChaosNetwork, mounts: string[], ke
     await devDown(dir).catch(() => undefined);
   }
   network.destroy();
-  for (const mount of mounts) {
-    if (keepDir) continue;
-    tryRun(['umount', '-l', mount]);
-  }
+  for (const mount of mounts) tryRun(['umount', '-l', mount]);
   if (!keepDir) rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * One replica's data disk: a tmpfs holding ClickHouse's data and Chorus's state (one
+ * filesystem, as one volume holds both in a pod: Chorus hard-links between them), linked where
+ * devUp puts them. Logs stay outside, as a pod's go to its runtime and not to its volume: a
+ * process that cannot write its log on a full disk is not what the fault means to show.
+ */
+function mountDataDisk(replicaDir: string, bytes: number): string {
+  const disk = join(replicaDir, 'disk');
+  mkdirSync(disk, { recursive: true });
+  run(['mount', '-t', 'tmpfs', '-o', `size=${bytes}`, `chaos-${basename(replicaDir)}`, disk]);
+  mkdirSync(join(disk, 'clickhouse-data'));
+  mkdirSync(join(disk, 'chorus'));
+  mkdirSync(join(replicaDir, 'clickhouse'), { recursive: true });
+  symlinkSync(join(disk, 'clickhouse-data'), join(replicaDir, 'clickhouse', 'data'));
+  symlinkSync(join(disk, 'chorus'), join(replicaDir, 'chorus'));
+  return disk;
 }
 
 /** Unmounts and removes what crashed runs left under the scratch dir (their owner pid is gone). */

@@ -66,6 +66,13 @@ export interface ChaosOptions {
   log?: (line: string) => void;
   /** How the backend is started: createBackend unless a test brings its own. */
   startBackend?: (name: BackendName, options: BackendStartOptions) => Promise<ChaosBackend>;
+  /**
+   * A backend already running, which the run uses and leaves running (healed) for the caller to
+   * close: the test suite runs one scenario per fault kind on one cluster.
+   */
+  runningBackend?: ChaosBackend;
+  /** Leaves the backend's files (logs, data) in place after the run. */
+  keep?: boolean;
   workload?: Partial<Pick<WorkloadOptions, 'attemptTimeoutMs' | 'retryBudgetMs' | 'maxRowsPerInsert' | 'partitions' | 'droppedTableShare' | 'dropShare' | 'tokenShare'>>;
   nemesis?: Pick<ScheduleOptions, 'startDelayMs' | 'gapMs' | 'durations'>;
 }
@@ -118,7 +125,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   };
   log(`seed ${seed} (repeat with --seed ${seed}), run ${runId}`);
   log(`starting the ${options.backend} backend (ClickHouse ${options.clickhouse}, ${REPLICAS} replicas)`);
-  const backend = await (options.startBackend ?? createBackend)(options.backend, { clickhouse: options.clickhouse, replicas: REPLICAS, databases: ['default', DATABASE], log });
+  const backend =
+    options.runningBackend ?? (await (options.startBackend ?? createBackend)(options.backend, { clickhouse: options.clickhouse, replicas: REPLICAS, databases: ['default', DATABASE], keep: options.keep ?? false, log }));
   try {
     interrupted();
     const faults = resolveFaults(options.faults, backend, notes);
@@ -172,6 +180,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     if (convergence.convergedAfterMs === null) notes.push(`the replicas did not agree within ${(convergenceTimeoutMs / 1000).toFixed(0)} s of the heal; checked as they were`);
 
     const report = check(workload.history, convergence.observed);
+    for (const exit of backend.unexpectedExits ?? []) notes.push(`unexpected exit: ${exit}`);
     return {
       ok: report.ok,
       seed,
@@ -190,9 +199,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       check: report,
     };
   } finally {
-    log('closing the backend');
-    await backend.close().catch((err: unknown) => log(`closing the backend failed: ${err instanceof Error ? err.message : String(err)}`));
+    if (options.runningBackend) await backend.healAll().catch((err: unknown) => log(`healing the backend failed: ${err instanceof Error ? err.message : String(err)}`));
+    else await closeBackend(backend, log);
   }
+}
+
+async function closeBackend(backend: ChaosBackend, log: (line: string) => void): Promise<void> {
+  log('closing the backend');
+  await backend.close().catch((err: unknown) => log(`closing the backend failed: ${err instanceof Error ? err.message : String(err)}`));
 }
 
 const USAGE = `usage: npm run chaos -- --duration SECONDS --faults LIST|all|none [--seed N] [--clickhouse server|chdb] [--backend local|kind] [--clients N] [--json]
@@ -201,7 +215,8 @@ const USAGE = `usage: npm run chaos -- --duration SECONDS --faults LIST|all|none
   --clickhouse  server (Debian's clickhouse-server, the default) or chdb
   --backend     local (namespaces on this machine, the default) or kind
   --clients     concurrent clients (default 8)
-  --json        the report as JSON on stdout (progress stays on stderr)`;
+  --json        the report as JSON on stdout (progress stays on stderr)
+  --keep        leave the cluster's files (every process's log) in place after the run`;
 
 function positiveInteger(name: string, text: string | undefined, fallback?: number): number {
   if (text === undefined) {
@@ -238,6 +253,7 @@ export function parseCli(argv: string[]): CliArguments | 'help' {
         backend: { type: 'string', default: 'local' },
         clients: { type: 'string' },
         json: { type: 'boolean', default: false },
+        keep: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -265,6 +281,7 @@ export function parseCli(argv: string[]): CliArguments | 'help' {
       clickhouse: oneOf('clickhouse', values.clickhouse!, CLICKHOUSE_KINDS),
       backend: oneOf('backend', values.backend!, BACKEND_NAMES),
       clients: positiveInteger('clients', values.clients, 8),
+      keep: values.keep!,
     },
     json: values.json!,
   };
