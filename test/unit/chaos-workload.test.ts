@@ -239,9 +239,9 @@ describe('chaos runner on an in-memory cluster', () => {
 
 describe('chaos command line', () => {
   it('reads a full command line', () => {
-    const cli = parseCli(['--duration', '60', '--faults', 'kill-sidecar,slow-network', '--seed', '7', '--clickhouse', 'chdb', '--backend', 'kind', '--clients', '3', '--json']);
+    const cli = parseCli(['--duration', '60', '--faults', 'kill-sidecar,slow-network', '--seed', '7', '--clickhouse', 'chdb', '--backend', 'kind', '--clients', '3', '--json', '--keep']);
     expect(cli).toEqual({
-      options: { durationMs: 60_000, faults: ['kill-sidecar', 'slow-network'], seed: 7, clickhouse: 'chdb', backend: 'kind', clients: 3 },
+      options: { durationMs: 60_000, faults: ['kill-sidecar', 'slow-network'], seed: 7, clickhouse: 'chdb', backend: 'kind', clients: 3, keep: true },
       json: true,
     });
   });
