@@ -107,7 +107,9 @@ export class InsertPipeline {
     const { ch, catalog, staging, store, log, attacher, metrics, faults } = this.deps;
     const table = await catalog.resolve(req.database, req.table);
     const label = `${table.database}.${table.name}`;
-    const stage = await staging.acquire(table);
+    const stage = await staging.acquire(table).catch((err: unknown) => {
+      throw cannotStoreNow(err, label) ?? err;
+    });
     const nonce = newNonce();
     const drafts: EntryDraft[] = [];
     // Once the intent is recorded and until it is resolved, its pending copies belong to
@@ -130,9 +132,8 @@ export class InsertPipeline {
         if (err instanceof ClickHouseQueryError) stagingMayRun = false;
         const bodyFailure = req.bodyFailure();
         if (bodyFailure) throw bodyFailure;
-        if (err instanceof ClickHouseQueryError && isServerSideFailure(err)) {
-          throw new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse could not store the rows for ${label} now (nothing was stored; retry later): ${err.message}`, err);
-        }
+        const refusedForItsState = cannotStoreNow(err, label);
+        if (refusedForItsState) throw refusedForItsState;
         if (err instanceof ClickHouseQueryError) {
           throw new ChorusError('BAD_DATA', `ClickHouse refused the rows for ${label}: ${err.message}`, err);
         }
@@ -280,7 +281,9 @@ export class InsertPipeline {
     if (op.kind === 'drop_partition') {
       // The expression is checked on an (empty) staging table of the same structure first:
       // a bad one is refused before any LSN is allocated.
-      const stage = await staging.acquire(table);
+      const stage = await staging.acquire(table).catch((err: unknown) => {
+      throw cannotStoreNow(err, label) ?? err;
+    });
       try {
         await this.deps.ch.exec(`ALTER TABLE ${stage.qualified} DROP PARTITION ${partition}`);
       } catch (err) {
@@ -346,4 +349,10 @@ export class InsertPipeline {
       }
     }
   }
+}
+
+/** ClickHouse refused a step of staging for its own state (disk full...): the client's rows are not at fault. */
+function cannotStoreNow(err: unknown, label: string): ChorusError | undefined {
+  if (!(err instanceof ClickHouseQueryError) || !isServerSideFailure(err)) return undefined;
+  return new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse could not store the rows for ${label} now (nothing was stored; retry later): ${err.message}`, err);
 }

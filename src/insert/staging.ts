@@ -139,8 +139,11 @@ export class StagingPool {
         state = await this.prepare(name, qualified, table);
         this.created.set(name, state);
       } catch (err) {
-        // The slot goes back to the pool, or every slot would leak while ClickHouse is down.
-        this.handBack(table.schemaKey, name);
+        // The slot goes back to the pool, or every slot would leak while ClickHouse is down, and
+        // under a new name: a CREATE that failed half-way can leave the name unusable (18.16 keeps
+        // its metadata .sql.tmp after a full disk, and every later CREATE of it fails "File exists").
+        this.undropped.add(name);
+        this.handBack(table.schemaKey, `s_${key}_${this.serial++}`);
         throw err;
       }
     }
