@@ -110,38 +110,37 @@ export class Attacher {
     return this.perTable.run(`${entry.database}.${entry.table}`, async () => {
       const table = `${quoteIdent(entry.database)}.${quoteIdent(entry.table)}`;
       const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
-      // Blocks above the highest active one now can only be written after the drop (no attach runs meanwhile: the lock).
-      const activeBefore = await this.ch.rows<{ name: string; partitionId: string; max: number }>(
-        `SELECT name, partition_id AS partitionId, max_block_number AS max FROM system.parts WHERE ${where} AND active`,
-      );
-      const highestBlock = activeBefore.reduce((m, p) => Math.max(m, Number(p.max)), 0);
+      const cleanUp = this.ch.dialect.dropLeavesMergedPartsUncovered;
+      // What is on disk before the drop: a part written after it has a higher block number (no
+      // attach runs meanwhile: the lock), and one already inactive is no query's any more.
+      const before = cleanUp ? await this.ch.rows<{ name: string; max: number; active: number }>(`SELECT name, max_block_number AS max, active FROM system.parts WHERE ${where}`) : [];
       if (entry.kind === 'truncate') await this.ch.exec(`TRUNCATE TABLE ${table}`);
       // Re-read and re-written: whatever the entry carries, only a literal reaches ClickHouse.
       else if (entry.kind === 'drop_partition') await this.ch.exec(`ALTER TABLE ${table} DROP PARTITION ${canonicalPartition(entry.partition)}`);
       else throw new ChorusError('INTERNAL', `LSN ${entry.lsn} is not a table operation`);
-      const activeAfter = new Set((await this.ch.rows<{ name: string }>(`SELECT name FROM system.parts WHERE ${where} AND active`)).map((p) => p.name));
-      const dropped = new Set(activeBefore.filter((p) => !activeAfter.has(p.name)).map((p) => p.partitionId));
-      await this.removeUncoveredLeftovers(where, dropped, highestBlock);
+      if (cleanUp) await this.removeUncoveredLeftovers(where, before);
     });
   }
 
   /**
-   * Makes a drop survive a crash of ClickHouse. ClickHouse 18.16 keeps the parts a merge replaced
-   * on disk for old_parts_lifetime (8 minutes); once a drop removed the merged part that covered
-   * them, a restart loads them again as if never dropped (26.7 does not: measured with kill -9,
-   * test/chaos). So the dropped partitions' inactive parts that no active part covers, made of
-   * blocks written before the drop, are removed here; ClickHouse ignores a part gone when it
-   * cleans up.
+   * Makes a drop survive a crash of ClickHouse where the release needs it
+   * (Dialect.dropLeavesMergedPartsUncovered). 18.16 keeps the parts a merge replaced on disk for
+   * old_parts_lifetime (8 minutes); once a drop removed the merged part covering them, a restart
+   * loads them again as if never dropped. So every part of the table that was inactive before
+   * the drop and that no active part covers now is removed; on 18.16 such a part is dead data
+   * whatever dropped its cover (a drop, a truncate, an earlier try of this entry that died
+   * before cleaning up). ClickHouse ignores a part gone when it cleans up.
    */
-  private async removeUncoveredLeftovers(where: string, partitionIds: Set<string>, highestBlock: number): Promise<void> {
-    if (partitionIds.size === 0) return;
-    const inScope = `${where} AND partition_id IN (${[...partitionIds].map(quoteString).join(', ')})`;
+  private async removeUncoveredLeftovers(where: string, before: Array<{ name: string; max: number; active: number }>): Promise<void> {
+    const highestBlock = before.reduce((m, p) => Math.max(m, Number(p.max)), 0);
+    const inactiveBefore = new Set(before.filter((p) => Number(p.active) !== 1).map((p) => p.name));
+    if (inactiveBefore.size === 0) return;
     const parts = await this.ch.rows<{ name: string; partitionId: string; min: number; max: number; path: string; active: number }>(
-      `SELECT name, partition_id AS partitionId, min_block_number AS min, max_block_number AS max, path, active FROM system.parts WHERE ${inScope}`,
+      `SELECT name, partition_id AS partitionId, min_block_number AS min, max_block_number AS max, path, active FROM system.parts WHERE ${where}`,
     );
     const active = parts.filter((p) => Number(p.active) === 1);
     for (const p of parts) {
-      if (Number(p.active) === 1 || Number(p.max) > highestBlock) continue;
+      if (!inactiveBefore.has(p.name) || Number(p.active) === 1 || Number(p.max) > highestBlock) continue;
       const covered = active.some((a) => a.partitionId === p.partitionId && Number(a.min) <= Number(p.min) && Number(a.max) >= Number(p.max));
       if (!covered) await rm(p.path, { recursive: true, force: true });
     }

@@ -39,6 +39,15 @@ export class Dialect {
    * `ALTER TABLE t DETACH PART 'p'` / `DROP PART 'p'`: a syntax error on 18.16, present on 20.1
    * and every release after it (the contract tests check both ends).
    */
+  /**
+   * Whether a drop can leave merged-away parts uncovered on disk, which a restart loads again:
+   * 18.16 does (measured: kill -9 after TRUNCATE of merged parts brought their rows back); 26.7
+   * covers dropped ranges with empty parts and does not. Releases from 22 drop that way.
+   */
+  get dropLeavesMergedPartsUncovered(): boolean {
+    return !this.atLeast(22);
+  }
+
   get hasDetachPart(): boolean {
     return this.atLeast(20, 1);
   }

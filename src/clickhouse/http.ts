@@ -55,10 +55,16 @@ const SERVER_SIDE_CODES = new Set([
 /** What a Poco or std exception (codes 1000, 1001) says when the disk under ClickHouse fails. */
 const SERVER_SIDE_TEXT = /no space left on device|cannot write file|disk quota exceeded|read-only file system/i;
 
+/** TOO_MANY_PARTS also says the rows of one insert span too many partitions: the client's doing. */
+const CLIENT_SIDE_TOO_MANY_PARTS = /too many partitions for single insert block/i;
+
 /** True when ClickHouse refused a query for its own state (see SERVER_SIDE_CODES), not for what it was sent. */
 export function isServerSideFailure(err: ClickHouseQueryError): boolean {
-  if (err.clickhouseCode !== undefined && SERVER_SIDE_CODES.has(err.clickhouseCode)) return true;
-  return SERVER_SIDE_TEXT.test(err.message);
+  const code = err.clickhouseCode;
+  if (code === 252 && CLIENT_SIDE_TOO_MANY_PARTS.test(err.message)) return false;
+  if (code !== undefined && SERVER_SIDE_CODES.has(code)) return true;
+  // Only the text of an exception without a ClickHouse code: a parse error quotes the client's rows.
+  return (code === undefined || code === 1000 || code === 1001) && SERVER_SIDE_TEXT.test(err.message);
 }
 
 /**

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { TableInfo } from '../clickhouse/catalog.js';
 import { parsePartName } from '../clickhouse/dialect.js';
 import { ChorusError } from '../core/errors.js';
-import { quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
+import { ClickHouseQueryError, quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
 
 export const STAGING_DATABASE = '_chorus';
 
@@ -139,11 +139,14 @@ export class StagingPool {
         state = await this.prepare(name, qualified, table);
         this.created.set(name, state);
       } catch (err) {
-        // The slot goes back to the pool, or every slot would leak while ClickHouse is down, and
-        // under a new name: a CREATE that failed half-way can leave the name unusable (18.16 keeps
-        // its metadata .sql.tmp after a full disk, and every later CREATE of it fails "File exists").
-        this.undropped.add(name);
-        this.handBack(table.schemaKey, `s_${key}_${this.serial++}`);
+        // The slot goes back to the pool, or every slot would leak while ClickHouse is down; when
+        // ClickHouse answered, under a new name: a CREATE that failed half-way can leave the name
+        // unusable (18.16 keeps its metadata .sql.tmp after a full disk, and every later CREATE of
+        // it fails "File exists").
+        if (err instanceof ClickHouseQueryError) {
+          this.undropped.add(name);
+          this.handBack(table.schemaKey, `s_${key}_${this.serial++}`);
+        } else this.handBack(table.schemaKey, name);
         throw err;
       }
     }
@@ -220,7 +223,7 @@ export class StagingPool {
       const [db, name] = [quoteIdent(STAGING_DATABASE), quoteIdent(staging.name)];
       // Best effort: DROP waits for a query still writing into the table in any case.
       await this.ch.exec(`KILL QUERY WHERE position(query, concat(${quoteString(db)}, '.', ${quoteString(name)})) > 0 SYNC`).catch(() => undefined);
-      await this.ch.exec(`DROP TABLE IF EXISTS ${staging.qualified}`);
+      await this.ch.exec(`DROP TABLE IF EXISTS ${staging.qualified}`).catch(() => this.undropped.add(staging.name));
     } finally {
       this.handBack(key, `s_${key}_${this.serial++}`);
     }

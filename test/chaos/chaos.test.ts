@@ -55,6 +55,7 @@ describe.skipIf(unavailable)('chaos: the invariants under faults, checked Jepsen
     expect(result.check.violations, report).toEqual({ lost: 0, unexpected: 0, duplicated: 0, divergent: 0, survivedDrop: 0 });
     expect(result.ok).toBe(true);
     expect(result.convergence.afterMs, 'the replicas agreed after the heal').not.toBeNull();
+    expect(result.convergence.settled, 'every sidecar ready, every member alive, nothing left to apply').toBe(true);
     // A process that died unasked is a finding too (a sidecar crashing on a full disk was one).
     expect(backend.unexpectedExits.slice(exitsBefore), report).toEqual([]);
     expect(result.notes.filter((n) => n.includes('left out')), 'every kind asked for was scheduled').toEqual([]);

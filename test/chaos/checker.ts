@@ -77,7 +77,9 @@ const definitelyFailed = (attempts: Attempt[]) => attempts.length > 0 && attempt
 const firstStart = (attempts: Attempt[]) => Math.min(...attempts.map((a) => a.startedAt));
 
 /** The last moment a drop that may have happened could have taken effect. */
-const lastEnd = (attempts: Attempt[]) => Math.max(...attempts.map((a) => a.endedAt));
+// A try whose outcome is unknown may still be running in the server after the client gave up
+// (a drop waiting for its LSN through a ZooKeeper fault): it may take effect at any later time.
+const lastEnd = (attempts: Attempt[]) => (attempts.some((a) => a.outcome === 'unknown') ? Infinity : Math.max(...attempts.map((a) => a.endedAt)));
 
 export function check(history: History, observed: Observed): CheckReport {
   const replicas = Object.keys(observed).sort();

@@ -1,10 +1,10 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { ClickHouseBackend } from '../../src/dev/clickhouse.js';
 import { devDown, devKill, devStart, devUp, readCluster, scratchRoot, type ClusterInfo, type Component, type ReplicaInfo } from '../../src/dev/cluster.js';
 import type { AdminStatus } from '../../src/api/admin.js';
-import { isAlive } from '../../src/dev/processes.js';
+import { isAlive, signalGroup } from '../../src/dev/processes.js';
 import { FAULT_KINDS, type BackendStartOptions, type ChaosBackend, type Fault, type FaultKind, type HttpOutcome, type HttpRequest, type Injected } from './backend.js';
 import { ChaosNetwork, chaosNetworkUnavailable } from './network.js';
 import { sidecarSettled } from './settled.js';
@@ -91,7 +91,7 @@ export class LocalBackend implements ChaosBackend {
     const network = ChaosNetwork.create({ prefix: PREFIX, members: names });
     const mounts: string[] = [];
     try {
-      for (const name of names) mounts.push(mountDataDisk(join(dir, name), settings.diskBytes));
+      for (const name of names) mountDataDisk(join(dir, name), settings.diskBytes, mounts);
       await devUp({
         dir,
         replicas: settings.replicas,
@@ -298,16 +298,16 @@ async function teardown(dir: string, network: ChaosNetwork, mounts: string[], ke
  * devUp puts them. Logs stay outside, as a pod's go to its runtime and not to its volume: a
  * process that cannot write its log on a full disk is not what the fault means to show.
  */
-function mountDataDisk(replicaDir: string, bytes: number): string {
+function mountDataDisk(replicaDir: string, bytes: number, mounts: string[]): void {
   const disk = join(replicaDir, 'disk');
   mkdirSync(disk, { recursive: true });
   run(['mount', '-t', 'tmpfs', '-o', `size=${bytes}`, `chaos-${basename(replicaDir)}`, disk]);
+  mounts.push(disk);
   mkdirSync(join(disk, 'clickhouse-data'));
   mkdirSync(join(disk, 'chorus'));
   mkdirSync(join(replicaDir, 'clickhouse'), { recursive: true });
   symlinkSync(join(disk, 'clickhouse-data'), join(replicaDir, 'clickhouse', 'data'));
   symlinkSync(join(disk, 'chorus'), join(replicaDir, 'chorus'));
-  return disk;
 }
 
 /** Unmounts and removes what crashed runs left under the scratch dir (their owner pid is gone). */
@@ -317,9 +317,34 @@ function sweepStaleRuns(): void {
   for (const entry of readdirSync(root)) {
     const owner = RUN_DIR.exec(entry)?.[1];
     if (owner === undefined || isAlive(Number(owner))) continue;
+    killStaleProcesses(join(root, entry));
     const mountsList = tryRun(['findmnt', '-rn', '-o', 'TARGET']) ?? '';
     for (const target of mountsList.split('\n').filter((t) => t.startsWith(join(root, entry) + '/'))) tryRun(['umount', '-l', target]);
     rmSync(join(root, entry), { recursive: true, force: true });
+  }
+}
+
+/** SIGKILLs the process groups a crashed run's cluster.json names, if they still run from its directory. */
+function killStaleProcesses(runDir: string): void {
+  let info: ClusterInfo;
+  try {
+    info = readCluster(runDir);
+  } catch {
+    return;
+  }
+  const pids = [info.zookeeperPid, ...info.replicas.flatMap((r) => [r.pids.sidecar, r.pids.clickhouse])].filter((pid) => pid > 0 && isAlive(pid));
+  for (const pid of pids) {
+    // A pid is reused once its process is gone: only one whose command line names the run's directory is ours.
+    const cmdline = tryRead(`/proc/${pid}/cmdline`)?.replace(/\0/g, ' ') ?? '';
+    if (cmdline.includes(runDir)) signalGroup(pid, 'SIGKILL');
+  }
+}
+
+function tryRead(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
   }
 }
 

@@ -381,9 +381,10 @@ function installExitCleanup(): void {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     const onSignal = () => {
       destroyAll();
-      // Our listener replaced the default action; without it the signal terminates as usual.
       process.removeListener(signal, onSignal);
-      process.kill(process.pid, signal);
+      // Our listener replaced the default action: without it the signal terminates as usual,
+      // unless the program handles the signal itself (the chaos runner stops its run cleanly).
+      if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
     };
     process.on(signal, onSignal);
   }

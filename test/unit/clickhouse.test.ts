@@ -67,6 +67,9 @@ describe("ClickHouse's error text", () => {
     expect(isServerSideFailure(refusal("Code: 27, e.displayText() = DB::Exception: Cannot parse input: expected \\t before: x, e.what() = DB::Exception"))).toBe(false);
     expect(isServerSideFailure(refusal('Code: 62. DB::Exception: Syntax error. (SYNTAX_ERROR) (version 23.8.1.1)'))).toBe(false);
     expect(isServerSideFailure(refusal('Code: 53. DB::Exception: Type mismatch. (TYPE_MISMATCH) (version 26.7.2.1)'))).toBe(false);
+    // The client's rows, even when they quote a disk error or span too many partitions.
+    expect(isServerSideFailure(refusal("Code: 27. DB::Exception: Cannot parse input: expected '\\t' before: 'No space left on device'. (CANNOT_PARSE_INPUT_ASSERTION_FAILED) (version 23.8.1.1)"))).toBe(false);
+    expect(isServerSideFailure(refusal('Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100). (TOO_MANY_PARTS) (version 23.8.1.1)'))).toBe(false);
   });
 
   it('finds an exception written after rows in a 200 response', () => {
