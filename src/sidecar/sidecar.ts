@@ -358,7 +358,7 @@ export class Sidecar implements AdminBackend {
    * Removes a member for good. The decommission is a log entry, allocated like a table
    * operation: every replica that stores it, now or later, drops the member. Then everything
    * the other members hold is pulled here, and only LSNs of the member that no one holds are
-   * voided; when a member cannot be asked, nothing is voided (what it holds is unknown) and the
+   * voided; when a member does not answer, nothing is voided (what it holds is unknown) and the
    * call fails: run it again once that member is back, or decommission that one too.
    */
   async decommission(replica: string): Promise<number[]> {
@@ -376,14 +376,12 @@ export class Sidecar implements AdminBackend {
     for (const peer of this.peers) {
       const state = this.gossip.swim.members.get(peer.name)?.state;
       if (peer.name === replica || state === 'decommissioned') continue;
-      if (state !== 'alive') {
-        unreachable.push(`${peer.name} is ${state}`);
-        continue;
-      }
+      // Asked whatever its state here: a member seen suspect (or dead) may answer after all (this
+      // replica was paused, say), and an answer is what the decommission needs, not a verdict.
       try {
         await this.gossip.pullAll(peer);
       } catch (err) {
-        unreachable.push(`${peer.name}: ${(err as Error).message}`);
+        unreachable.push(`${peer.name}${state === 'alive' ? '' : ` (${state} here)`}: ${(err as Error).message}`);
       }
     }
     if (unreachable.length) {
