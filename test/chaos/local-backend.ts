@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { ClickHouseBackend } from '../../src/dev/clickhouse.js';
@@ -6,7 +5,7 @@ import { devDown, devKill, devStart, devUp, readCluster, scratchRoot, type Clust
 import type { AdminStatus } from '../../src/api/admin.js';
 import { isAlive, signalGroup } from '../../src/dev/processes.js';
 import { FAULT_KINDS, type BackendStartOptions, type ChaosBackend, type Fault, type FaultKind, type HttpOutcome, type HttpRequest, type Injected } from './backend.js';
-import { ChaosNetwork, chaosNetworkUnavailable } from './network.js';
+import { ChaosNetwork, chaosNetworkUnavailable, run, tryRun } from './network.js';
 import { sidecarSettled } from './settled.js';
 
 /*
@@ -343,19 +342,6 @@ function killStaleProcesses(runDir: string): void {
 function tryRead(path: string): string | undefined {
   try {
     return readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
-
-function run(argv: string[]): string {
-  const [command, ...args] = argv as [string, ...string[]];
-  return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function tryRun(argv: string[]): string | undefined {
-  try {
-    return run(argv);
   } catch {
     return undefined;
   }

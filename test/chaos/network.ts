@@ -1,5 +1,6 @@
 import { execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { isAlive } from '../../src/dev/processes.js';
 
 /*
  * The chaos suite's local network: a Linux bridge and, per member, a network namespace joined
@@ -139,7 +140,7 @@ export class ChaosNetwork {
       const match = new RegExp(`^${prefix}-([0-9a-f]{${TAG_BYTES * 2}})-(\\d+)-`).exec(namespace);
       if (!match) continue;
       const [, tag, pid] = match as unknown as [string, string, string];
-      if (processIsAlive(Number(pid))) {
+      if (isAlive(Number(pid))) {
         liveTags.add(tag);
       } else {
         tryRun(['ip', 'netns', 'delete', namespace]);
@@ -432,20 +433,12 @@ function listHostChains(): string[] {
     .filter(Boolean);
 }
 
-function processIsAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 function inNamespace(member: Member, argv: readonly string[]): string[] {
   return ['ip', 'netns', 'exec', member.namespace, ...argv];
 }
 
-function run(argv: readonly string[]): string {
+/** Runs a command; its output, or an error carrying the command line and its stderr. */
+export function run(argv: readonly string[]): string {
   const [command, ...args] = argv as [string, ...string[]];
   try {
     return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -456,7 +449,7 @@ function run(argv: readonly string[]): string {
 }
 
 /** For removals that may find nothing to remove: the output, or undefined when the command failed. */
-function tryRun(argv: readonly string[]): string | undefined {
+export function tryRun(argv: readonly string[]): string | undefined {
   try {
     return run(argv);
   } catch {

@@ -9,28 +9,10 @@ import type { Peer } from '../../src/gossip/peers.js';
 import type { Digest, LogEntry } from '../../src/log/entry.js';
 import { LocalLog } from '../../src/log/store.js';
 import { Metrics } from '../../src/metrics/metrics.js';
+import { insertEntry } from '../support/entries.js';
 
-const sha = (c: string) => c.repeat(64);
-function insert(lsn: number, over: Partial<LogEntry> = {}): LogEntry {
-  return {
-    lsn,
-    kind: 'insert',
-    database: 'default',
-    table: 't',
-    partitionId: 'all',
-    blockId: `all_${lsn}`,
-    partName: 'all_1_1_0',
-    checksumsSha256: sha('c'),
-    rows: 1,
-    bytes: 1,
-    files: [{ name: 'checksums.txt', size: 1, sha256: sha('c') }],
-    origin: 'r2',
-    allocatedAtMs: 1,
-    barrier: 0,
-    partition: '',
-    ...over,
-  };
-}
+/** Entries of r2, the peer pulled from. */
+const insert = (lsn: number, over: Partial<LogEntry> = {}) => insertEntry(lsn, 1, { origin: 'r2', ...over });
 
 /**
  * A peer (r2) whose log is a real LocalLog, answering each exchange the way a real one does: what

@@ -6,29 +6,7 @@ import { messagesOf } from '../../src/gossip/gossip.js';
 import { voidEntry, type LogEntry } from '../../src/log/entry.js';
 import { LocalLog, type LogConflict } from '../../src/log/store.js';
 import { ENTRY_LIMITS } from '../../src/log/validate.js';
-
-const sha = (c: string) => c.repeat(64);
-function insert(lsn: number, fileCount = 1, over: Partial<LogEntry> = {}): LogEntry {
-  const files = [{ name: 'checksums.txt', size: 1, sha256: sha('c') }, ...Array.from({ length: fileCount - 1 }, (_, i) => ({ name: `column_with_a_long_name_${i}.bin`, size: 1, sha256: sha('d') }))];
-  return {
-    lsn,
-    kind: 'insert',
-    database: 'default',
-    table: 't',
-    partitionId: 'all',
-    blockId: `all_${lsn}`,
-    partName: 'all_1_1_0',
-    checksumsSha256: sha('c'),
-    rows: 1,
-    bytes: files.length,
-    files,
-    origin: 'r1',
-    allocatedAtMs: 1,
-    barrier: 0,
-    partition: '',
-    ...over,
-  };
-}
+import { insertEntry as insert, sha } from '../support/entries.js';
 
 /** The local log on a real SQLite file in a temp dir. */
 describe('local log: conflicts, decommissions and message sizes', () => {
