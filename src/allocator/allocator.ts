@@ -154,9 +154,17 @@ export class Allocator {
       attempt++;
       let sent = false;
       try {
-        if (!this.cached) await this.refresh();
+        const fresh = !this.cached;
+        if (fresh) await this.refresh();
         const base = this.cached!;
         const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.windowSize);
+        // A batch of duplicates writes nothing, so no BadVersion would tell a stale cache: another
+        // member may have released a voided LSN since, and its block must then be allocated anew.
+        // Duplicates (retries) are rare; they are answered from the znode as it is now.
+        if (!changed && !fresh) {
+          this.cached = null;
+          continue;
+        }
         if (changed) {
           // Waiting for the session is not sending: a write never sent has a known outcome (none).
           await this.zk.waitConnected();
@@ -206,9 +214,16 @@ export class Allocator {
   /** Removes voided LSNs from the window (compare-and-set, retried on conflicts). */
   async release(lsns: number[]): Promise<void> {
     for (;;) {
-      if (!this.cached) await this.refresh();
+      const fresh = !this.cached;
+      if (fresh) await this.refresh();
       const base = this.cached!;
       const { state, changed } = removeLsns(base.state, lsns);
+      // Nothing to remove is believed only from the znode itself: a member that does not
+      // allocate caches what it read at start, and would otherwise leave the voided LSNs in.
+      if (!changed && !fresh) {
+        this.cached = null;
+        continue;
+      }
       if (!changed) return;
       try {
         this.observer.onZkRequest?.('setData');

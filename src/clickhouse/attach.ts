@@ -1,13 +1,15 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KeyedMutex } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
 import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
-import { sha256File } from '../parts/files.js';
+import { columnsProblem } from '../parts/completeness.js';
+import { fsyncPath, sha256File } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 import type { TableCatalog, TableInfo } from './catalog.js';
 import { parsePartName } from './dialect.js';
@@ -34,6 +36,7 @@ export class Attacher {
     private readonly store: PartStore,
     private readonly log: LocalLog,
     private readonly faults: Faults,
+    private readonly logger: Logger,
   ) {}
 
   /** Attaches `entry`'s part from the part store; returns the local block number it was given. */
@@ -61,9 +64,13 @@ export class Attacher {
     // An earlier attempt got as far as ATTACH (then the sidecar died, or the answer was lost):
     // the part may be in the table already. Adopt it rather than attach it a second time.
     const priorFloor = tracked ? this.log.attachFloor(entry.lsn) : null;
+    const dataPath = await dataPathBeside(table, this.store.partsDir);
     if (priorFloor !== null) {
       const adopted = await this.findUnmapped(entry, where, priorFloor);
-      if (adopted !== undefined) return adopted;
+      if (adopted !== undefined) {
+        await this.restoreColumns(entry, dataPath, adopted, source);
+        return adopted;
+      }
       // ATTACH is known to have run: attaching again would store the rows twice.
       if (this.log.attachDone(entry.lsn)) {
         throw new ChorusError(
@@ -78,7 +85,6 @@ export class Attacher {
       [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(`SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`);
     }
     if (tracked) this.log.markAttaching(entry.lsn, maxBlock);
-    const dataPath = await dataPathBeside(table, this.store.partsDir);
     const owner = await stat(dataPath);
     const detachedDir = join(dataPath, 'detached');
     const linked = await this.store.linkInto(source, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
@@ -102,7 +108,44 @@ export class Attacher {
       throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn} was attached but its part was not found by content`);
     }
     this.blockFloor.set(key, block);
+    await this.restoreColumns(entry, dataPath, block, source);
     return block;
+  }
+
+  /**
+   * 18.16's ATTACH PART deletes the part's columns.txt and writes it anew, and on a full disk it
+   * may leave it empty and still succeed (the failed write is only logged); at its next start
+   * ClickHouse would then delete the part as broken, and its rows with it. The copy attached
+   * from still holds the file as it was: it is hardlinked back, which needs no free space.
+   * Thrown errors leave the entry to be retried, which adopts the part and comes here again.
+   */
+  private async restoreColumns(entry: Pick<LogEntry, 'lsn' | 'partitionId' | 'partName'>, dataPath: string, block: number, source: string): Promise<void> {
+    const level = parsePartName(entry.partName)?.level ?? 0;
+    const partDir = join(dataPath, `${entry.partitionId}_${block}_${block}_${level}`);
+    const columns = join(partDir, 'columns.txt');
+    if (this.faults.takeEmptyAttachedColumns() && existsSync(columns)) {
+      // A new, empty file, as ClickHouse's rewrite leaves it: the copy attached from keeps its own.
+      rmSync(columns);
+      writeFileSync(columns, '');
+    }
+    // Merged away meanwhile, or a release that writes the file only when missing: nothing to mend.
+    if (!existsSync(columns)) return;
+    const problem = columnsProblem(partDir);
+    if (problem === undefined) return;
+    const sourceProblem = columnsProblem(source);
+    if (sourceProblem !== undefined) {
+      throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn}'s part was attached with an incomplete columns.txt (${problem}), and the copy it came from has none to restore (${sourceProblem})`);
+    }
+    const temp = `${columns}.chorus`;
+    try {
+      rmSync(temp, { force: true });
+      linkSync(join(source, 'columns.txt'), temp);
+      renameSync(temp, columns);
+      await fsyncPath(partDir);
+    } catch (err) {
+      throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn}'s part was attached with an incomplete columns.txt (${problem}) and could not be restored yet: ${(err as Error).message}`, err);
+    }
+    this.logger.warn({ lsn: entry.lsn, part: partDir, problem }, "ClickHouse left the attached part's columns.txt incomplete (a full disk?); restored it from the copy attached from");
   }
 
   /** Applies a DROP PARTITION or TRUNCATE entry, under the same per-table lock as attaches. */

@@ -29,10 +29,15 @@ export interface FaultSettings {
   crashAt: CrashPoint | null;
   /** The next N reads of an attached part's checksums.txt (to recognise it) fail with EIO. */
   unreadableParts: number;
+  /**
+   * The next N parts attached here are left with an empty columns.txt, as 18.16's ATTACH PART
+   * (which rewrites the file) leaves them when the disk fills.
+   */
+  emptyAttachedColumns: number;
 }
 
 export class Faults {
-  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null, unreadableParts: 0 };
+  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null, unreadableParts: 0, emptyAttachedColumns: 0 };
 
   constructor(readonly enabled: boolean) {}
 
@@ -40,6 +45,7 @@ export class Faults {
     if (!this.enabled) return this.settings;
     if (update.corruptServedFiles !== undefined) this.settings.corruptServedFiles = Math.max(0, Math.floor(update.corruptServedFiles));
     if (update.unreadableParts !== undefined) this.settings.unreadableParts = Math.max(0, Math.floor(update.unreadableParts));
+    if (update.emptyAttachedColumns !== undefined) this.settings.emptyAttachedColumns = Math.max(0, Math.floor(update.emptyAttachedColumns));
     if (update.crashAt !== undefined) {
       if (update.crashAt !== null && !CRASH_POINTS.includes(update.crashAt)) {
         throw new ChorusError('BAD_QUERY', `unknown crash point ${String(update.crashAt)}; known: ${CRASH_POINTS.join(', ')}`);
@@ -60,6 +66,13 @@ export class Faults {
   takeUnreadablePart(): boolean {
     if (!this.enabled || this.settings.unreadableParts <= 0) return false;
     this.settings.unreadableParts--;
+    return true;
+  }
+
+  /** True when the part just attached should lose its columns.txt's content; consumes one. */
+  takeEmptyAttachedColumns(): boolean {
+    if (!this.enabled || this.settings.emptyAttachedColumns <= 0) return false;
+    this.settings.emptyAttachedColumns--;
     return true;
   }
 

@@ -11,6 +11,7 @@ import type { Faults } from '../faults/faults.js';
 import { partlessEntry, type EntryDraft, type EntryState, type LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { incompletePart } from '../parts/completeness.js';
 import type { PartStore } from '../parts/store.js';
 import { barrierMarker } from '../allocator/window.js';
 import { blockIdOf, type StagingPool } from './staging.js';
@@ -145,6 +146,13 @@ export class InsertPipeline {
       const perPartition = new Map<string, number>();
       for (const [i, part] of (await stage.parts()).entries()) {
         const { tempDir, files } = await store.linkFrom(part.path, store.pendingPath(nonce, i));
+        // 18.16 can answer a staging INSERT on a full disk with a part it could not finish writing:
+        // recorded, it could be attached nowhere, and a retry with its token would be acknowledged
+        // as its duplicate. Refused here, before the intent, it stores nothing.
+        const incomplete = incompletePart(tempDir);
+        if (incomplete) {
+          throw new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse accepted the rows for ${label} but could not finish writing their part ${part.name} (${incomplete}; a full disk?): nothing was stored; retry later`);
+        }
         const checksums = files.find((f) => f.name === 'checksums.txt');
         if (!checksums) throw new ChorusError('INTERNAL', `staged part ${part.name} has no checksums.txt`);
         const index = perPartition.get(part.partitionId) ?? 0;

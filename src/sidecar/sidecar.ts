@@ -115,7 +115,7 @@ export class Sidecar implements AdminBackend {
     );
     this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
     this.staging = new StagingPool(this.ch, config.staging.poolSize, config.staging.idleDropMs);
-    const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults);
+    const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults, this.logger.child({ component: 'attacher' }));
     this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p, this.transport));
     this.applier = new Applier(
       {

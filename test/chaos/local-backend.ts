@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statfsSync, symlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { ClickHouseBackend } from '../../src/dev/clickhouse.js';
 import { devDown, devKill, devStart, devUp, readCluster, scratchRoot, type ClusterInfo, type Component, type ReplicaInfo } from '../../src/dev/cluster.js';
@@ -124,6 +124,16 @@ export class LocalBackend implements ChaosBackend {
 
   async onEvery(sql: string): Promise<void> {
     for (const name of this.replicas) await this.clickhouse(name, sql);
+  }
+
+  /**
+   * Fills `replica`'s disk up to `freeBytes` short of full (rounded to the filesystem's blocks),
+   * for tests that look at what happens at the edge; the returned function frees it again.
+   */
+  fillDiskLeaving(replica: string, freeBytes: number): () => void {
+    const filler = join(this.replica(replica).dir, 'disk', FILLER);
+    fillDisk(filler, freeBytes);
+    return () => rmSync(filler, { force: true });
   }
 
   async inject(fault: Fault): Promise<Injected> {
@@ -266,7 +276,19 @@ async function post(url: URL, body: string, timeoutMs: number): Promise<HttpOutc
  * Chunk by chunk, smaller and smaller: what statfs reports free is not quite what a tmpfs lets
  * one file take, and the processes on it keep writing meanwhile.
  */
-function fillDisk(filler: string): number {
+/** Takes all free space of the filler's filesystem but `leaveBytes`; returns the bytes taken. */
+function fillDisk(filler: string, leaveBytes = 0): number {
+  if (leaveBytes > 0) {
+    // The sidecar and ClickHouse write too: a size measured a moment ago may no longer fit.
+    for (let attempt = 1; ; attempt++) {
+      const { bavail, bsize } = statfsSync(join(filler, '..'));
+      const take = Math.floor((bavail * bsize - leaveBytes) / bsize) * bsize;
+      if (take <= 0) return 0;
+      if (tryRun(['fallocate', '-l', String(take), filler]) !== undefined) return take;
+      rmSync(filler, { force: true });
+      if (attempt === 10) throw new Error(`could not fill ${filler} to ${leaveBytes} bytes short of full`);
+    }
+  }
   let offset = 0;
   for (const chunk of [256 * 1024 ** 2, 16 * 1024 ** 2, 1024 ** 2, 64 * 1024, 4096]) {
     while (tryRun(['fallocate', '-o', String(offset), '-l', String(chunk), filler]) !== undefined) offset += chunk;

@@ -18,7 +18,8 @@ export const REFUSED_BEFORE_ANY_EFFECT: ReadonlyMap<string, string> = new Map([
   ['BAD_QUERY', 'refused while reading the statement, before any LSN is allocated'],
   // pipeline.insert: ClickHouse refused the staging insert; the staging table is emptied and no intent was recorded.
   ['BAD_DATA', 'ClickHouse refused the rows in staging, before the intent'],
-  ['CLICKHOUSE_CANNOT_STORE', 'ClickHouse refused the rows in staging for its own state (disk full), before the intent'],
+  // pipeline.insert, also when ClickHouse answered but its staged part is incomplete (18.16 on a full disk).
+  ['CLICKHOUSE_CANNOT_STORE', 'ClickHouse refused the rows in staging for its own state (disk full), or left their part incomplete; before the intent'],
   ['UNSUPPORTED_SETTING', 'refused from the statement text (settings.ts), before staging'],
   ['REQUEST_TOO_LARGE', 'refused from Content-Length or while reading the body, before the intent'],
   ['NOT_REPLICATED_STATEMENT', 'refused by the guard (server.ts) or checkSelect (clients.ts), before staging'],

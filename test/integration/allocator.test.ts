@@ -62,6 +62,24 @@ describe('allocator on real ZooKeeper', () => {
     expect(await zk.countZnodes('/chorus/race')).toBe(2);
   });
 
+  it('a block whose LSN another member voided and released is allocated anew, with nothing else allocated meanwhile', async () => {
+    // The allocating member answers duplicates without writing; from its cache alone it kept
+    // answering "duplicate of the voided LSN" to every retry until some other insert came
+    // (found by the chaos suite: an insert refused on a nearly full disk could never be retried).
+    const path = '/chorus/voided/shard1';
+    const allocating = allocator(session(), path);
+    const origin = allocator(session(), path);
+    await allocating.init();
+    await origin.init();
+    const [first] = await allocating.allocate({ nonce: 'try1', origin: 'r2', blockIds: ['p_voided'] });
+    expect(first).toMatchObject({ duplicate: false });
+    await origin.release([first!.lsn]);
+    const [retry] = await allocating.allocate({ nonce: 'try2', origin: 'r2', blockIds: ['p_voided'] });
+    expect(retry).toMatchObject({ duplicate: false, lsn: first!.lsn + 1 });
+    // A duplicate of a block still in the window is still answered as one.
+    expect(await allocating.allocate({ nonce: 'try3', origin: 'r3', blockIds: ['p_voided'] })).toEqual([{ lsn: retry!.lsn, duplicate: true, barrier: 0 }]);
+  });
+
   it('a write whose reply was lost is recognised on retry by its nonce, never allocated twice', async () => {
     const path = '/chorus/lost/shard1';
     const zk = session();

@@ -4,6 +4,7 @@ import { sleep } from '../../src/core/async.js';
 import { devKill, devStart, readCluster } from '../../src/dev/cluster.js';
 import { isAlive } from '../../src/dev/processes.js';
 import type { CrashPoint } from '../../src/faults/faults.js';
+import { columnsProblem } from '../../src/parts/completeness.js';
 import { TestCluster } from '../support/cluster.js';
 
 /**
@@ -121,6 +122,21 @@ describe('replicas that die or fall behind converge', () => {
     expect(retry.headers.get('x-chorus-lsn')).toBe(lsn);
     expected += 6;
     await expectConverged();
+  });
+
+  it("a part attached with an empty columns.txt (18.16's ATTACH on a full disk) is mended, and survives ClickHouse's restart", async () => {
+    // Without the mend 18.16 deletes such a part at its next start ("broken part ... impossible
+    // to repair"), and 26.7 sets it aside as broken: its rows are gone from that replica only.
+    await cluster.armFaults(1, { emptyAttachedColumns: 1 });
+    const res = await insert(0, rows(7));
+    expect(res.status).toBe(200);
+    expected += 7;
+    await expectConverged();
+    await devKill(cluster.info.dir, 'r2', 'clickhouse', 'KILL');
+    await devStart(cluster.info.dir, 'r2', 'clickhouse');
+    await expectConverged();
+    const parts = await cluster.clickhouse(1, `SELECT path FROM system.parts WHERE database = 'default' AND table = 'crashes' AND active FORMAT TabSeparated`);
+    for (const path of parts.trim().split('\n')) expect(columnsProblem(path), path).toBeUndefined();
   });
 
   it('a follower killed in the middle of fetching a part fetches it again after restart', async () => {
