@@ -295,7 +295,10 @@ export class InsertPipeline {
       try {
         await this.deps.ch.exec(`ALTER TABLE ${stage.qualified} DROP PARTITION ${partition}`);
       } catch (err) {
-        throw new ChorusError('BAD_QUERY', `bad partition expression for ${label}: ${(err as Error).message}`, err);
+        // Only ClickHouse's verdict on the expression is the client's fault; its own state or
+        // an unreachable server is not, and says so with its own code.
+        if (!(err instanceof ClickHouseQueryError)) throw err;
+        throw cannotStoreNow(err, label, `check the partition expression on a staging table of ${label}`) ?? new ChorusError('BAD_QUERY', `bad partition expression for ${label}: ${err.message}`, err);
       } finally {
         void staging.release(table, stage).catch(() => undefined);
       }
@@ -359,8 +362,8 @@ export class InsertPipeline {
   }
 }
 
-/** ClickHouse refused a step of staging for its own state (disk full...): the client's rows are not at fault. */
-function cannotStoreNow(err: unknown, label: string): ChorusError | undefined {
+/** ClickHouse refused a step of staging for its own state (disk full...): the client's request is not at fault. */
+function cannotStoreNow(err: unknown, label: string, step = `store the rows for ${label}`): ChorusError | undefined {
   if (!(err instanceof ClickHouseQueryError) || !isServerSideFailure(err)) return undefined;
-  return new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse could not store the rows for ${label} now (nothing was stored; retry later): ${err.message}`, err);
+  return new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse could not ${step} now (nothing was changed; retry later): ${err.message}`, err);
 }

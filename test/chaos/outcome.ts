@@ -14,11 +14,12 @@ import type { Outcome } from './checker.js';
 export const REFUSED_BEFORE_ANY_EFFECT: ReadonlyMap<string, string> = new Map([
   // parse.ts, server.ts (malformed HTTP, an INSERT without FORMAT), partition.ts (a partition
   // literal), pipeline.tableOp's check of the partition on an empty staging table: all before an
-  // LSN is allocated. That check also reports an unreachable ClickHouse as BAD_QUERY, still before.
+  // LSN is allocated.
   ['BAD_QUERY', 'refused while reading the statement, before any LSN is allocated'],
   // pipeline.insert: ClickHouse refused the staging insert; the staging table is emptied and no intent was recorded.
   ['BAD_DATA', 'ClickHouse refused the rows in staging, before the intent'],
-  // pipeline.insert, also when ClickHouse answered but its staged part is incomplete (18.16 on a full disk).
+  // pipeline.insert, also when ClickHouse answered but its staged part is incomplete (18.16 on a
+  // full disk); pipeline.tableOp's partition check when ClickHouse failed for its own state.
   ['CLICKHOUSE_CANNOT_STORE', 'ClickHouse refused the rows in staging for its own state (disk full), or left their part incomplete; before the intent'],
   ['UNSUPPORTED_SETTING', 'refused from the statement text (settings.ts), before staging'],
   ['REQUEST_TOO_LARGE', 'refused from Content-Length or while reading the body, before the intent'],
