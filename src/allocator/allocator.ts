@@ -46,6 +46,8 @@ export function newNonce(): string {
  * Requests that arrive while a write is in flight are group-committed into the next write.
  * The last state written is cached with its version, so a replica that is the shard's only
  * writer spends exactly one setData per batch; a stale cache costs one BadVersion and one read.
+ * A batch of duplicates only, or a release with nothing to remove, is never concluded from the
+ * cache: it costs one read.
  */
 export class Allocator {
   private queue: Pending[] = [];
@@ -66,8 +68,8 @@ export class Allocator {
     await this.zk.waitConnected(connectTimeoutMs);
     if (!(await this.zk.exists(this.opts.path))) await this.zk.mkdirp(this.opts.path);
     await this.zk.protect(this.opts.path);
-    await this.refresh();
-    this.log.info({ path: this.opts.path, next: this.cached!.state.next }, 'allocator ready');
+    const { state } = await this.refresh();
+    this.log.info({ path: this.opts.path, next: state.next }, 'allocator ready');
   }
 
   get usable(): boolean {
@@ -79,10 +81,12 @@ export class Allocator {
     return this.cached?.state.next ?? 0;
   }
 
-  private async refresh(): Promise<void> {
+  /** Reads the znode into the cache, and returns what it read (another call may clear the cache meanwhile). */
+  private async refresh(): Promise<{ state: AllocatorState; version: number }> {
     this.observer.onZkRequest?.('getData');
     const { data, stat } = await this.zk.getData(this.opts.path);
     this.cached = { state: decodeState(data), version: stat.version };
+    return this.cached;
   }
 
   private nextRead: Promise<number> | null = null;
@@ -93,7 +97,7 @@ export class Allocator {
    */
   refreshNext(): Promise<number> {
     this.nextRead ??= this.refresh()
-      .then(() => this.cached!.state.next)
+      .then((read) => read.state.next)
       .finally(() => {
         this.nextRead = null;
       });
@@ -101,8 +105,7 @@ export class Allocator {
   }
 
   async read(): Promise<AllocatorState> {
-    await this.refresh();
-    return this.cached!.state;
+    return (await this.refresh()).state;
   }
 
   allocate(request: AllocationRequest): Promise<Allocation[]> {
@@ -155,8 +158,7 @@ export class Allocator {
       let sent = false;
       try {
         const fresh = !this.cached;
-        if (fresh) await this.refresh();
-        const base = this.cached!;
+        const base = this.cached ?? (await this.refresh());
         const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.windowSize);
         // A batch of duplicates writes nothing, so no BadVersion would tell a stale cache: another
         // member may have released a voided LSN since, and its block must then be allocated anew.
@@ -215,8 +217,7 @@ export class Allocator {
   async release(lsns: number[]): Promise<void> {
     for (;;) {
       const fresh = !this.cached;
-      if (fresh) await this.refresh();
-      const base = this.cached!;
+      const base = this.cached ?? (await this.refresh());
       const { state, changed } = removeLsns(base.state, lsns);
       // Nothing to remove is believed only from the znode itself: a member that does not
       // allocate caches what it read at start, and would otherwise leave the voided LSNs in.

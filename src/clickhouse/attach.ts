@@ -114,21 +114,25 @@ export class Attacher {
 
   /**
    * 18.16's ATTACH PART deletes the part's columns.txt and writes it anew, and on a full disk it
-   * may leave it empty and still succeed (the failed write is only logged); at its next start
+   * may leave it empty and still succeed (Dialect.mayLeavePartsIncomplete); at its next start
    * ClickHouse would then delete the part as broken, and its rows with it. The copy attached
    * from still holds the file as it was: it is hardlinked back, which needs no free space.
    * Thrown errors leave the entry to be retried, which adopts the part and comes here again.
    */
-  private async restoreColumns(entry: Pick<LogEntry, 'lsn' | 'partitionId' | 'partName'>, dataPath: string, block: number, source: string): Promise<void> {
-    const level = parsePartName(entry.partName)?.level ?? 0;
-    const partDir = join(dataPath, `${entry.partitionId}_${block}_${block}_${level}`);
+  private async restoreColumns(entry: Pick<LogEntry, 'lsn' | 'database' | 'table' | 'partitionId' | 'partName'>, dataPath: string, block: number, source: string): Promise<void> {
+    if (!this.ch.dialect.mayLeavePartsIncomplete) return;
+    const partDir = await this.partDirectory(entry, dataPath, block);
+    if (partDir === undefined) {
+      this.logger.warn({ lsn: entry.lsn, block }, "the part just attached is no longer listed; its columns.txt was not checked");
+      return;
+    }
     const columns = join(partDir, 'columns.txt');
-    if (this.faults.takeEmptyAttachedColumns() && existsSync(columns)) {
+    if (this.faults.takeEmptyAttachedColumns()) {
       // A new, empty file, as ClickHouse's rewrite leaves it: the copy attached from keeps its own.
-      rmSync(columns);
+      rmSync(columns, { force: true });
       writeFileSync(columns, '');
     }
-    // Merged away meanwhile, or a release that writes the file only when missing: nothing to mend.
+    // ClickHouse writes the file when it is missing, from the table's columns: nothing to mend.
     if (!existsSync(columns)) return;
     const problem = columnsProblem(partDir);
     if (problem === undefined) return;
@@ -146,6 +150,18 @@ export class Attacher {
       throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn}'s part was attached with an incomplete columns.txt (${problem}) and could not be restored yet: ${(err as Error).message}`, err);
     }
     this.logger.warn({ lsn: entry.lsn, part: partDir, problem }, "ClickHouse left the attached part's columns.txt incomplete (a full disk?); restored it from the copy attached from");
+  }
+
+  /** The directory of the one-block part at `block`: by its usual name, else as ClickHouse lists it (old-style partition names). */
+  private async partDirectory(entry: Pick<LogEntry, 'database' | 'table' | 'partitionId' | 'partName'>, dataPath: string, block: number): Promise<string | undefined> {
+    const level = parsePartName(entry.partName)?.level ?? 0;
+    const usual = join(dataPath, `${entry.partitionId}_${block}_${block}_${level}`);
+    if (existsSync(usual)) return usual;
+    const [listed] = await this.ch.rows<{ path: string }>(
+      `SELECT path FROM system.parts WHERE database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)} AND partition_id = ${quoteString(entry.partitionId)}
+       AND min_block_number = ${block} AND max_block_number = ${block} ORDER BY active DESC LIMIT 1`,
+    );
+    return listed?.path;
   }
 
   /** Applies a DROP PARTITION or TRUNCATE entry, under the same per-table lock as attaches. */

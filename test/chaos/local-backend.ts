@@ -272,11 +272,11 @@ async function post(url: URL, body: string, timeoutMs: number): Promise<HttpOutc
 }
 
 /**
- * Fills the filesystem `filler` is on to the last page; returns how many bytes the filler took.
- * Chunk by chunk, smaller and smaller: what statfs reports free is not quite what a tmpfs lets
- * one file take, and the processes on it keep writing meanwhile.
+ * Fills the filesystem `filler` is on to the last page, or to `leaveBytes` short of full;
+ * returns how many bytes the filler took. To the last page chunk by chunk, smaller and smaller:
+ * what statfs reports free is not quite what a tmpfs lets one file take, and the processes on
+ * it keep writing meanwhile.
  */
-/** Takes all free space of the filler's filesystem but `leaveBytes`; returns the bytes taken. */
 function fillDisk(filler: string, leaveBytes = 0): number {
   if (leaveBytes > 0) {
     // The sidecar and ClickHouse write too: a size measured a moment ago may no longer fit.

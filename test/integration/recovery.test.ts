@@ -124,9 +124,10 @@ describe('replicas that die or fall behind converge', () => {
     await expectConverged();
   });
 
-  it("a part attached with an empty columns.txt (18.16's ATTACH on a full disk) is mended, and survives ClickHouse's restart", async () => {
+  // 18.16 only (Dialect.mayLeavePartsIncomplete): later releases fail the ATTACH instead.
+  it.skipIf(process.env.CHORUS_TEST_CLICKHOUSE === 'chdb')("a part attached with an empty columns.txt (18.16's ATTACH on a full disk) is mended, and survives ClickHouse's restart", async () => {
     // Without the mend 18.16 deletes such a part at its next start ("broken part ... impossible
-    // to repair"), and 26.7 sets it aside as broken: its rows are gone from that replica only.
+    // to repair"): its rows are gone from that replica only.
     await cluster.armFaults(1, { emptyAttachedColumns: 1 });
     const res = await insert(0, rows(7));
     expect(res.status).toBe(200);

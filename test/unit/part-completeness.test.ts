@@ -62,9 +62,64 @@ describe.each(RELEASES)('a part written by %s', (release) => {
   });
 });
 
+/** A checksums.txt in one uncompressed block (method 0x02; ClickHouse's block hash is not checked). */
+function checksumsOf(files: Array<{ name: string; size: number }>): Buffer {
+  const varUInt = (n: number) => {
+    const out: number[] = [];
+    do {
+      out.push((n & 0x7f) | (n >= 0x80 ? 0x80 : 0));
+      n = Math.floor(n / 128);
+    } while (n > 0);
+    return Buffer.from(out);
+  };
+  const body = Buffer.concat([
+    varUInt(files.length),
+    ...files.flatMap((f) => [varUInt(Buffer.byteLength(f.name)), Buffer.from(f.name), varUInt(f.size), Buffer.alloc(16), Buffer.from([0])]),
+  ]);
+  const header = Buffer.alloc(9);
+  header[0] = 0x02;
+  header.writeUInt32LE(9 + body.length, 1);
+  header.writeUInt32LE(body.length, 5);
+  return Buffer.concat([Buffer.from('checksums format version: 4\n'), Buffer.alloc(16), header, body]);
+}
+
+describe('parts with a full-text index or a projection', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = join(mkdtempSync(join(tmpdir(), 'chorus-part-')), 'part');
+    cpSync(join(FIXTURES, 'clickhouse-26.7'), dir, { recursive: true });
+  });
+  afterEach(() => rmSync(join(dir, '..'), { recursive: true, force: true }));
+
+  const listed = () => parseChecksums(readFileSync(join(dir, 'checksums.txt')));
+
+  it("skips a full-text index's files, which ClickHouse lists with size 0 and does not check either", () => {
+    writeFileSync(join(dir, 'skp_idx_t.gin_dict'), 'dictionary');
+    writeFileSync(join(dir, 'checksums.txt'), checksumsOf([...listed(), { name: 'skp_idx_t.gin_dict', size: 0 }, { name: 'skp_idx_t.gin_post', size: 0 }]));
+    expect(incompletePart(dir)).toBeUndefined();
+  });
+
+  it("checks a projection's files against the projection's own checksums.txt", () => {
+    const own = listed();
+    cpSync(join(FIXTURES, 'clickhouse-26.7'), join(dir, 'p.proj'), { recursive: true });
+    writeFileSync(join(dir, 'checksums.txt'), checksumsOf([...own, { name: 'p.proj', size: 12345 }]));
+    expect(incompletePart(dir)).toBeUndefined();
+    truncateSync(join(dir, 'p.proj', 'data.bin'), 1);
+    expect(incompletePart(dir)).toMatch(/^p\.proj\/data\.bin has 1 bytes where checksums\.txt lists \d+$/);
+  });
+});
+
 describe('the formats', () => {
   it('refuses a checksums.txt format other than 4', () => {
     expect(() => parseChecksums(Buffer.from('checksums format version: 2\n1 files:\n'))).toThrow(/format version "2"/);
+  });
+
+  it('refuses a compressed block announcing more than LZ4 can expand to, before allocating it', () => {
+    const bytes = checksumsOf([{ name: 'a.bin', size: 1 }]);
+    const sizeAt = 'checksums format version: 4\n'.length + 16 + 5;
+    bytes.writeUInt32LE(0xffffffff, sizeAt);
+    bytes[sizeAt - 5] = 0x82;
+    expect(() => parseChecksums(bytes)).toThrow(/announces 4294967295 bytes/);
   });
 
   it('decodes LZ4 matches that overlap their own output, and refuses one pointing before the start', () => {
