@@ -149,7 +149,7 @@ export class InsertPipeline {
         // 18.16 can answer a staging INSERT on a full disk with a part it could not finish writing:
         // recorded, it could be attached nowhere, and a retry with its token would be acknowledged
         // as its duplicate. Refused here, before the intent, it stores nothing.
-        const incomplete = ch.dialect.mayLeavePartsIncomplete ? incompletePart(tempDir) : undefined;
+        const incomplete = ch.dialect.mayLeavePartsIncomplete ? incompletePart(tempDir, files) : undefined;
         if (incomplete) {
           throw new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse accepted the rows for ${label} but could not finish writing their part ${part.name} (${incomplete}; a full disk?): nothing was stored; retry later`);
         }

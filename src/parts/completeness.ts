@@ -1,5 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import type { FileInfo } from '../log/entry.js';
 
 /*
  * Whether a part directory holds what ClickHouse needs to load it again: a checksums.txt that
@@ -13,9 +14,21 @@ import { join } from 'node:path';
  * hashes in checksums.txt are ClickHouse's own business.
  */
 
-/** Why `dir` is not a loadable part, or undefined when it is. */
-export function incompletePart(dir: string): string | undefined {
-  return checksumsProblem(dir, '') ?? columnsProblem(dir);
+/**
+ * Why `dir` is not a loadable part, or undefined when it is. `files`, the part's manifest when
+ * one was just taken, gives the sizes on disk without a second stat of each file.
+ */
+export function incompletePart(dir: string, files?: readonly FileInfo[]): string | undefined {
+  const sizes = files && new Map(files.map((f) => [f.name, f.size]));
+  const sizeOf = (name: string): number | undefined => {
+    if (sizes) return sizes.get(name);
+    try {
+      return statSync(join(dir, name)).size;
+    } catch {
+      return undefined;
+    }
+  };
+  return checksumsProblem(dir, '', sizeOf) ?? columnsProblem(dir);
 }
 
 /** Why `dir`'s columns.txt would not load, or undefined. */
@@ -35,7 +48,7 @@ export function columnsProblem(dir: string): string | undefined {
 }
 
 /** `dir/prefix` is the part, or one of its projections (`p.proj/`), whose files checksums.txt lists. */
-function checksumsProblem(dir: string, prefix: string): string | undefined {
+function checksumsProblem(dir: string, prefix: string, sizeOf: (name: string) => number | undefined): string | undefined {
   const own = join(dir, prefix);
   let listed: ChecksumsEntry[];
   try {
@@ -47,19 +60,15 @@ function checksumsProblem(dir: string, prefix: string): string | undefined {
   for (const file of listed) {
     // A projection is listed as one entry for its directory, which has a checksums.txt of its own.
     if (file.name.endsWith('.proj')) {
-      const inner = checksumsProblem(dir, `${prefix}${file.name}/`);
+      const inner = checksumsProblem(dir, `${prefix}${file.name}/`, sizeOf);
       if (inner) return inner;
       continue;
     }
     // ClickHouse lists a full-text index's files with a size of 0 and skips them when it checks
     // sizes itself (MergeTreeDataPartChecksum::checkSize, isGinFile).
     if (GIN_FILE.test(file.name)) continue;
-    let size: number;
-    try {
-      size = statSync(join(own, file.name)).size;
-    } catch {
-      return `${prefix}${file.name}, listed in checksums.txt, is missing`;
-    }
+    const size = sizeOf(`${prefix}${file.name}`);
+    if (size === undefined) return `${prefix}${file.name}, listed in checksums.txt, is missing`;
     if (size !== file.size) return `${prefix}${file.name} has ${size} bytes where checksums.txt lists ${file.size}`;
   }
   return undefined;

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { columnsProblem, incompletePart, lz4Block, parseChecksums, parseColumns } from '../../src/parts/completeness.js';
+import { manifestOf } from '../../src/parts/files.js';
 
 /*
  * Parts written by the two ClickHouse releases the tests run (Debian's 18.16 and chdb's 26.7),
@@ -12,16 +13,27 @@ import { columnsProblem, incompletePart, lz4Block, parseChecksums, parseColumns 
 const FIXTURES = join(import.meta.dirname, '..', 'fixtures', 'parts');
 const RELEASES = ['clickhouse-18.16', 'clickhouse-26.7'] as const;
 
-describe.each(RELEASES)('a part written by %s', (release) => {
-  let dir: string;
+/** A fresh copy of a fixture part for each test of the calling describe block; the getter gives its directory. */
+function partCopyPerTest(release: (typeof RELEASES)[number]): () => string {
+  let dir = '';
   beforeEach(() => {
     dir = join(mkdtempSync(join(tmpdir(), 'chorus-part-')), 'part');
     cpSync(join(FIXTURES, release), dir, { recursive: true });
   });
   afterEach(() => rmSync(join(dir, '..'), { recursive: true, force: true }));
+  return () => dir;
+}
 
-  it('is complete, and its checksums.txt lists files at their sizes on disk', () => {
+describe.each(RELEASES)('a part written by %s', (release) => {
+  const part = partCopyPerTest(release);
+  let dir: string;
+  beforeEach(() => {
+    dir = part();
+  });
+
+  it('is complete, and its checksums.txt lists files at their sizes on disk', async () => {
     expect(incompletePart(dir)).toBeUndefined();
+    expect(incompletePart(dir, await manifestOf(dir))).toBeUndefined();
     const listed = parseChecksums(readFileSync(join(dir, 'checksums.txt')));
     expect(listed.length).toBeGreaterThan(3);
     for (const file of listed) expect(statSync(join(dir, file.name)).size, file.name).toBe(file.size);
@@ -29,31 +41,28 @@ describe.each(RELEASES)('a part written by %s', (release) => {
     expect(parseColumns(readFileSync(join(dir, 'columns.txt'), 'utf8'))).toContain('`s` Nullable(String)');
   });
 
-  it('is incomplete when checksums.txt is empty or cut at any length (a short write on a full disk)', () => {
-    const path = join(dir, 'checksums.txt');
+  it.each([
+    ['checksums.txt', /^checksums\.txt is incomplete/],
+    ['columns.txt', /^columns\.txt is incomplete/],
+  ])('is incomplete when %s is empty or cut at any length (a short write on a full disk)', (file, reason) => {
+    const path = join(dir, file);
     const full = readFileSync(path);
     for (let length = 0; length < full.length; length++) {
       writeFileSync(path, full.subarray(0, length));
-      expect(incompletePart(dir), `cut to ${length} of ${full.length} bytes`).toMatch(/^checksums\.txt is incomplete/);
+      expect(incompletePart(dir), `cut to ${length} of ${full.length} bytes`).toMatch(reason);
+      if (file === 'columns.txt') expect(columnsProblem(dir)).toBeDefined();
     }
   });
 
-  it('is incomplete when columns.txt is empty or cut at any length', () => {
-    const path = join(dir, 'columns.txt');
-    const full = readFileSync(path);
-    for (let length = 0; length < full.length; length++) {
-      writeFileSync(path, full.subarray(0, length));
-      expect(incompletePart(dir), `cut to ${length} of ${full.length} bytes`).toMatch(/^columns\.txt is incomplete/);
-      expect(columnsProblem(dir)).toBeDefined();
-    }
-  });
-
-  it('is incomplete when a listed file is shorter than listed, or missing', () => {
+  it('is incomplete when a listed file is shorter than listed, or missing, by its size on disk or in a manifest just taken', async () => {
     const data = readdirSync(dir).find((f) => f.endsWith('.bin'))!;
     truncateSync(join(dir, data), statSync(join(dir, data)).size - 1);
-    expect(incompletePart(dir)).toMatch(new RegExp(`^${data.replace('.', '\\.')} has \\d+ bytes where checksums\\.txt lists \\d+$`));
+    const shorter = new RegExp(`^${data.replace('.', '\\.')} has \\d+ bytes where checksums\\.txt lists \\d+$`);
+    expect(incompletePart(dir)).toMatch(shorter);
+    expect(incompletePart(dir, await manifestOf(dir))).toMatch(shorter);
     unlinkSync(join(dir, data));
     expect(incompletePart(dir)).toBe(`${data}, listed in checksums.txt, is missing`);
+    expect(incompletePart(dir, await manifestOf(dir))).toBe(`${data}, listed in checksums.txt, is missing`);
   });
 
   it('cannot be read when columns.txt is missing', () => {
@@ -84,12 +93,11 @@ function checksumsOf(files: Array<{ name: string; size: number }>): Buffer {
 }
 
 describe('parts with a full-text index or a projection', () => {
+  const part = partCopyPerTest('clickhouse-26.7');
   let dir: string;
   beforeEach(() => {
-    dir = join(mkdtempSync(join(tmpdir(), 'chorus-part-')), 'part');
-    cpSync(join(FIXTURES, 'clickhouse-26.7'), dir, { recursive: true });
+    dir = part();
   });
-  afterEach(() => rmSync(join(dir, '..'), { recursive: true, force: true }));
 
   const listed = () => parseChecksums(readFileSync(join(dir, 'checksums.txt')));
 
@@ -99,11 +107,12 @@ describe('parts with a full-text index or a projection', () => {
     expect(incompletePart(dir)).toBeUndefined();
   });
 
-  it("checks a projection's files against the projection's own checksums.txt", () => {
+  it("checks a projection's files against the projection's own checksums.txt", async () => {
     const own = listed();
     cpSync(join(FIXTURES, 'clickhouse-26.7'), join(dir, 'p.proj'), { recursive: true });
     writeFileSync(join(dir, 'checksums.txt'), checksumsOf([...own, { name: 'p.proj', size: 12345 }]));
     expect(incompletePart(dir)).toBeUndefined();
+    expect(incompletePart(dir, await manifestOf(dir))).toBeUndefined();
     truncateSync(join(dir, 'p.proj', 'data.bin'), 1);
     expect(incompletePart(dir)).toMatch(/^p\.proj\/data\.bin has 1 bytes where checksums\.txt lists \d+$/);
   });
