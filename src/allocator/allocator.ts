@@ -2,20 +2,23 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from '../core/logger.js';
 import { ChorusError } from '../core/errors.js';
 import { sleep } from '../core/async.js';
-import { ZkSession, isZkError, ZK_BAD_VERSION } from './zk.js';
+import { ZkSession, isZkError, ZK_BAD_VERSION, ZK_NODE_EXISTS, type ZkOp } from './zk.js';
+import { decodeChunk, decodeHead, encodeChunk, encodeHead, slotPath } from './codec.js';
 import {
   applyBatch,
-  decodeState,
-  encodeState,
+  chunksToWrite,
+  chunkVersion,
   removeLsns,
   type Allocation,
   type AllocationRequest,
   type AllocatorState,
+  type SealedChunk,
+  type WindowLimits,
 } from './window.js';
 
 export interface AllocatorOptions {
   path: string;
-  windowSize: number;
+  window: WindowLimits;
   maxBatch: number;
   /** How long one request may wait for ZooKeeper before it is answered with an error. */
   requestTimeoutMs: number;
@@ -27,7 +30,8 @@ export interface AllocatorOptions {
 
 export interface AllocatorObserver {
   onBatch?(size: number, zkMillis: number): void;
-  onZkRequest?(kind: 'getData' | 'setData'): void;
+  /** `bytes`: what a write sent (the data of every znode it sets or creates). */
+  onZkRequest?(kind: 'getData' | 'setData' | 'multi', bytes?: number): void;
 }
 
 interface Pending {
@@ -42,7 +46,8 @@ export function newNonce(): string {
 }
 
 /**
- * The only ZooKeeper user: one znode per shard holding the next LSN and the dedup window.
+ * The only ZooKeeper user: one znode per shard holding the next LSN and the newest part of the
+ * dedup window, and a fixed handful of chunk znodes below it holding the rest (window.ts).
  * Requests that arrive while a write is in flight are group-committed into the next write.
  * The last state written is cached with its version, so a replica that is the shard's only
  * writer spends exactly one setData per batch; a stale cache costs one BadVersion and one read.
@@ -81,12 +86,66 @@ export class Allocator {
     return this.cached?.state.next ?? 0;
   }
 
-  /** Reads the znode into the cache, and returns what it read (another call may clear the cache meanwhile). */
+  /** Sealed chunks as last read or written, by version: they are immutable, so a refresh reads only new ones. */
+  private chunks = new Map<string, SealedChunk>();
+  /** Slots found to exist although the head did not count them (a write interrupted by hand, say). */
+  private knownSlots = 0;
+
+  /**
+   * Reads the head and the chunks it names into the cache, and returns what it read (another
+   * call may clear the cache meanwhile). A chunk rewritten between the two reads is read again
+   * with the head.
+   */
   private async refresh(): Promise<{ state: AllocatorState; version: number }> {
-    this.observer.onZkRequest?.('getData');
-    const { data, stat } = await this.zk.getData(this.opts.path);
-    this.cached = { state: decodeState(data), version: stat.version };
-    return this.cached;
+    for (;;) {
+      this.observer.onZkRequest?.('getData');
+      const { data, stat } = await this.zk.getData(this.opts.path);
+      const head = decodeHead(data);
+      const sealed: SealedChunk[] = [];
+      for (const ref of head.sealed) {
+        let chunk = this.chunks.get(`${ref.slot}:${ref.sealId}:${ref.count}`);
+        if (!chunk) {
+          this.observer.onZkRequest?.('getData');
+          chunk = decodeChunk((await this.zk.getData(slotPath(this.opts.path, ref.slot))).data, ref);
+          if (!chunk) break;
+        }
+        sealed.push(chunk);
+      }
+      if (sealed.length !== head.sealed.length) continue;
+      this.chunks = new Map(sealed.map((c) => [chunkVersion(c), c]));
+      this.cached = { state: { next: head.next, slots: head.slots, sealed, open: head.open }, version: stat.version };
+      return this.cached;
+    }
+  }
+
+  /**
+   * Compare-and-set of the head from `base` to `state`: one setData, or one multi that also
+   * writes the chunks sealed or rewritten since. Returns the head's new version.
+   */
+  private async write(base: { state: AllocatorState; version: number }, state: AllocatorState): Promise<number> {
+    const head = encodeHead(state);
+    const chunks = chunksToWrite(base.state, state);
+    if (chunks.length === 0) {
+      this.observer.onZkRequest?.('setData', head.length);
+      return (await this.zk.setData(this.opts.path, head, base.version)).version;
+    }
+    const created = Math.max(base.state.slots, this.knownSlots);
+    const ops: ZkOp[] = [{ op: 'setData', path: this.opts.path, data: head, version: base.version }];
+    for (const c of chunks) {
+      const path = slotPath(this.opts.path, c.slot);
+      const data = encodeChunk(c);
+      ops.push(c.slot < created ? { op: 'setData', path, data, version: -1 } : { op: 'create', path, data });
+    }
+    this.observer.onZkRequest?.('multi', ops.reduce((sum, op) => sum + op.data.length, 0));
+    try {
+      const { version } = await this.zk.multi(ops);
+      this.chunks = new Map(state.sealed.map((c) => [chunkVersion(c), c]));
+      return version;
+    } catch (err) {
+      // Only a slot the head did not count can exist already: rewritten, not created, next time.
+      if (isZkError(err, ZK_NODE_EXISTS)) this.knownSlots = Math.max(...chunks.map((c) => c.slot + 1), this.knownSlots);
+      throw err;
+    }
   }
 
   private nextRead: Promise<number> | null = null;
@@ -159,7 +218,7 @@ export class Allocator {
       try {
         const fresh = !this.cached;
         const base = this.cached ?? (await this.refresh());
-        const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.windowSize);
+        const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.window);
         // A batch of duplicates writes nothing, so no BadVersion would tell a stale cache: another
         // member may have released a voided LSN since, and its block must then be allocated anew.
         // Duplicates (retries) are rare; they are answered from the znode as it is now.
@@ -170,17 +229,15 @@ export class Allocator {
         if (changed) {
           // Waiting for the session is not sending: a write never sent has a known outcome (none).
           await this.zk.waitConnected();
-          this.observer.onZkRequest?.('setData');
           sent = true;
-          const stat = await this.zk.setData(this.opts.path, encodeState(state), base.version);
-          this.cached = { state, version: stat.version };
+          this.cached = { state, version: await this.write(base, state) };
         }
         this.observer.onBatch?.(batch.length, Date.now() - started);
         batch.forEach((p, i) => p.resolve(results[i]!));
         return;
       } catch (err) {
         this.cached = null;
-        if (isZkError(err, ZK_BAD_VERSION)) continue;
+        if (isZkError(err, ZK_BAD_VERSION) || isZkError(err, ZK_NODE_EXISTS)) continue;
         if (sent) uncertain = true;
         const now = Date.now();
         if (!uncertain && batch.every((p) => p.deadline < now)) {
@@ -227,13 +284,11 @@ export class Allocator {
       }
       if (!changed) return;
       try {
-        this.observer.onZkRequest?.('setData');
-        const stat = await this.zk.setData(this.opts.path, encodeState(state), base.version);
-        this.cached = { state, version: stat.version };
+        this.cached = { state, version: await this.write(base, state) };
         return;
       } catch (err) {
         this.cached = null;
-        if (!isZkError(err, ZK_BAD_VERSION)) throw err;
+        if (!isZkError(err, ZK_BAD_VERSION) && !isZkError(err, ZK_NODE_EXISTS)) throw err;
       }
     }
   }

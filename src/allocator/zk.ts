@@ -7,6 +7,8 @@ const { ACL, Exception, Id, Permission } = zookeeper;
 
 export type ZkStat = zookeeper.Stat;
 
+export type ZkOp = { op: 'setData'; path: string; data: Buffer; version: number } | { op: 'create'; path: string; data: Buffer };
+
 export function isZkError(err: unknown, code: number): boolean {
   return err instanceof Exception && err.getCode() === code;
 }
@@ -202,6 +204,22 @@ export class ZkSession {
 
   setData(path: string, data: Buffer, version: number): Promise<ZkStat> {
     return this.call('setData', (c, cb) => c.setData(path, data, version, (err, stat) => cb(err, stat)));
+  }
+
+  /**
+   * Applies every operation or none (ZooKeeper's multi). Returns the stat of the first, which
+   * must be a setData: a conflict there (BadVersion) is the error the caller sees.
+   */
+  multi(ops: ZkOp[]): Promise<ZkStat> {
+    const { znode } = digestAcls(this.opts.auth ?? '');
+    return this.call('multi', (c, cb) => {
+      const tx = c.transaction();
+      for (const op of ops) {
+        if (op.op === 'setData') tx.setData(op.path, op.data, op.version);
+        else tx.create(op.path, op.data, znode, zookeeper.CreateMode.PERSISTENT);
+      }
+      tx.commit((err, results) => cb(err, (results?.[0] as { stat?: ZkStat } | undefined)?.stat));
+    });
   }
 
   /** Creates `path` and missing parents, with the session's parent ACL (see `protect`). */

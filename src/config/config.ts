@@ -36,7 +36,18 @@ export const configSchema = z
         connect: z.string().min(1).default('127.0.0.1:2181'),
         root: z.string().default(''),
         sessionTimeoutMs: z.number().int().min(2000).default(30_000),
+        /** Block IDs kept for deduplication, at least (ReplicatedMergeTree's `replicated_deduplication_window`). */
         dedupWindow: z.number().int().min(1).max(100_000).default(1000),
+        /**
+         * Block IDs older than this are forgotten (ReplicatedMergeTree's
+         * `replicated_deduplication_window_seconds`, and its default: a week). 0: no age bound.
+         */
+        dedupWindowSeconds: z.number().int().min(0).default(604_800),
+        /**
+         * Block IDs per chunk znode of the window. One allocation rewrites at most one chunk's worth
+         * (about 18 bytes a block ID); the window takes dedupWindow / dedupChunkEntries + 1 chunk znodes.
+         */
+        dedupChunkEntries: z.number().int().min(10).max(10_000).default(100),
         maxBatch: z.number().int().min(1).default(500),
         idleCloseMs: z.number().int().min(100).default(60_000),
         /**

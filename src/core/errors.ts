@@ -21,6 +21,11 @@ export const ErrorCodes = {
   ALLOCATOR_UNAVAILABLE: 503,
   DUPLICATE_PENDING: 503,
   DUPLICATE_OF_VOIDED: 503,
+  /**
+   * The dedup window keeps 64 bits of a block ID's hash; this block matched another block's.
+   * Nothing was stored; sending it with an insert_deduplication_token stores it.
+   */
+  DEDUP_HASH_COLLISION: 409,
   ORDERING_PENDING: 503,
   CLONE_INTERRUPTED: 500,
   UNAUTHENTICATED: 401,

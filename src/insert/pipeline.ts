@@ -190,11 +190,11 @@ export class InsertPipeline {
       faults.crashPoint('insert.after-allocate');
       const allocatedAtMs = Date.now();
       const fresh: LogEntry[] = [];
-      const duplicates: number[] = [];
+      const duplicates: Array<{ lsn: number; blockId: string }> = [];
       for (const [i, d] of drafts.entries()) {
         const allocation = allocations[i]!;
         if (allocation.duplicate) {
-          duplicates.push(allocation.lsn);
+          duplicates.push({ lsn: allocation.lsn, blockId: d.entry.blockId });
           metrics.dedupHits.inc({ table: label });
         } else {
           fresh.push({ ...d.entry, lsn: allocation.lsn, allocatedAtMs, barrier: allocation.barrier });
@@ -342,17 +342,21 @@ export class InsertPipeline {
   /**
    * A duplicate is acknowledged only once the entry it duplicates is known here: until then
    * its origin might still void it (it crashed between allocating and recording), and an
-   * acknowledged insert must never be lost.
+   * acknowledged insert must never be lost. Its block ID must be this block's: the window keeps
+   * only 64 bits of a hash.
    */
-  private async awaitOriginals(lsns: number[]): Promise<void> {
+  private async awaitOriginals(duplicates: Array<{ lsn: number; blockId: string }>): Promise<void> {
     const deadline = Date.now() + this.deps.duplicateWaitMs;
-    for (const lsn of lsns) {
+    for (const { lsn, blockId } of duplicates) {
       for (;;) {
-        const state = this.deps.log.get(lsn)?.state;
-        if (state === 'voided') {
+        const original = this.deps.log.get(lsn);
+        if (original?.state === 'voided') {
           throw new ChorusError('DUPLICATE_OF_VOIDED', `this block duplicates LSN ${lsn}, which its origin voided; send the insert again`);
         }
-        if (state !== undefined) break;
+        if (original && original.entry.blockId !== blockId) {
+          throw new ChorusError('DEDUP_HASH_COLLISION', `this block's ID (${blockId}) hashes like that of LSN ${lsn} (${original.entry.blockId}) in the dedup window; nothing was stored: send it with an insert_deduplication_token`);
+        }
+        if (original) break;
         if (Date.now() > deadline) {
           throw new ChorusError('DUPLICATE_PENDING', `this block duplicates LSN ${lsn}, whose entry has not reached this replica yet; send the insert again later`);
         }

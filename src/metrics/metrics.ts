@@ -40,6 +40,11 @@ export class Metrics {
     labelNames: ['kind'],
     registers: [this.registry],
   });
+  readonly zkBytesWritten = new Counter({
+    name: 'chorus_zookeeper_written_bytes_total',
+    help: 'Bytes of znode data the allocator wrote (ZooKeeper logs each write and sends it to every follower)',
+    registers: [this.registry],
+  });
   readonly gossipRounds = new Counter({
     name: 'chorus_gossip_rounds_total',
     help: 'Gossip calls by kind and outcome',

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import type { Allocator } from '../allocator/allocator.js';
-import { barrierIn } from '../allocator/window.js';
+import { barrierIn, blockKey, windowEntries } from '../allocator/window.js';
 import type { Logger } from '../core/logger.js';
 import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
@@ -36,9 +36,9 @@ export class Recovery {
 
   /** At start-up: what the window says about our intents and voids. */
   async recover(): Promise<void> {
-    const window = (await this.deps.allocator.read()).window;
+    const window = windowEntries(await this.deps.allocator.read());
     const voided = new Set(this.deps.log.ownVoids(this.deps.self));
-    for (const [, lsn, origin] of window) if (origin === this.deps.self && voided.has(lsn)) this.unreleased.add(lsn);
+    for (const { lsn, origin } of window) if (origin === this.deps.self && voided.has(lsn)) this.unreleased.add(lsn);
     await this.resolveIntents();
   }
 
@@ -69,11 +69,11 @@ export class Recovery {
     const { log, store } = this.deps;
     const intents = log.intents().filter((i) => !this.deps.inFlight.has(i.nonce));
     if (intents.length === 0) return;
-    const window = (await this.deps.allocator.read()).window;
+    const window = windowEntries(await this.deps.allocator.read());
     for (const intent of intents) {
       const barrierOf = (d: { entry: { kind: string; database: string; table: string } }, lsn: number) =>
         d.entry.kind === 'insert' ? barrierIn(window, `${d.entry.database}.${d.entry.table}`, lsn) : 0;
-      const own = new Map(window.filter((e) => e[3] === intent.nonce).map((e) => [e[0], e[1]]));
+      const own = new Map(window.filter((e) => e.nonce === intent.nonce).map((e) => [e.key, e.lsn]));
       if (own.size === 0) {
         if (Date.now() - intent.createdAt < this.deps.intentGraceMs) continue;
         log.dropIntent(intent.nonce);
@@ -84,7 +84,7 @@ export class Recovery {
       const entries: LogEntry[] = [];
       const lost: number[] = [];
       for (const draft of intent.drafts) {
-        const lsn = own.get(draft.entry.blockId);
+        const lsn = own.get(blockKey(draft.entry.blockId));
         if (lsn === undefined) continue;
         // Already recorded: by this replica before the crash, or, if it is not the same entry, by
         // someone else (an alarm, recorded by checkOwn; the LSN is then neither recorded nor voided).

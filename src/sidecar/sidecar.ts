@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { FastifyInstance } from 'fastify';
 import { Allocator } from '../allocator/allocator.js';
+import { windowEntries } from '../allocator/window.js';
 import { GrantChecker } from '../insert/clients.js';
 import { ZkSession } from '../allocator/zk.js';
 import { registerAdmin, type AdminBackend, type AdminStatus, type EntryInfo } from '../api/admin.js';
@@ -98,7 +99,7 @@ export class Sidecar implements AdminBackend {
       this.zk,
       {
         path: zookeeperRoot(config),
-        windowSize: config.zookeeper.dedupWindow,
+        window: { entries: config.zookeeper.dedupWindow, seconds: config.zookeeper.dedupWindowSeconds, chunkEntries: config.zookeeper.dedupChunkEntries },
         maxBatch: config.zookeeper.maxBatch,
         requestTimeoutMs: config.gossip.allocateTimeoutMs,
         maxQueued: config.zookeeper.maxQueuedAllocations,
@@ -110,7 +111,10 @@ export class Sidecar implements AdminBackend {
           this.metrics.allocatorBatch.observe(size);
           this.metrics.allocatorLatency.observe(ms / 1000);
         },
-        onZkRequest: (kind) => this.metrics.zkRequests.inc({ kind }),
+        onZkRequest: (kind, bytes) => {
+          this.metrics.zkRequests.inc({ kind });
+          if (bytes !== undefined) this.metrics.zkBytesWritten.inc(bytes);
+        },
       },
     );
     this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
@@ -390,8 +394,8 @@ export class Sidecar implements AdminBackend {
         `${replica} is decommissioned, but nothing it allocated was voided, since what these members hold is not known here: ${unreachable.join('; ')}. Run the decommission again once they answer (or decommission them too)`,
       );
     }
-    const window = (await this.allocator.read()).window;
-    const orphans = window.filter((e) => e[2] === replica && !this.log.get(e[1])).map((e) => e[1]);
+    const window = windowEntries(await this.allocator.read());
+    const orphans = window.filter((e) => e.origin === replica && !this.log.get(e.lsn)).map((e) => e.lsn);
     const voided = await this.recovery.voidLsns(orphans, replica);
     this.logger.warn({ replica, voided }, 'member decommissioned');
     return voided;

@@ -3,7 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Allocator } from '../../src/allocator/allocator.js';
-import { decodeState, encodeState, applyBatch } from '../../src/allocator/window.js';
+import { applyBatch, windowEntries, type AllocatorState, type WindowLimits } from '../../src/allocator/window.js';
+import { decodeHead, encodeHead } from '../../src/allocator/codec.js';
 import { ZkSession, type ZkStat } from '../../src/allocator/zk.js';
 import { ChorusError } from '../../src/core/errors.js';
 import { silentLogger } from '../../src/core/logger.js';
@@ -24,8 +25,12 @@ describe('allocator on real ZooKeeper', () => {
     sessions.push(zk);
     return zk;
   };
-  const allocator = (zk: ZkSession, path: string) =>
-    new Allocator(zk, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 10_000 }, silentLogger());
+  /** Small chunks, so that racing writers also race on sealing (a multi per 10 entries). */
+  const WINDOW: WindowLimits = { entries: 1000, chunkEntries: 10, seconds: 0 };
+  const allocator = (zk: ZkSession, path: string, window = WINDOW, observer = {}) =>
+    new Allocator(zk, { path, window, maxBatch: 500, requestTimeoutMs: 10_000 }, silentLogger(), observer);
+  /** The whole state as a member that has cached nothing reads it. */
+  const readState = async (path: string): Promise<AllocatorState> => allocator(session(), path).read();
 
   beforeAll(async () => {
     dir = mkdtempSync(join(scratchRoot(), 'zk-'));
@@ -59,7 +64,8 @@ describe('allocator on real ZooKeeper', () => {
     });
     results.forEach((r, i) => expect(r[0]!.lsn).toBe(byBlock.get(requests[i]!.blockIds[0]!)));
     const zk = session();
-    expect(await zk.countZnodes('/chorus/race')).toBe(2);
+    // /chorus/race, the head, and the 150 blocks sealed in chunks of 10: nothing per insert.
+    expect(await zk.countZnodes('/chorus/race')).toBe(2 + 15);
   });
 
   it('a block whose LSN another member voided and released is allocated anew, with nothing else allocated meanwhile', async () => {
@@ -86,8 +92,8 @@ describe('allocator on real ZooKeeper', () => {
     await zk.mkdirp(path);
     // What a lost reply leaves behind: the batch landed, but its sender never heard so.
     const { data, stat } = await zk.getData(path);
-    const landed = applyBatch(decodeState(data), [{ nonce: 'lost-1', origin: 'r2', blockIds: ['p_a', 'p_b'] }], 1000).state;
-    await zk.setData(path, encodeState(landed), stat.version);
+    const landed = applyBatch({ ...decodeHead(data), sealed: [] }, [{ nonce: 'lost-1', origin: 'r2', blockIds: ['p_a', 'p_b'] }], WINDOW).state;
+    await zk.setData(path, encodeHead(landed), stat.version);
     const retrying = allocator(session(), path);
     await retrying.init();
     const result = await retrying.allocate({ nonce: 'lost-1', origin: 'r2', blockIds: ['p_a', 'p_b'] });
@@ -95,7 +101,7 @@ describe('allocator on real ZooKeeper', () => {
       { lsn: 1, duplicate: false, barrier: 0 },
       { lsn: 2, duplicate: false, barrier: 0 },
     ]);
-    expect(decodeState((await zk.getData(path)).data).next).toBe(3);
+    expect((await readState(path)).next).toBe(3);
     // Another request with the same blocks is a duplicate.
     expect(await retrying.allocate({ nonce: 'other', origin: 'r1', blockIds: ['p_a'] })).toEqual([{ lsn: 1, duplicate: true, barrier: 0 }]);
   });
@@ -104,7 +110,7 @@ describe('allocator on real ZooKeeper', () => {
     const port = await freePort();
     const zk = new ZkSession(`127.0.0.1:${port}`, { sessionTimeoutMs: 4000, timeoutMs: 500 }, silentLogger());
     sessions.push(zk);
-    const a = new Allocator(zk, { path: '/chorus/x/y', windowSize: 10, maxBatch: 10, requestTimeoutMs: 500 }, silentLogger());
+    const a = new Allocator(zk, { path: '/chorus/x/y', window: WINDOW, maxBatch: 10, requestTimeoutMs: 500 }, silentLogger());
     await expect(a.allocate({ nonce: 'n', origin: 'r1', blockIds: ['p_1'] })).rejects.toMatchObject({ code: 'ALLOCATOR_UNAVAILABLE' });
   });
 
@@ -135,7 +141,7 @@ describe('allocator on real ZooKeeper', () => {
   it('a setData whose reply was lost after it landed: re-read, recognised by nonce, answered with its LSNs, nothing allocated twice', async () => {
     const path = '/chorus/unknown-landed/shard1';
     const zk = lossy();
-    const a = new Allocator(zk, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 10_000, unknownOutcomeRetryMs: 10_000 }, silentLogger());
+    const a = new Allocator(zk, { path, window: WINDOW, maxBatch: 500, requestTimeoutMs: 10_000, unknownOutcomeRetryMs: 10_000 }, silentLogger());
     await a.init();
     zk.lose = 'landed';
     const result = await a.allocate({ nonce: 'landed-1', origin: 'r1', blockIds: ['p_a', 'p_b'] });
@@ -144,15 +150,15 @@ describe('allocator on real ZooKeeper', () => {
       { lsn: 1, duplicate: false, barrier: 0 },
       { lsn: 2, duplicate: false, barrier: 0 },
     ]);
-    const state = decodeState((await session().getData(path)).data);
+    const state = await readState(path);
     expect(state.next).toBe(3);
-    expect(state.window.filter((e) => e[3] === 'landed-1').map((e) => e[1])).toEqual([1, 2]);
+    expect(windowEntries(state).filter((e) => e.nonce === 'landed-1').map((e) => e.lsn)).toEqual([1, 2]);
   });
 
   it('a batch whose writes never confirm is answered, within a bound, with an error saying the outcome is unknown', async () => {
     const path = '/chorus/unknown-never/shard1';
     const zk = lossy();
-    const a = new Allocator(zk, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 500, unknownOutcomeRetryMs: 1500, maxQueued: 1 }, silentLogger());
+    const a = new Allocator(zk, { path, window: WINDOW, maxBatch: 500, requestTimeoutMs: 500, unknownOutcomeRetryMs: 1500, maxQueued: 1 }, silentLogger());
     await a.init();
     zk.lose = 'not-landed';
     const started = Date.now();
@@ -168,7 +174,63 @@ describe('allocator on real ZooKeeper', () => {
     await expect(second).rejects.toMatchObject({ code: 'ALLOCATOR_UNAVAILABLE' });
     // Nothing landed; once ZooKeeper answers again, the same request is allocated once.
     zk.lose = null;
-    expect(decodeState((await session().getData(path)).data).next).toBe(1);
+    expect((await readState(path)).next).toBe(1);
     expect(await a.allocate({ nonce: 'never-1', origin: 'r1', blockIds: ['p_x'] })).toEqual([{ lsn: 1, duplicate: false, barrier: 0 }]);
+  });
+
+  it('the window lives in a fixed handful of chunk znodes: one allocation writes a bounded number of bytes, and a member with nothing cached reads the whole window', async () => {
+    const path = '/chorus/chunks/shard1';
+    const writes: Array<{ kind: string; bytes: number }> = [];
+    const window: WindowLimits = { entries: 200, chunkEntries: 20, seconds: 0 };
+    const a = allocator(session(), path, window, { onZkRequest: (kind: string, bytes?: number) => bytes !== undefined && writes.push({ kind, bytes }) });
+    await a.init();
+    const block = (i: number) => `202611_${i}_${'0123456789abcdef'.repeat(2)}`;
+    const znodeCounts: number[] = [];
+    for (let i = 0; i < 600; i++) {
+      await a.allocate({ nonce: `n${i}`, origin: `r${(i % 3) + 1}`, blockIds: [block(i)] });
+      if (i % 100 === 99) znodeCounts.push(await session().countZnodes(path));
+    }
+    // The head plus ceil(200 / 20) + 1 chunks at most, and no more as allocations go on.
+    expect(Math.max(...znodeCounts)).toBeLessThanOrEqual(1 + 11);
+    expect(new Set(znodeCounts.slice(2)).size).toBe(1);
+    // One write per allocation; every 20th is a multi that seals a chunk.
+    expect(writes.length).toBe(600);
+    expect(writes.filter((w) => w.kind === 'multi').length).toBe(30);
+    // What one allocation sends is bounded by the chunk size (20 entries of about 18 bytes), not the window.
+    expect(Math.max(...writes.filter((w) => w.kind === 'setData').map((w) => w.bytes))).toBeLessThan(20 * 20 + 120);
+    // A member that cached nothing (a fresh session) reads head and chunks: the newest 200 blocks are
+    // duplicates, older ones are allocated anew.
+    const b = allocator(session(), path, window);
+    await b.init();
+    expect(await b.allocate({ nonce: 'x1', origin: 'r2', blockIds: [block(599), block(400), block(100)] })).toEqual([
+      { lsn: 600, duplicate: true, barrier: 0 },
+      { lsn: 401, duplicate: true, barrier: 0 },
+      { lsn: 601, duplicate: false, barrier: 0 },
+    ]);
+    // The first member's cache is stale now: its next write conflicts, re-reads, and still deduplicates.
+    expect(await a.allocate({ nonce: 'x2', origin: 'r1', blockIds: [block(100), block(598)] })).toEqual([
+      { lsn: 601, duplicate: true, barrier: 0 },
+      { lsn: 599, duplicate: true, barrier: 0 },
+    ]);
+  });
+
+  it('reads a window Chorus wrote as JSON (format 1) and rewrites it in chunks on the next allocation', async () => {
+    const path = '/chorus/format1/shard1';
+    const zk = session();
+    await zk.mkdirp(path);
+    const blocks = Array.from({ length: 45 }, (_, i) => [`p_${i}`, i + 1, 'r1', `old${i}`]);
+    const { stat } = await zk.getData(path);
+    await zk.setData(path, Buffer.from(JSON.stringify({ v: 1, next: 46, w: blocks })), stat.version);
+    const a = allocator(session(), path);
+    await a.init();
+    expect(await a.allocate({ nonce: 'new', origin: 'r2', blockIds: ['p_3', 'p_new'] })).toEqual([
+      { lsn: 4, duplicate: true, barrier: 0 },
+      { lsn: 46, duplicate: false, barrier: 0 },
+    ]);
+    const { data } = await zk.getData(path);
+    expect(data![0]).not.toBe(0x7b);
+    const state = await readState(path);
+    expect(state.sealed.length).toBe(4);
+    expect(windowEntries(state).map((e) => e.lsn)).toEqual(Array.from({ length: 46 }, (_, i) => i + 1));
   });
 });

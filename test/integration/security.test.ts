@@ -289,7 +289,7 @@ describe('peer authentication', () => {
     try {
       await open.mkdirp(path);
       expect((await open.getAcl(path)).map((a) => a.id.scheme)).toEqual(['world']);
-      await new Allocator(guarded, { path, windowSize: 1000, maxBatch: 500, requestTimeoutMs: 10_000 }, silentLogger()).init();
+      await new Allocator(guarded, { path, window: { entries: 1000, chunkEntries: 100, seconds: 0 }, maxBatch: 500, requestTimeoutMs: 10_000 }, silentLogger()).init();
       expect((await open.getAcl(path)).map((a) => `${a.id.scheme}:${aclPermission(a)}`).sort()).toEqual([`digest:${zookeeper.Permission.ALL}`, `world:${zookeeper.Permission.READ}`]);
       const { stat } = await open.getData(path);
       await expect(open.setData(path, Buffer.from('{}'), stat.version)).rejects.toMatchObject({ name: 'NO_AUTH' });

@@ -4,7 +4,7 @@ import https from 'node:https';
 
 import { join } from 'node:path';
 import { ZkSession } from '../../src/allocator/zk.js';
-import { decodeState } from '../../src/allocator/window.js';
+import { decodeHead } from '../../src/allocator/codec.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { sleep } from '../../src/core/async.js';
 import { devDown, devUp, scratchRoot, type ClusterInfo, type DevUpOptions, type ReplicaInfo } from '../../src/dev/cluster.js';
@@ -164,7 +164,7 @@ export class TestCluster {
 
   /** The allocator's next LSN, read from the shard's znode. */
   nextLsn(): Promise<number> {
-    return this.withZk(async (zk) => decodeState((await zk.getData(`/chorus/${this.info.cluster}/${this.info.shard}`)).data).next);
+    return this.withZk(async (zk) => decodeHead((await zk.getData(`/chorus/${this.info.cluster}/${this.info.shard}`)).data).next);
   }
 
   async zkPacketsReceived(): Promise<number> {
