@@ -10,7 +10,7 @@
  *    generator), from /proc utime+stime over the run, for both systems;
  *  - with --cpu-prof: the sidecars' self time by function and by area, over the run only.
  *
- *   npx tsx test/bench/profile.ts [--inserts 600] [--concurrency 8] [--cpu-prof] [--systems chorus,rmt]
+ *   npx tsx test/bench/profile.ts [--inserts 600] [--concurrency 8] [--warmup 60] [--cpu-prof [--cpu-prof-interval µs]] [--systems chorus,rmt]
  *
  * Sidecars run dist/: `npm run build` first. Timings on a shared 2-core box are noisy; counts
  * and ratios are what to read.
@@ -29,6 +29,7 @@ interface Options {
   concurrency: number;
   warmup: number;
   cpuProf: boolean;
+  cpuProfIntervalUs: number;
   systems: SystemName[];
 }
 
@@ -71,6 +72,26 @@ function treeCpu(roots: number[]): number {
   };
   for (const r of roots) walk(r);
   return total;
+}
+
+/**
+ * The sidecars' main threads (tid = pid), from /proc/PID/task/PID/schedstat: seconds on a CPU and
+ * seconds runnable but waiting for one. The rest of the wall time it was either idle in the event
+ * loop or blocked in a synchronous system call (the CPU profile tells those two apart).
+ */
+function mainThreads(cluster: ClusterInfo): { onCpu: number; runqueue: number } {
+  let onCpu = 0;
+  let runqueue = 0;
+  for (const r of cluster.replicas) {
+    try {
+      const [run, wait] = readFileSync(`/proc/${r.pids.sidecar}/task/${r.pids.sidecar}/schedstat`, 'utf8').trim().split(/\s+/).map(Number);
+      onCpu += run! / 1e9;
+      runqueue += wait! / 1e9;
+    } catch {
+      // no sidecar (RMT), or schedstat not available
+    }
+  }
+  return { onCpu, runqueue };
 }
 
 function cpuByType(cluster: ClusterInfo): Record<ProcessType | 'load generator' | 'machine (all processes)', number> {
@@ -178,11 +199,13 @@ interface QueryKind {
 }
 
 /** A name for the kind of a query, from its text. */
-function queryKind(query: string): string {
+function queryKind(query: string, system: SystemName): string {
   const q = query.replace(/\s+/g, ' ').trim();
   const rules: Array<[RegExp, string]> = [
     [/^INSERT INTO `?_chorus`?\./i, 'INSERT into staging table'],
-    [/^INSERT INTO `?default`?\.`?w1\b/i, 'INSERT into target table (client)'],
+    // Through Chorus, clients never reach ClickHouse: an INSERT into the target is the sidecar's
+    // grant probe (empty, as the client's user; cached for http.grantCacheMs).
+    [/^INSERT INTO `?default`?\.`?w1\b/i, system === 'chorus' ? 'INSERT into target, empty (grant probe)' : 'INSERT into target table (client)'],
     [/ATTACH PART/i, 'ALTER TABLE ... ATTACH PART'],
     [/^TRUNCATE TABLE `?_chorus/i, 'TRUNCATE staging table'],
     [/DROP PARTITION/i, 'ALTER TABLE ... DROP PARTITION'],
@@ -217,7 +240,7 @@ async function queryLog(sys: System, fromSec: number, toSec: number): Promise<{ 
     );
     for (const line of text.split('\n').filter(Boolean)) {
       const r = JSON.parse(line) as { query: string; ms: string | number; user_us: string | number; system_us: string | number; real_us: string | number; has_cpu: number };
-      const kind = queryKind(r.query);
+      const kind = queryKind(r.query, sys.name);
       const k = byKind.get(kind) ?? { kind, count: 0, durationMs: 0, userUs: 0, systemUs: 0, realUs: 0 };
       k.count++;
       k.durationMs += Number(r.ms);
@@ -349,6 +372,8 @@ interface SystemProfile {
   latency: ReturnType<typeof stats>;
   zkRequestsPerInsert: number;
   cpu: Record<string, number>;
+  /** Sidecars' main threads over the window (seconds, summed over the 3). */
+  mainThreads: { onCpu: number; runqueue: number; wall: number };
   metrics?: MetricsSnapshot;
   queryLog: { kinds: QueryKind[]; hasCpu: boolean };
   profile?: ProfileSummary;
@@ -363,7 +388,7 @@ async function profileSystem(name: SystemName, opts: Options, log: (m: string) =
     clickhouseZookeeper: name === 'rmt',
     withoutSidecars: name === 'rmt',
     clickhouseQueryLog: true,
-    sidecarNodeArgs: opts.cpuProf && name === 'chorus' ? ['--cpu-prof', `--cpu-prof-dir=${cpuDir}`] : undefined,
+    sidecarNodeArgs: opts.cpuProf && name === 'chorus' ? ['--cpu-prof', `--cpu-prof-dir=${cpuDir}`, `--cpu-prof-interval=${opts.cpuProfIntervalUs}`] : undefined,
   });
   const sys = new System(name, cluster);
   let result: SystemProfile | undefined;
@@ -390,6 +415,7 @@ async function profileSystem(name: SystemName, opts: Options, log: (m: string) =
     const metricsBefore = name === 'chorus' ? await scrape(cluster) : undefined;
     const zkBefore = await sys.zkPackets();
     const cpuBefore = cpuByType(cluster);
+    const threadsBefore = mainThreads(cluster);
     const wallFrom = Date.now() / 1000;
     const monoFrom = Number(process.hrtime.bigint() / 1000n);
     const started = performance.now();
@@ -399,6 +425,7 @@ async function profileSystem(name: SystemName, opts: Options, log: (m: string) =
     await sys.waitConverged(['w1'], { w1: expected });
     const converged = performance.now();
     const cpuAfter = cpuByType(cluster);
+    const threadsAfter = mainThreads(cluster);
     const monoTo = Number(process.hrtime.bigint() / 1000n);
     const wallTo = Date.now() / 1000;
     const zkAfter = await sys.zkPackets();
@@ -415,6 +442,11 @@ async function profileSystem(name: SystemName, opts: Options, log: (m: string) =
       latency: stats(latencies),
       zkRequestsPerInsert: (zkAfter - zkBefore) / opts.inserts,
       cpu,
+      mainThreads: {
+        onCpu: threadsAfter.onCpu - threadsBefore.onCpu,
+        runqueue: threadsAfter.runqueue - threadsBefore.runqueue,
+        wall: ((converged - started) / 1000) * cluster.replicas.length,
+      },
       metrics: metricsBefore && metricsAfter ? diffMetrics(metricsBefore, metricsAfter) : undefined,
       queryLog: await queryLog(sys, wallFrom, wallTo),
     };
@@ -529,8 +561,12 @@ function cpuTable(results: SystemProfile[]): string {
   }
   const sum = (r: SystemProfile) => types.filter((t) => t !== 'load generator').reduce((s, t) => s + (r.cpu[t] ?? 0), 0);
   rows.push(`| **cluster (without load generator)** | ${results.map((r) => `**${f(sum(r), 2)}**`).join(' | ')} | ${results.map((r) => `**${f((sum(r) / r.inserts) * 1000, 2)}**`).join(' | ')} |`);
+  const chorus = results.find((r) => r.system === 'chorus');
+  const mainLine = chorus
+    ? `\n\nSidecars' main threads (JS, SQLite, sync fs calls; 3 summed, schedstat): ${f(chorus.mainThreads.onCpu, 2)} s on a CPU (${f((chorus.mainThreads.onCpu / chorus.inserts) * 1000, 2)} ms per insert, ${f((100 * chorus.mainThreads.onCpu) / Math.max(1e-9, chorus.cpu.sidecar ?? 0), 0)}% of the sidecars' CPU; the rest is libuv pool (fsync, async fs), V8 GC/compiler threads), ${f(chorus.mainThreads.runqueue, 2)} s runnable waiting for a core, of ${f(chorus.mainThreads.wall, 1)} s wall.`
+    : '';
   rows.push(`| machine, all processes (/proc/stat) | ${results.map((r) => f(r.cpu['machine (all processes)'] ?? 0, 2)).join(' | ')} | ${results.map((r) => f(((r.cpu['machine (all processes)'] ?? 0) / r.inserts) * 1000, 2)).join(' | ')} |`);
-  return rows.join('\n');
+  return rows.join('\n') + mainLine;
 }
 
 function runLine(p: SystemProfile): string {
@@ -557,7 +593,7 @@ function profileTables(p: ProfileSummary, inserts: number, procCpuSeconds: numbe
 
 export function renderProfile(results: SystemProfile[], opts: Options): string {
   const out: string[] = [];
-  out.push(`## Profile run: ${opts.inserts} inserts of 1-100 rows, concurrency ${opts.concurrency}, round-robin over 3 replicas, CPU profile ${opts.cpuProf ? 'ON (skews timings)' : 'off'}`);
+  out.push(`## Profile run: ${opts.inserts} inserts of 1-100 rows, concurrency ${opts.concurrency}, round-robin over 3 replicas, CPU profile ${opts.cpuProf ? `ON, sampling every ${opts.cpuProfIntervalUs} µs (skews timings)` : 'off'}`);
   out.push('', `${new Date().toISOString()}, ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${process.version}. The box is shared: timings are noisy, counts and ratios hold.`, '');
   for (const r of results) out.push(runLine(r));
   const chorus = results.find((r) => r.system === 'chorus');
@@ -575,6 +611,7 @@ async function main(): Promise<void> {
       concurrency: { type: 'string', default: '8' },
       warmup: { type: 'string', default: '60' },
       'cpu-prof': { type: 'boolean', default: false },
+      'cpu-prof-interval': { type: 'string', default: '1000' },
       systems: { type: 'string', default: 'chorus,rmt' },
       json: { type: 'boolean', default: false },
     },
@@ -584,6 +621,7 @@ async function main(): Promise<void> {
     concurrency: Number(values.concurrency),
     warmup: Number(values.warmup),
     cpuProf: values['cpu-prof']!,
+    cpuProfIntervalUs: Number(values['cpu-prof-interval']),
     systems: values.systems!.split(',') as SystemName[],
   };
   const log = (m: string) => process.stderr.write(`profile: ${m}\n`);
