@@ -350,8 +350,13 @@ function summariseProfiles(dir: string, fromUs: number, toUs: number): ProfileSu
       windowMs += ms;
       if (area === '(idle)') continue;
       busyMs += ms;
+      const where = (c: ProfileNode['callFrame']) => `${c.functionName || '(anonymous)'} ${c.url.replace(/^.*\/(node_modules|dist)\//, '$1/').replace(/^file:\/\//, '')}:${c.lineNumber + 1}`;
+      // A native frame is named with the first frame of the application or a module above it
+      // (node's own wrappers skipped): `open` alone says little.
+      let caller = parent.get(n.id);
+      while (caller !== undefined && !/\/(dist|node_modules)\//.test(nodes.get(caller)!.callFrame.url)) caller = parent.get(caller);
       const f = n.callFrame;
-      const fname = `${f.functionName || '(anonymous)'} ${f.url ? `${f.url.replace(/^.*\/(node_modules|dist)\//, '$1/').replace(/^file:\/\//, '')}:${f.lineNumber + 1}` : `[native, ${area}]`}`;
+      const fname = f.url ? where(f) : `${f.functionName} [native${caller !== undefined ? ` <- ${where(nodes.get(caller)!.callFrame)}` : ''}]`;
       byFunction.set(fname, (byFunction.get(fname) ?? 0) + ms);
       byArea.set(area, (byArea.get(area) ?? 0) + ms);
     }
