@@ -8,6 +8,7 @@ import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
 import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
+import type { Metrics, StepLabel, StepRole } from '../metrics/metrics.js';
 import { columnsProblem } from '../parts/completeness.js';
 import { fsyncPath, sha256File } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
@@ -36,19 +37,27 @@ export class Attacher {
     private readonly store: PartStore,
     private readonly log: LocalLog,
     private readonly faults: Faults,
+    private readonly metrics: Metrics,
     private readonly logger: Logger,
   ) {}
 
-  /** Attaches `entry`'s part from the part store; returns the local block number it was given. */
-  attach(entry: LogEntry): Promise<number> {
+  /**
+   * Attaches `entry`'s part from the part store; returns the local block number it was given.
+   * `role` says whose step it is in the step timings (the insert's origin, or a follower applying it).
+   */
+  attach(entry: LogEntry, role: StepRole = 'follower'): Promise<number> {
     // One attach at a time per table: the new part is found as "above the previous maximum".
-    return this.perTable.run(`${entry.database}.${entry.table}`, () => this.attachLocked(entry, this.store.pathOf(entry.lsn), true));
+    const queuedAt = performance.now();
+    return this.perTable.run(`${entry.database}.${entry.table}`, () => {
+      this.metrics.observeStep(role, 'attach.lock_wait', queuedAt);
+      return this.attachLocked(entry, this.store.pathOf(entry.lsn), true, role);
+    });
   }
 
   /** Attaches a part from any directory (a clone's download); no LSN of its own. */
   attachCopy(source: string, part: Pick<LogEntry, 'database' | 'table' | 'partitionId' | 'partName' | 'checksumsSha256'>): Promise<number> {
     const entry = { ...part, lsn: 0 } as LogEntry;
-    return this.perTable.run(`${part.database}.${part.table}`, () => this.attachLocked(entry, source, false));
+    return this.perTable.run(`${part.database}.${part.table}`, () => this.attachLocked(entry, source, false, 'follower'));
   }
 
   /** Runs `fn` while no attach or drop runs on any of `tables` ("db.t"): what a consistent snapshot needs. */
@@ -58,17 +67,19 @@ export class Attacher {
     return this.perTable.run(first, () => this.withTablesLocked(rest, fn));
   }
 
-  private async attachLocked(entry: LogEntry, source: string, tracked: boolean): Promise<number> {
+  private async attachLocked(entry: LogEntry, source: string, tracked: boolean, role: StepRole): Promise<number> {
+    /** Times a sub-step of the attach; its ClickHouse queries are counted under the same name. */
+    const step = <T>(name: string, fn: (label: StepLabel) => T): T => this.metrics.timed(role, name, () => fn({ step: name, role }));
     const table = await this.catalog.resolve(entry.database, entry.table);
     const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
     // An earlier attempt got as far as ATTACH (then the sidecar died, or the answer was lost):
     // the part may be in the table already. Adopt it rather than attach it a second time.
-    const priorFloor = tracked ? this.log.attachFloor(entry.lsn) : null;
-    const dataPath = await dataPathBeside(table, this.store.partsDir);
+    const priorFloor = tracked ? step('attach.log', () => this.log.attachFloor(entry.lsn)) : null;
+    const dataPath = await step('attach.stat', () => dataPathBeside(table, this.store.partsDir));
     if (priorFloor !== null) {
-      const adopted = await this.findUnmapped(entry, where, priorFloor);
+      const adopted = await step('attach.adopt', (label) => this.findUnmapped(entry, where, priorFloor, label));
       if (adopted !== undefined) {
-        await this.restoreColumns(entry, dataPath, adopted, source);
+        await step('attach.columns', (label) => this.restoreColumns(entry, dataPath, adopted, source, label));
         return adopted;
       }
       // ATTACH is known to have run: attaching again would store the rows twice.
@@ -82,33 +93,40 @@ export class Attacher {
     const key = `${entry.database}.${entry.table}`;
     let maxBlock = this.blockFloor.get(key);
     if (maxBlock === undefined) {
-      [{ maxBlock } = { maxBlock: 0 }] = await this.ch.rows<{ maxBlock: number }>(`SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`);
+      [{ maxBlock } = { maxBlock: 0 }] = await step('attach.max_block', (label) =>
+        this.ch.rows<{ maxBlock: number }>(`SELECT max(max_block_number) AS maxBlock FROM system.parts WHERE ${where}`, { step: label }),
+      );
     }
-    if (tracked) this.log.markAttaching(entry.lsn, maxBlock);
-    const owner = await stat(dataPath);
-    const detachedDir = join(dataPath, 'detached');
-    const linked = await this.store.linkInto(source, detachedDir, entry.partName, { uid: owner.uid, gid: owner.gid });
+    const floor = maxBlock;
+    if (tracked) step('attach.log', () => this.log.markAttaching(entry.lsn, floor));
+    const linked = await step('attach.link', async () => {
+      const owner = await stat(dataPath);
+      return this.store.linkInto(source, join(dataPath, 'detached'), entry.partName, { uid: owner.uid, gid: owner.gid });
+    });
     try {
-      await this.ch.exec(`ALTER TABLE ${quoteIdent(entry.database)}.${quoteIdent(entry.table)} ATTACH PART ${quoteString(entry.partName)}`);
+      await step('attach.query', (label) => this.ch.exec(`ALTER TABLE ${quoteIdent(entry.database)}.${quoteIdent(entry.table)} ATTACH PART ${quoteString(entry.partName)}`, { step: label }));
     } catch (err) {
       await rm(linked, { recursive: true, force: true });
       throw new ChorusError('ATTACH_FAILED', `ATTACH PART for LSN ${entry.lsn} failed: ${(err as Error).message}`, err);
     }
-    if (tracked) this.log.markAttachDone(entry.lsn);
+    if (tracked) step('attach.log', () => this.log.markAttachDone(entry.lsn));
     this.faults.crashPoint('attach.after-attach');
     // ATTACH gives the part the table's next block number, so it is nearly always right above
     // the floor: look there on disk first. A floor from before the table was dropped and
     // re-created would hide the part: then the newest matching block in the partition is it.
-    const block =
-      this.findOnDisk(entry, dataPath, maxBlock + 1) ??
-      (await this.findAttached(entry, where, maxBlock)) ??
-      (maxBlock > 0 ? await this.findAttached(entry, where, 0, 'newest') : undefined);
+    const block = await step(
+      'attach.find',
+      async (label) =>
+        this.findOnDisk(entry, dataPath, floor + 1) ??
+        (await this.findAttached(entry, where, floor, 'oldest', label)) ??
+        (floor > 0 ? await this.findAttached(entry, where, 0, 'newest', label) : undefined),
+    );
     if (block === undefined) {
       this.blockFloor.delete(key);
       throw new ChorusError('ATTACH_FAILED', `LSN ${entry.lsn} was attached but its part was not found by content`);
     }
     this.blockFloor.set(key, block);
-    await this.restoreColumns(entry, dataPath, block, source);
+    await step('attach.columns', (label) => this.restoreColumns(entry, dataPath, block, source, label));
     return block;
   }
 
@@ -119,9 +137,15 @@ export class Attacher {
    * from still holds the file as it was: it is hardlinked back, which needs no free space.
    * Thrown errors leave the entry to be retried, which adopts the part and comes here again.
    */
-  private async restoreColumns(entry: Pick<LogEntry, 'lsn' | 'database' | 'table' | 'partitionId' | 'partName'>, dataPath: string, block: number, source: string): Promise<void> {
+  private async restoreColumns(
+    entry: Pick<LogEntry, 'lsn' | 'database' | 'table' | 'partitionId' | 'partName'>,
+    dataPath: string,
+    block: number,
+    source: string,
+    step?: StepLabel,
+  ): Promise<void> {
     if (!this.ch.dialect.mayLeavePartsIncomplete) return;
-    const partDir = await this.partDirectory(entry, dataPath, block);
+    const partDir = await this.partDirectory(entry, dataPath, block, step);
     if (partDir === undefined) {
       this.logger.warn({ lsn: entry.lsn, block }, "the part just attached is no longer listed; its columns.txt was not checked");
       return;
@@ -153,13 +177,14 @@ export class Attacher {
   }
 
   /** The directory of the one-block part at `block`: by its usual name, else as ClickHouse lists it (old-style partition names). */
-  private async partDirectory(entry: Pick<LogEntry, 'database' | 'table' | 'partitionId' | 'partName'>, dataPath: string, block: number): Promise<string | undefined> {
+  private async partDirectory(entry: Pick<LogEntry, 'database' | 'table' | 'partitionId' | 'partName'>, dataPath: string, block: number, step?: StepLabel): Promise<string | undefined> {
     const level = parsePartName(entry.partName)?.level ?? 0;
     const usual = join(dataPath, `${entry.partitionId}_${block}_${block}_${level}`);
     if (existsSync(usual)) return usual;
     const [listed] = await this.ch.rows<{ path: string }>(
       `SELECT path FROM system.parts WHERE database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)} AND partition_id = ${quoteString(entry.partitionId)}
        AND min_block_number = ${block} AND max_block_number = ${block} ORDER BY active DESC LIMIT 1`,
+      { step },
     );
     return listed?.path;
   }
@@ -210,10 +235,11 @@ export class Attacher {
    * LSN here: what an interrupted attach of this entry left. Parts merged away since stay
    * listed (inactive) for ClickHouse's old_parts_lifetime, 8 minutes by default.
    */
-  private async findUnmapped(entry: LogEntry, where: string, floor: number): Promise<number | undefined> {
+  private async findUnmapped(entry: LogEntry, where: string, floor: number, step?: StepLabel): Promise<number | undefined> {
     const candidates = await this.ch.rows<{ path: string; block: number }>(
       `SELECT path, min_block_number AS block FROM system.parts WHERE ${where} AND partition_id = ${quoteString(entry.partitionId)}
        AND min_block_number = max_block_number AND min_block_number > ${floor} ORDER BY min_block_number`,
+      { step },
     );
     for (const c of candidates) {
       if (this.log.isBlockMapped(entry.database, entry.table, c.block)) continue;
@@ -255,10 +281,11 @@ export class Attacher {
    * Among the parts of the entry's partition made of one new block above `maxBlock` (active or
    * already merged away), the one whose checksums.txt hashes to the entry's.
    */
-  async findAttached(entry: LogEntry, where: string, maxBlock: number, order: 'oldest' | 'newest' = 'oldest'): Promise<number | undefined> {
+  async findAttached(entry: LogEntry, where: string, maxBlock: number, order: 'oldest' | 'newest' = 'oldest', step?: StepLabel): Promise<number | undefined> {
     const candidates = await this.ch.rows<{ path: string; block: number }>(
       `SELECT path, min_block_number AS block FROM system.parts WHERE ${where} AND partition_id = ${quoteString(entry.partitionId)}
        AND min_block_number = max_block_number AND min_block_number > ${maxBlock} ORDER BY min_block_number ${order === 'newest' ? 'DESC' : 'ASC'}`,
+      { step },
     );
     for (const c of candidates) {
       if ((await this.checksumsHash(c.path)) === entry.checksumsSha256) return c.block;

@@ -2,6 +2,7 @@ import http from 'node:http';
 import { Readable } from 'node:stream';
 import { ChorusError } from '../core/errors.js';
 import { Dialect } from './dialect.js';
+import type { StepLabel } from '../metrics/metrics.js';
 
 export interface ClickHouseTarget {
   url: string;
@@ -131,7 +132,11 @@ export class ClickHouseHttp {
   private base: URL;
   private detected: Dialect | undefined;
 
-  constructor(private readonly target: ClickHouseTarget) {
+  constructor(
+    private readonly target: ClickHouseTarget,
+    /** Called once per query sent, with the insert step that sent it (undefined: outside the insert path). */
+    private readonly onQuery: (step: StepLabel | undefined) => void = () => undefined,
+  ) {
     this.base = new URL(target.url);
   }
 
@@ -166,8 +171,11 @@ export class ClickHouseHttp {
       signal?: AbortSignal;
       /** Run as this ClickHouse user instead of Chorus's own (a client's rights checked by ClickHouse). */
       as?: ClickHouseCredentials;
+      /** The insert step this query belongs to, for the per-step query count. */
+      step?: StepLabel;
     } = {},
   ): Promise<string> {
+    this.onQuery(opts.step);
     const url = new URL(this.base);
     for (const [k, v] of Object.entries(opts.params ?? {})) url.searchParams.set(k, v);
     // Last, so that no parameter can stand in for the statement.
@@ -208,12 +216,12 @@ export class ClickHouseHttp {
     });
   }
 
-  exec(sql: string): Promise<string> {
-    return this.request(sql);
+  exec(sql: string, opts: { step?: StepLabel } = {}): Promise<string> {
+    return this.request(sql, opts);
   }
 
-  async rows<T>(sql: string): Promise<T[]> {
-    const text = await this.request(`${sql} FORMAT JSONEachRow`, { params: { output_format_json_quote_64bit_integers: '0' } });
+  async rows<T>(sql: string, opts: { step?: StepLabel } = {}): Promise<T[]> {
+    const text = await this.request(`${sql} FORMAT JSONEachRow`, { params: { output_format_json_quote_64bit_integers: '0' }, step: opts.step });
     return text
       .split('\n')
       .filter((line) => line.length > 0)

@@ -64,7 +64,7 @@ export const listenHost = (placement: Placement) => (placement.netns ? '0.0.0.0'
 export function clickhouseConfig(
   dir: string,
   ports: ClickHousePorts,
-  opts: { zookeeper?: string; macros?: Record<string, string>; root?: string; placement?: Placement } = {},
+  opts: { zookeeper?: string; macros?: Record<string, string>; root?: string; placement?: Placement; queryLog?: boolean } = {},
 ): string {
   const root = opts.root ?? 'yandex';
   const placement = opts.placement ?? LOOPBACK;
@@ -100,6 +100,7 @@ export function clickhouseConfig(
   <mark_cache_size>268435456</mark_cache_size>
   <uncompressed_cache_size>268435456</uncompressed_cache_size>
   <max_concurrent_queries>200</max_concurrent_queries>
+  ${opts.queryLog ? '<query_log><database>system</database><table>query_log</table><flush_interval_milliseconds>7500</flush_interval_milliseconds></query_log>' : ''}
   ${zk}
   ${macros}
 </${root}>
@@ -118,7 +119,7 @@ export const DEV_USERS = {
   stranger: 'stranger-secret',
 } as const;
 
-export function clickhouseUsersConfig(root = 'yandex', placement: Placement = LOOPBACK): string {
+export function clickhouseUsersConfig(root = 'yandex', placement: Placement = LOOPBACK, opts: { queryLog?: boolean } = {}): string {
   // In a namespace, the host reaches the server from the namespace's /24 (the chaos bridge).
   const networks = ['::1', '127.0.0.1', ...(placement.netns ? [placement.address.replace(/\.\d+$/, '.0/24')] : [])];
   const user = (name: string, password: string, profile: string, extra = '') =>
@@ -126,7 +127,7 @@ export function clickhouseUsersConfig(root = 'yandex', placement: Placement = LO
   return `<?xml version="1.0"?>
 <${root}>
   <profiles>
-    <default><max_memory_usage>10000000000</max_memory_usage></default>
+    <default><max_memory_usage>10000000000</max_memory_usage>${opts.queryLog ? '<log_queries>1</log_queries>' : ''}</default>
     <readonly><readonly>1</readonly></readonly>
   </profiles>
   <users>
@@ -148,7 +149,8 @@ export async function startClickHouse(
   backend: ClickHouseBackend,
   dir: string,
   ports: ClickHousePorts,
-  opts: { zookeeper?: string; macros?: Record<string, string>; placement?: Placement } = {},
+  /** queryLog: every query of every user in system.query_log (profiling; costs the server a little). */
+  opts: { zookeeper?: string; macros?: Record<string, string>; placement?: Placement; queryLog?: boolean } = {},
 ): Promise<number> {
   mkdirSync(dir, { recursive: true });
   const logFile = join(dir, 'stdout.log');
@@ -167,7 +169,7 @@ export async function startClickHouse(
   }
   const configFile = join(dir, 'config.xml');
   const root = configRoot(binary);
-  writeFileSync(join(dir, 'users.xml'), clickhouseUsersConfig(root, placement));
+  writeFileSync(join(dir, 'users.xml'), clickhouseUsersConfig(root, placement, { queryLog: opts.queryLog }));
   writeFileSync(configFile, clickhouseConfig(dir, ports, { ...opts, root, placement }));
   const pid = spawnDetached(binary, [`--config-file=${configFile}`], { logFile, cwd: dir, netns: placement.netns });
   await waitFor('ClickHouse', () => ping(url), { timeoutMs: 60_000, pid, logFile: join(dir, 'clickhouse-server.err.log') });

@@ -54,6 +54,8 @@ export interface ClusterInfo {
   tls: { insecure: boolean; dir: string; cli?: TlsFiles };
   /** The `user:password` digest that guards the shard's znodes (zookeeper.auth). */
   zookeeperAuth: string;
+  /** Extra arguments to node for every sidecar (a restart keeps them), e.g. `--cpu-prof --cpu-prof-dir=D`. */
+  sidecarNodeArgs?: string[];
   replicas: ReplicaInfo[];
 }
 
@@ -68,6 +70,14 @@ export interface DevUpOptions {
   clickhouseZookeeper?: boolean;
   /** Start only ZooKeeper and ClickHouse, no sidecars. */
   withoutSidecars?: boolean;
+  /**
+   * Extra arguments to node for every sidecar, e.g. `--cpu-prof --cpu-prof-dir=D` to profile them
+   * (written when they stop; NODE_OPTIONS may not carry --cpu-prof). Defaults to
+   * $CHORUS_SIDECAR_NODE_ARGS split at spaces.
+   */
+  sidecarNodeArgs?: string[];
+  /** Every query of every ClickHouse in system.query_log (log_queries=1 in the default profile), for profiling. */
+  clickhouseQueryLog?: boolean;
   /** Plaintext gRPC and interserver ports (tls.insecure), for tests of that mode. */
   insecure?: boolean;
   /**
@@ -112,6 +122,7 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
     adminToken: randomBytes(16).toString('hex'),
     tls: { insecure: opts.insecure ?? false, dir: join(dir, 'tls') },
     zookeeperAuth: `chorus:${randomBytes(12).toString('hex')}`,
+    sidecarNodeArgs: opts.sidecarNodeArgs ?? process.env.CHORUS_SIDECAR_NODE_ARGS?.split(/\s+/).filter(Boolean),
     replicas: [],
   };
   const save = () => writeFileSync(stateFile(dir), JSON.stringify(info, null, 2));
@@ -155,7 +166,11 @@ export async function devUp(opts: DevUpOptions): Promise<ClusterInfo> {
           info.clickhouseBackend,
           join(r.dir, 'clickhouse'),
           { http: r.ports.clickhouseHttp, tcp: r.ports.clickhouseTcp, interserver: r.ports.clickhouseInterserver },
-          { ...(opts.clickhouseZookeeper ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } } : {}), placement: r.placement },
+          {
+            ...(opts.clickhouseZookeeper ? { zookeeper: info.zookeeper, macros: { shard: info.shard, replica: r.name } } : {}),
+            placement: r.placement,
+            queryLog: opts.clickhouseQueryLog,
+          },
         );
         save();
       }),
@@ -208,7 +223,7 @@ export async function startSidecar(info: ClusterInfo, r: ReplicaInfo): Promise<v
   if (!existsSync(SIDECAR_ENTRY)) throw new Error(`${SIDECAR_ENTRY} is missing: run \`npm run build\` first`);
   const logFile = join(r.dir, 'sidecar.log');
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CHORUS_')));
-  r.pids.sidecar = spawnDetached(process.execPath, [SIDECAR_ENTRY, 'serve', '--config', sidecarConfigPath(r)], { logFile, env, netns: r.placement?.netns });
+  r.pids.sidecar = spawnDetached(process.execPath, [...(info.sidecarNodeArgs ?? []), SIDECAR_ENTRY, 'serve', '--config', sidecarConfigPath(r)], { logFile, env, netns: r.placement?.netns });
   saveCluster(info);
   await waitFor(`sidecar ${r.name}`, () => httpOk(`${r.http}/readyz`), { timeoutMs: 60_000, pid: r.pids.sidecar, logFile });
 }

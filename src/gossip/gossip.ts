@@ -118,7 +118,8 @@ export class Gossip {
         } catch (err) {
           return cb(toGrpcError(err));
         }
-        this.receive(call.request.entries, from)
+        this.metrics
+          .timed('follower', 'gossip.receive', () => this.receive(call.request.entries, from))
           .then(({ added, refused }) => {
             if (refused.length) cb(toGrpcError(new ChorusError('INVALID_ENTRY', `${refused.length} of ${call.request.entries.length} entries refused (${refused[0]})`)));
             else cb(null, { added: added.length });
@@ -226,7 +227,7 @@ export class Gossip {
       else refuse('unverifiable', `LSN ${e.lsn} is beyond the last next LSN seen (${bound}) and ZooKeeper cannot be asked now; it is taken when pulled later`, e.lsn);
       return false;
     });
-    const { added, conflicts } = this.log.addEntries(storable, 'pending', from);
+    const { added, conflicts } = this.metrics.timed('follower', 'log.add', () => this.log.addEntries(storable, 'pending', from));
     this.applyDecommissions(added);
     if (added.length) this.onNewEntries(added);
     return { added, conflicts: conflicts.length, refused };

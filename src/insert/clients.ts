@@ -80,7 +80,7 @@ export class GrantChecker {
     for (const probe of this.ch.dialect.grantProbes(action, `${quoteIdent(database)}.${quoteIdent(table)}`, client.user)) {
       let answer: string;
       try {
-        answer = await this.ch.request(probe.sql, { as: client, body: '', signal });
+        answer = await this.ch.request(probe.sql, { as: client, body: '', signal, step: { step: 'grants', role: 'origin' } });
       } catch (err) {
         if (err instanceof ClickHouseQueryError && err.answer) throw new ClickHouseRefusal(err.answer.status, err.clickhouseCode, err.answer.body);
         throw err;

@@ -101,14 +101,16 @@ export class InsertPipeline {
   }
 
   insert(req: InsertRequest): Promise<InsertResult> {
-    return this.counted(() => this.insertCounted(req));
+    return this.counted(() => this.deps.metrics.timed('origin', 'total', () => this.insertCounted(req)));
   }
 
   private async insertCounted(req: InsertRequest): Promise<InsertResult> {
     const { ch, catalog, staging, store, log, attacher, metrics, faults } = this.deps;
-    const table = await catalog.resolve(req.database, req.table);
+    /** Times one step of this insert (see chorus_insert_step_seconds). */
+    const step = <T>(name: string, fn: () => T): T => metrics.timed('origin', name, fn);
+    const table = await step('catalog', () => catalog.resolve(req.database, req.table));
     const label = `${table.database}.${table.name}`;
-    const stage = await staging.acquire(table).catch((err: unknown) => {
+    const stage = await step('staging.acquire', () => staging.acquire(table)).catch((err: unknown) => {
       throw cannotStoreNow(err, label) ?? err;
     });
     const nonce = newNonce();
@@ -122,12 +124,15 @@ export class InsertPipeline {
     let stagingMayRun = true;
     try {
       try {
-        await ch.request(req.buildQuery(stage.qualified), {
-          body: req.body,
-          params: { ...req.params, ...ch.dialect.stagingSettings },
-          headers: req.headers,
-          signal: req.signal,
-        });
+        await step('staging.insert', () =>
+          ch.request(req.buildQuery(stage.qualified), {
+            body: req.body,
+            params: { ...req.params, ...ch.dialect.stagingSettings },
+            headers: req.headers,
+            signal: req.signal,
+            step: { step: 'staging.insert', role: 'origin' },
+          }),
+        );
         stagingMayRun = false;
       } catch (err) {
         if (err instanceof ClickHouseQueryError) stagingMayRun = false;
@@ -144,12 +149,12 @@ export class InsertPipeline {
       if (bodyFailure) throw bodyFailure;
 
       const perPartition = new Map<string, number>();
-      for (const [i, part] of (await stage.parts()).entries()) {
-        const { tempDir, files } = await store.linkFrom(part.path, store.pendingPath(nonce, i));
+      for (const [i, part] of (await step('staging.parts', () => stage.parts())).entries()) {
+        const { tempDir, files } = await step('link', () => store.linkFrom(part.path, store.pendingPath(nonce, i)));
         // 18.16 can answer a staging INSERT on a full disk with a part it could not finish writing:
         // recorded, it could be attached nowhere, and a retry with its token would be acknowledged
         // as its duplicate. Refused here, before the intent, it stores nothing.
-        const incomplete = ch.dialect.mayLeavePartsIncomplete ? incompletePart(tempDir, files) : undefined;
+        const incomplete = ch.dialect.mayLeavePartsIncomplete ? step('incomplete_check', () => incompletePart(tempDir, files)) : undefined;
         if (incomplete) {
           throw new ChorusError('CLICKHOUSE_CANNOT_STORE', `ClickHouse accepted the rows for ${label} but could not finish writing their part ${part.name} (${incomplete}; a full disk?): nothing was stored; retry later`);
         }
@@ -179,14 +184,16 @@ export class InsertPipeline {
       if (drafts.length === 0) return { lsns: [], deduplicated: 0, blocks: 0, rows: 0, bytes: 0 };
 
       this.deps.inFlight.add(nonce);
-      log.recordIntent(nonce, drafts);
+      step('log.intent', () => log.recordIntent(nonce, drafts));
       intentOpen = true;
-      const allocations = await this.deps.allocate({
-        nonce,
-        origin: this.deps.self,
-        blockIds: drafts.map((d) => d.entry.blockId),
-        tables: drafts.map(() => label),
-      });
+      const allocations = await step('allocate', () =>
+        this.deps.allocate({
+          nonce,
+          origin: this.deps.self,
+          blockIds: drafts.map((d) => d.entry.blockId),
+          tables: drafts.map(() => label),
+        }),
+      );
       faults.crashPoint('insert.after-allocate');
       const allocatedAtMs = Date.now();
       const fresh: LogEntry[] = [];
@@ -201,8 +208,8 @@ export class InsertPipeline {
         }
       }
       try {
-        for (const [i, d] of drafts.entries()) if (!allocations[i]!.duplicate) await store.commit(d.dir, allocations[i]!.lsn);
-        const { conflicts } = log.resolveIntent(nonce, fresh);
+        for (const [i, d] of drafts.entries()) if (!allocations[i]!.duplicate) await step('commit', () => store.commit(d.dir, allocations[i]!.lsn));
+        const { conflicts } = step('log.resolve', () => log.resolveIntent(nonce, fresh));
         intentOpen = false;
         assertOwnEntries(conflicts);
       } catch (err) {
@@ -215,11 +222,12 @@ export class InsertPipeline {
       try {
         // Durable and allocated: peers may apply it now, even if attaching here fails below
         // (the applier then retries it here, and the client's retry is answered as a duplicate).
-        this.deps.announce(fresh);
+        step('announce', () => this.deps.announce(fresh));
         for (const entry of fresh) {
           try {
             await this.awaitUnblocked(entry);
-            log.markApplied(entry, await attacher.attach(entry));
+            const block = await step('attach', () => attacher.attach(entry, 'origin'));
+            step('log.applied', () => log.markApplied(entry, block));
           } catch (err) {
             const e = ChorusError.from(err);
             throw new ChorusError(
@@ -246,7 +254,7 @@ export class InsertPipeline {
       if (!intentOpen) void store.discardPending(nonce).catch(() => undefined);
       // Emptying the staging table need not delay the answer: the pool hands it out again
       // only once it is empty.
-      void staging.release(table, stage, { mayStillRun: stagingMayRun }).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
+      void step('staging.release', () => staging.release(table, stage, { mayStillRun: stagingMayRun })).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
     }
   }
 

@@ -138,11 +138,12 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const aborted = abortOnDisconnect(req, reply);
     const encoding = header(req, 'content-encoding');
     const started = process.hrtime.bigint();
+    const startedAt = performance.now();
     try {
       // Before anything is staged: a client's user that may not insert is refused by ClickHouse.
       if (replicated) {
         const client = clientCredentials(req.headers, search);
-        await deps.grants.check(client, 'insert', database, target.table, aborted);
+        await deps.metrics.timed('origin', 'grants', () => deps.grants.check(client, 'insert', database, target.table, aborted));
         if (select !== undefined) await deps.grants.checkSelect(client, select, aborted);
       }
       const result = await deps.pipeline.insert({
@@ -179,6 +180,8 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     } catch (err) {
       deps.metrics.inserts.inc({ table: label, outcome: 'error' });
       throw err;
+    } finally {
+      if (replicated) deps.metrics.observeStep('origin', 'request', startedAt);
     }
   };
 

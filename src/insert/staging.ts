@@ -5,6 +5,12 @@ import type { TableInfo } from '../clickhouse/catalog.js';
 import { parsePartName } from '../clickhouse/dialect.js';
 import { ChorusError } from '../core/errors.js';
 import { ClickHouseQueryError, quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
+import type { StepLabel } from '../metrics/metrics.js';
+
+/** The insert steps whose ClickHouse queries this pool sends (see chorus_clickhouse_queries_total). */
+const ACQUIRE: StepLabel = { step: 'staging.acquire', role: 'origin' };
+const PARTS: StepLabel = { step: 'staging.parts', role: 'origin' };
+const RELEASE: StepLabel = { step: 'staging.release', role: 'origin' };
 
 export const STAGING_DATABASE = '_chorus';
 
@@ -106,9 +112,10 @@ export class StagingPool {
     return (await this.dataPathsOf('probe'))[0]!;
   }
 
-  private async dataPathsOf(name: string): Promise<string[]> {
+  private async dataPathsOf(name: string, step?: StepLabel): Promise<string[]> {
     const [row] = await this.ch.rows<{ p: string[] }>(
       `SELECT ${this.ch.dialect.tableDataPaths} AS p FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)} AND name = ${quoteString(name)}`,
+      { step },
     );
     if (!row || row.p.length === 0) throw new ChorusError('CLICKHOUSE_ERROR', `staging table ${STAGING_DATABASE}.${name} has no data directory`);
     return row.p;
@@ -163,6 +170,7 @@ export class StagingPool {
         const active = await this.ch.rows<StagedPart>(
           `SELECT name, partition_id AS partitionId, path, rows, level FROM system.parts
            WHERE database = ${quoteString(STAGING_DATABASE)} AND table = ${quoteString(stagingName)} AND active ORDER BY name`,
+          { step: PARTS },
         );
         staging.blockFloor = 0;
         for (const p of active) staging.blockFloor = Math.max(staging.blockFloor, parsePartName(p.name)?.maxBlock ?? 0);
@@ -178,14 +186,15 @@ export class StagingPool {
    * insert's. Throws (and the table is not handed out) when any step fails.
    */
   private async prepare(name: string, qualified: string, table: TableInfo): Promise<StagingState> {
-    await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${qualified} AS ${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
-    await this.ch.exec(`SYSTEM STOP MERGES ${qualified}`);
-    await this.ch.exec(`TRUNCATE TABLE ${qualified}`);
+    await this.ch.exec(`CREATE TABLE IF NOT EXISTS ${qualified} AS ${quoteIdent(table.database)}.${quoteIdent(table.name)}`, { step: ACQUIRE });
+    await this.ch.exec(`SYSTEM STOP MERGES ${qualified}`, { step: ACQUIRE });
+    await this.ch.exec(`TRUNCATE TABLE ${qualified}`, { step: ACQUIRE });
     const [left] = await this.ch.rows<{ n: number }>(
       `SELECT count() AS n FROM system.parts WHERE database = ${quoteString(STAGING_DATABASE)} AND table = ${quoteString(name)} AND active`,
+      { step: ACQUIRE },
     );
     if (Number(left?.n ?? 0) !== 0) throw new ChorusError('CLICKHOUSE_ERROR', `staging table ${STAGING_DATABASE}.${name} still holds ${left!.n} parts after TRUNCATE`);
-    const state: StagingState = { dataPaths: await this.dataPathsOf(name), blockFloor: 0 };
+    const state: StagingState = { dataPaths: await this.dataPathsOf(name, ACQUIRE), blockFloor: 0 };
     state.blockFloor = floorOnDisk(state.dataPaths);
     return state;
   }
@@ -199,7 +208,7 @@ export class StagingPool {
   async release(table: TableInfo, staging: StagingTable, opts: { mayStillRun?: boolean } = {}): Promise<void> {
     if (opts.mayStillRun) return this.retire(table, staging);
     try {
-      await this.ch.exec(`TRUNCATE TABLE ${staging.qualified}`);
+      await this.ch.exec(`TRUNCATE TABLE ${staging.qualified}`, { step: RELEASE });
     } catch (err) {
       this.created.delete(staging.name);
       this.handBack(table.schemaKey, staging.name);
@@ -222,8 +231,8 @@ export class StagingPool {
     try {
       const [db, name] = [quoteIdent(STAGING_DATABASE), quoteIdent(staging.name)];
       // Best effort: DROP waits for a query still writing into the table in any case.
-      await this.ch.exec(`KILL QUERY WHERE position(query, concat(${quoteString(db)}, '.', ${quoteString(name)})) > 0 SYNC`).catch(() => undefined);
-      await this.ch.exec(`DROP TABLE IF EXISTS ${staging.qualified}`).catch(() => this.undropped.add(staging.name));
+      await this.ch.exec(`KILL QUERY WHERE position(query, concat(${quoteString(db)}, '.', ${quoteString(name)})) > 0 SYNC`, { step: RELEASE }).catch(() => undefined);
+      await this.ch.exec(`DROP TABLE IF EXISTS ${staging.qualified}`, { step: RELEASE }).catch(() => this.undropped.add(staging.name));
     } finally {
       this.handBack(key, `s_${key}_${this.serial++}`);
     }

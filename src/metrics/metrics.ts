@@ -1,5 +1,14 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** Which side of an insert a step ran on: the replica that took it, or one applying it. */
+export type StepRole = 'origin' | 'follower';
+
+/** An insert step, for the step timings and for counting the ClickHouse queries each step sends. */
+export interface StepLabel {
+  step: string;
+  role: StepRole;
+}
+
 /** Every Prometheus metric of one sidecar, on a registry of its own (never the global one). */
 export class Metrics {
   readonly registry = new Registry();
@@ -107,6 +116,45 @@ export class Metrics {
     labelNames: ['state'],
     registers: [this.registry],
   });
+
+  readonly insertSteps = new Histogram({
+    name: 'chorus_insert_step_seconds',
+    help: 'Wall time of each step of an insert: on the replica that took it (role=origin) and applying it on the others (role=follower)',
+    labelNames: ['step', 'role'],
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+    registers: [this.registry],
+  });
+  readonly clickhouseQueries = new Counter({
+    name: 'chorus_clickhouse_queries_total',
+    help: 'Queries sent to the local ClickHouse, by the insert step that sent them (step=other: outside the insert path)',
+    labelNames: ['step', 'role'],
+    registers: [this.registry],
+  });
+
+  /** Runs `fn` (sync or async) and observes its wall time, whether it succeeds or throws, as `step` of `role`. */
+  timed<T>(role: StepRole, step: string, fn: () => T): T {
+    const startedAt = performance.now();
+    let result: T;
+    try {
+      result = fn();
+    } catch (err) {
+      this.observeStep(role, step, startedAt);
+      throw err;
+    }
+    if (result instanceof Promise) return result.finally(() => this.observeStep(role, step, startedAt)) as T;
+    this.observeStep(role, step, startedAt);
+    return result;
+  }
+
+  /** Observes the time since `startedAt` (a `performance.now()`) as `step` of `role`. */
+  observeStep(role: StepRole, step: string, startedAt: number): void {
+    this.recordStep(role, step, performance.now() - startedAt);
+  }
+
+  /** Observes `ms` milliseconds as `step` of `role`. */
+  recordStep(role: StepRole, step: string, ms: number): void {
+    this.insertSteps.observe({ step, role }, ms / 1000);
+  }
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });

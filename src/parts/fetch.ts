@@ -9,6 +9,11 @@ import { assertSafeFileName, fsyncFd, fsyncPath } from './files.js';
 import type { PartStore } from './store.js';
 import type { InterserverClient } from '../tls/https.js';
 
+/** Receives the wall time of each sub-step of a fetch, in milliseconds. */
+export type FetchTiming = (step: 'fetch.connect' | 'fetch.download' | 'fetch.verify' | 'fetch.write' | 'fetch.fsync' | 'fetch.fsync_dir' | 'fetch.rename', ms: number) => void;
+
+const untimed: FetchTiming = () => undefined;
+
 export function partPath(entry: Pick<LogEntry, 'lsn' | 'partName'>): string {
   return `/v1/parts/${entry.lsn}/${encodeURIComponent(entry.partName)}`;
 }
@@ -19,13 +24,22 @@ export function partPath(entry: Pick<LogEntry, 'lsn' | 'partName'>): string {
  * as computed by the origin), fsyncs, and renames the directory into the store. Any mismatch
  * throws PART_VERIFICATION_FAILED and leaves nothing behind.
  */
-export async function fetchPart(store: PartStore, entry: LogEntry, peer: InterserverClient, timeoutMs: number, faults?: Faults): Promise<number> {
+export async function fetchPart(store: PartStore, entry: LogEntry, peer: InterserverClient, timeoutMs: number, faults?: Faults, timing: FetchTiming = untimed): Promise<number> {
   const tempDir = store.newTempDir();
   try {
-    const bytes = await downloadPart(peer, partPath(entry), entry.files, tempDir, `LSN ${entry.lsn} from ${peer.peerName}`, timeoutMs, () =>
-      faults?.crashPoint('fetch.mid-transfer'),
+    const bytes = await downloadPart(
+      peer,
+      partPath(entry),
+      entry.files,
+      tempDir,
+      `LSN ${entry.lsn} from ${peer.peerName}`,
+      timeoutMs,
+      () => faults?.crashPoint('fetch.mid-transfer'),
+      timing,
     );
+    const renameAt = performance.now();
     await store.commit(tempDir, entry.lsn);
+    timing('fetch.rename', performance.now() - renameAt);
     return bytes;
   } catch (err) {
     await store.discard(tempDir);
@@ -45,17 +59,22 @@ export async function downloadPart(
   label: string,
   timeoutMs: number,
   onFirstFile: () => void = () => undefined,
+  timing: FetchTiming = untimed,
 ): Promise<number> {
   mkdirSync(dir, { recursive: true });
+  const connectAt = performance.now();
   const res: http.IncomingMessage = await peer.request(path, { timeoutMs });
+  timing('fetch.connect', performance.now() - connectAt);
   if (res.statusCode !== 200) {
     res.resume();
     throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `${label}: answered ${res.statusCode}`);
   }
-  const bytes = await receiveFiles(res, files, dir, label, onFirstFile);
+  const bytes = await receiveFiles(res, files, dir, label, onFirstFile, timing);
+  const fsyncAt = performance.now();
   // A projection's files sit in a subdirectory: its entries must be durable too.
   for (const sub of new Set(files.filter((f) => f.name.includes('/')).map((f) => dirname(f.name)))) await fsyncPath(join(dir, sub));
   await fsyncPath(dir);
+  timing('fetch.fsync_dir', performance.now() - fsyncAt);
   return bytes;
 }
 
@@ -64,7 +83,12 @@ export async function downloadPart(
  * Writes are synchronous (parts are mostly small files, for which a thread-pool round trip
  * costs more than the write); each file's fsync runs in the pool while the next arrives.
  */
-async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir: string, label: string, onFirstFile: () => void): Promise<number> {
+async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir: string, label: string, onFirstFile: () => void, timing: FetchTiming): Promise<number> {
+  const downloadAt = performance.now();
+  // Hashing and writing happen as the bytes arrive: their time is summed and reported as if
+  // each had run in one go (the verify and write sub-steps of the download).
+  let hashMs = 0;
+  let writeMs = 0;
   let index = -1;
   let remaining = 0;
   let fd: number | null = null;
@@ -76,7 +100,9 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
   const finishFile = () => {
     if (fd === null) return;
     const file = files[index]!;
+    const hashAt = performance.now();
     const sha = hash.digest('hex');
+    hashMs += performance.now() - hashAt;
     const done = fd;
     fd = null;
     if (sha !== file.sha256) {
@@ -95,7 +121,9 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
       const name = files[index]!.name;
       assertSafeFileName(name);
       if (name.includes('/')) mkdirSync(join(dir, dirname(name)), { recursive: true });
+      const openAt = performance.now();
       fd = openSync(join(dir, name), 'w');
+      writeMs += performance.now() - openAt;
       hash = createHash('sha256');
       remaining = files[index]!.size;
     }
@@ -107,8 +135,12 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
       for (let offset = 0; offset < chunk.length; ) {
         if (index >= files.length) throw refuse('more bytes than the manifest lists');
         const piece = chunk.subarray(offset, offset + Math.min(remaining, chunk.length - offset));
+        const hashAt = performance.now();
         hash.update(piece);
+        const writeAt = performance.now();
         writeSync(fd!, piece);
+        hashMs += writeAt - hashAt;
+        writeMs += performance.now() - writeAt;
         remaining -= piece.length;
         offset += piece.length;
         total += piece.length;
@@ -116,7 +148,13 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
       }
     }
     if (index < files.length) throw refuse(`the transfer ended inside file ${files[index]!.name}`);
+    const bodyDoneAt = performance.now();
+    timing('fetch.download', bodyDoneAt - downloadAt);
+    timing('fetch.verify', hashMs);
+    timing('fetch.write', writeMs);
+    // The files' fsyncs ran in the pool while later files arrived: what is left of them is waited for here.
     await Promise.all(synced);
+    timing('fetch.fsync', performance.now() - bodyDoneAt);
     return total;
   } catch (err) {
     if (fd !== null) closeSync(fd);

@@ -102,10 +102,16 @@ export class Applier {
         const ordered = entry.kind !== 'insert' || entry.barrier > 0 || withOps.has(`${entry.database}.${entry.table}`);
         if (ordered && this.log.blockedBy(entry)) continue;
         this.inFlight.add(lsn);
-        void this.slots.run(() => this.applyOne(entry)).finally(() => {
-          this.inFlight.delete(entry.lsn);
-          this.notify();
-        });
+        const queuedAt = performance.now();
+        void this.slots
+          .run(() => {
+            this.metrics.observeStep('follower', 'slot_wait', queuedAt);
+            return this.applyOne(entry);
+          })
+          .finally(() => {
+            this.inFlight.delete(entry.lsn);
+            this.notify();
+          });
       }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, this.opts.retryDelayMs);
@@ -127,9 +133,13 @@ export class Applier {
         log.info({ table: `${entry.database}.${entry.table}`, kind: entry.kind }, 'applied');
         return;
       }
-      if (!(await this.store.has(entry.lsn))) await this.fetch(entry);
-      const block = await this.attacher.attach(entry);
-      this.log.markApplied(entry, block);
+      const startedAt = performance.now();
+      // From its allocation on the origin (same clock on one host, roughly so across hosts) to here, first try only.
+      if (!this.attempts.has(entry.lsn)) this.metrics.recordStep('follower', 'queue_wait', Math.max(0, Date.now() - entry.allocatedAtMs));
+      if (!(await this.store.has(entry.lsn))) await this.metrics.timed('follower', 'fetch', () => this.fetch(entry));
+      const block = await this.metrics.timed('follower', 'attach', () => this.attacher.attach(entry, 'follower'));
+      this.metrics.timed('follower', 'log.applied', () => this.log.markApplied(entry, block));
+      this.metrics.observeStep('follower', 'total', startedAt);
       this.retryAt.delete(entry.lsn);
       this.attempts.delete(entry.lsn);
       this.metrics.applyLatency.observe(Math.max(0, Date.now() - entry.allocatedAtMs) / 1000);
@@ -159,7 +169,7 @@ export class Applier {
     for (const peer of sources) {
       try {
         const started = Date.now();
-        const bytes = await fetchPart(this.store, entry, peer.interserver, this.opts.fetchTimeoutMs, this.faults);
+        const bytes = await fetchPart(this.store, entry, peer.interserver, this.opts.fetchTimeoutMs, this.faults, (step, ms) => this.metrics.recordStep('follower', step, ms));
         this.metrics.fetchBytes.inc(bytes);
         this.logger.debug({ lsn: entry.lsn, peer: peer.name, bytes, ms: Date.now() - started }, 'fetched part');
         return;

@@ -81,7 +81,7 @@ export class Sidecar implements AdminBackend {
     if (certified !== undefined && certified !== config.replica) {
       throw new ChorusError('CONFIG_INVALID', `tls.cert names ${JSON.stringify(certified)} (its CN), not this replica ${JSON.stringify(config.replica)}`);
     }
-    this.ch = new ClickHouseHttp(config.clickhouse);
+    this.ch = new ClickHouseHttp(config.clickhouse, (step) => this.metrics.clickhouseQueries.inc(step ?? { step: 'other', role: 'none' }));
     this.log = new LocalLog(config.dataDir);
     this.store = new PartStore(config.dataDir);
     this.zk = new ZkSession(
@@ -119,7 +119,7 @@ export class Sidecar implements AdminBackend {
     );
     this.catalog = new TableCatalog(this.ch, config.clickhouse.databases);
     this.staging = new StagingPool(this.ch, config.staging.poolSize, config.staging.idleDropMs);
-    const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults, this.logger.child({ component: 'attacher' }));
+    const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults, this.metrics, this.logger.child({ component: 'attacher' }));
     this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p, this.transport));
     this.applier = new Applier(
       {

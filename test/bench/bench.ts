@@ -76,7 +76,7 @@ const FULL: Sizes = { w1: { c1: 300, c8: 600, c32: 600 }, lagSamples: 100, w2Ins
 const QUICK: Sizes = { w1: { c1: 20, c8: 40, c32: 64 }, lagSamples: 10, w2Inserts: 2, w2Rows: 100_000, w3Inserts: 100, w3Tables: 20, idleSeconds: 5 };
 
 /** A deterministic pseudo-random sequence, so both systems get the very same rows. */
-function rng(seed: number): () => number {
+export function rng(seed: number): () => number {
   let s = seed >>> 0;
   return () => {
     s = (s * 1664525 + 1013904223) >>> 0;
@@ -89,7 +89,7 @@ function rng(seed: number): () => number {
  * six months: hundreds of single-part inserts into one partition would trip ClickHouse's
  * "too many parts" guard (300) on ReplicatedMergeTree before merges catch up.
  */
-function tsvRows(firstId: number, count: number, month = 11): string {
+export function tsvRows(firstId: number, count: number, month = 11): string {
   let out = '';
   const prefix = `2026-${String(month).padStart(2, '0')}-`;
   for (let i = 0; i < count; i++) {
@@ -99,13 +99,13 @@ function tsvRows(firstId: number, count: number, month = 11): string {
   return out;
 }
 
-function stats(values: number[]): Stats {
+export function stats(values: number[]): Stats {
   const sorted = [...values].sort((a, b) => a - b);
   const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
   return { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] ?? 0, samples: sorted.length };
 }
 
-async function runConcurrently<T>(items: T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
+export async function runConcurrently<T>(items: T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
@@ -114,7 +114,7 @@ async function runConcurrently<T>(items: T[], concurrency: number, fn: (item: T)
   );
 }
 
-class System {
+export class System {
   private nextId = 1;
   constructor(
     readonly name: SystemName,
