@@ -136,7 +136,7 @@ export const configSchema = z
       .prefault({}),
     replication: z
       .object({
-        fetchConcurrency: z.number().int().min(1).default(4),
+        fetchConcurrency: z.number().int().min(1).default(16),
         retryDelayMs: z.number().int().min(1).default(500),
         autoClone: z.boolean().default(true),
       })

@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { closeSync, open, writeSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import type http from 'node:http';
 import { dirname, join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
@@ -13,6 +15,7 @@ import type { InterserverClient } from '../tls/https.js';
 export type FetchTiming = (step: 'fetch.connect' | 'fetch.download' | 'fetch.verify' | 'fetch.write' | 'fetch.fsync' | 'fetch.fsync_dir' | 'fetch.rename', ms: number) => void;
 
 const untimed: FetchTiming = () => undefined;
+const openFile = promisify(open);
 
 export function partPath(entry: Pick<LogEntry, 'lsn' | 'partName'>): string {
   return `/v1/parts/${entry.lsn}/${encodeURIComponent(entry.partName)}`;
@@ -61,7 +64,7 @@ export async function downloadPart(
   onFirstFile: () => void = () => undefined,
   timing: FetchTiming = untimed,
 ): Promise<number> {
-  mkdirSync(dir, { recursive: true });
+  await mkdir(dir, { recursive: true });
   const connectAt = performance.now();
   const res: http.IncomingMessage = await peer.request(path, { timeoutMs });
   timing('fetch.connect', performance.now() - connectAt);
@@ -82,6 +85,8 @@ export async function downloadPart(
  * Splits the concatenated files by the manifest's sizes, hashing and writing each as it comes.
  * Writes are synchronous (parts are mostly small files, for which a thread-pool round trip
  * costs more than the write); each file's fsync runs in the pool while the next arrives.
+ * Opening (creating) a file is not: it waits for the filesystem's journal, busy with those
+ * fsyncs, and a synchronous open held the whole event loop for it (issue 12's profile).
  */
 async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir: string, label: string, onFirstFile: () => void, timing: FetchTiming): Promise<number> {
   const downloadAt = performance.now();
@@ -113,16 +118,16 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
     if (synced.length === 1) onFirstFile();
   };
   // Moves to the next file that still expects bytes, finishing the ones before it.
-  const advance = () => {
+  const advance = async () => {
     while (remaining === 0) {
       finishFile();
       index++;
       if (index >= files.length) return;
       const name = files[index]!.name;
       assertSafeFileName(name);
-      if (name.includes('/')) mkdirSync(join(dir, dirname(name)), { recursive: true });
+      if (name.includes('/')) await mkdir(join(dir, dirname(name)), { recursive: true });
       const openAt = performance.now();
-      fd = openSync(join(dir, name), 'w');
+      fd = await openFile(join(dir, name), 'w');
       writeMs += performance.now() - openAt;
       hash = createHash('sha256');
       remaining = files[index]!.size;
@@ -130,7 +135,7 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
   };
 
   try {
-    advance();
+    await advance();
     for await (const chunk of body) {
       for (let offset = 0; offset < chunk.length; ) {
         if (index >= files.length) throw refuse('more bytes than the manifest lists');
@@ -144,7 +149,7 @@ async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir:
         remaining -= piece.length;
         offset += piece.length;
         total += piece.length;
-        advance();
+        await advance();
       }
     }
     if (index < files.length) throw refuse(`the transfer ended inside file ${files[index]!.name}`);
