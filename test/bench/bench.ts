@@ -20,6 +20,7 @@ import type { LogEntry } from '../../src/log/entry.js';
 import { fetchPart } from '../../src/parts/fetch.js';
 import { PartStore } from '../../src/parts/store.js';
 import { renderReport } from './report.js';
+import { cpuByType, type ProcessType } from './cpu.js';
 import { interserverClient } from '../support/cluster.js';
 
 export type SystemName = 'rmt' | 'chorus';
@@ -41,11 +42,27 @@ export interface InsertRun {
   zkRequestsPerInsert: number;
   /** From the last acknowledgement until every replica held every row. */
   convergeMs: number;
+  /** CPU milliseconds per insert from the first send until every replica held every row, by process kind (/proc). */
+  cpuMsPerInsert?: { sidecar: number; clickhouse: number; zookeeper: number; total: number };
+}
+
+/** Inserts/s of the repetitions of one W1 run: the run reported is the median one. */
+export interface Spread {
+  runs: number[];
+  median: number;
+  min: number;
+  max: number;
 }
 
 export interface SystemResult {
   system: SystemName;
   w1: Record<'c1' | 'c8' | 'c32', InsertRun>;
+  w1Spread: Record<'c1' | 'c8' | 'c32', Spread>;
+  /**
+   * Bytes ZooKeeper received (mntr's zk_bytes_received_count, pings and reads included) per
+   * sequential one-row insert, after `filledWith` inserts filled the dedup window.
+   */
+  zkBytes: { inserts: number; filledWith: number; bytesPerInsert: number };
   lagMs: Stats;
   w2: InsertRun & { plainRowsPerSec: number; overheadVsPlain: number };
   w3: InsertRun & { tables: number; znodesTotal: number; znodesPerTable: number; znodesOwned: number };
@@ -64,6 +81,9 @@ export interface BenchResult {
 
 interface Sizes {
   w1: Record<'c1' | 'c8' | 'c32', number>;
+  w1Repetitions: number;
+  zkBytesFill: number;
+  zkBytesInserts: number;
   lagSamples: number;
   w2Inserts: number;
   w2Rows: number;
@@ -72,8 +92,8 @@ interface Sizes {
   idleSeconds: number;
 }
 
-const FULL: Sizes = { w1: { c1: 300, c8: 600, c32: 600 }, lagSamples: 100, w2Inserts: 10, w2Rows: 100_000, w3Inserts: 1000, w3Tables: 20, idleSeconds: 60 };
-const QUICK: Sizes = { w1: { c1: 20, c8: 40, c32: 64 }, lagSamples: 10, w2Inserts: 2, w2Rows: 100_000, w3Inserts: 100, w3Tables: 20, idleSeconds: 5 };
+const FULL: Sizes = { w1: { c1: 300, c8: 600, c32: 600 }, w1Repetitions: 3, zkBytesFill: 1100, zkBytesInserts: 300, lagSamples: 100, w2Inserts: 10, w2Rows: 100_000, w3Inserts: 1000, w3Tables: 20, idleSeconds: 60 };
+const QUICK: Sizes = { w1: { c1: 20, c8: 40, c32: 64 }, w1Repetitions: 1, zkBytesFill: 20, zkBytesInserts: 20, lagSamples: 10, w2Inserts: 2, w2Rows: 100_000, w3Inserts: 100, w3Tables: 20, idleSeconds: 5 };
 
 /** A deterministic pseudo-random sequence, so both systems get the very same rows. */
 export function rng(seed: number): () => number {
@@ -173,6 +193,10 @@ export class System {
     return Number((await mntr(this.cluster.zookeeperPort)).zk_packets_received);
   }
 
+  async zkBytesReceived(): Promise<number> {
+    return Number((await mntr(this.cluster.zookeeperPort)).zk_bytes_received_count);
+  }
+
   async znodeCount(): Promise<number> {
     return Number((await mntr(this.cluster.zookeeperPort)).zk_znode_count);
   }
@@ -197,6 +221,7 @@ async function insertRun(sys: System, plan: Array<{ replica: number; table: stri
   for (const p of plan) expected[p.table]! += p.rows;
   await sleep(200);
   const packetsBefore = await sys.zkPackets();
+  const cpuBefore = cpuByType(sys.cluster);
   const started = performance.now();
   await runConcurrently(
     plan.map((p, i) => ({ ...p, body: bodies[i]! })),
@@ -207,6 +232,10 @@ async function insertRun(sys: System, plan: Array<{ replica: number; table: stri
   const packetsAfter = await sys.zkPackets();
   await sys.waitConverged(Object.keys(expected), expected);
   const converged = performance.now();
+  const cpuAfter = cpuByType(sys.cluster);
+  const cpuMs = (kind: ProcessType) => ((cpuAfter[kind] - cpuBefore[kind]) * 1000) / plan.length;
+  const cpuMsPerInsert = { sidecar: cpuMs('sidecar'), clickhouse: cpuMs('clickhouse-server'), zookeeper: cpuMs('zookeeper'), total: 0 };
+  cpuMsPerInsert.total = cpuMsPerInsert.sidecar + cpuMsPerInsert.clickhouse + cpuMsPerInsert.zookeeper;
   const seconds = (acked - started) / 1000;
   const rows = plan.reduce((s, p) => s + p.rows, 0);
   return {
@@ -218,7 +247,22 @@ async function insertRun(sys: System, plan: Array<{ replica: number; table: stri
     zkRequests: packetsAfter - packetsBefore,
     zkRequestsPerInsert: (packetsAfter - packetsBefore) / plan.length,
     convergeMs: converged - acked,
+    cpuMsPerInsert,
   };
+}
+
+/**
+ * ZooKeeper bytes per insert with a full dedup window: `fill` inserts at concurrency 8 first,
+ * then `inserts` sequential one-row inserts measured.
+ */
+async function measureZkBytes(sys: System, fill: number, inserts: number): Promise<SystemResult['zkBytes']> {
+  await sys.createTable('zkbytes');
+  await runConcurrently(Array.from({ length: fill }, (_, i) => i), 8, (i) => sys.insert(i % 3, 'zkbytes', tsvRows(sys.ids(1), 1)));
+  await sleep(500);
+  const before = await sys.zkBytesReceived();
+  for (let i = 0; i < inserts; i++) await sys.insert(i % 3, 'zkbytes', tsvRows(sys.ids(1), 1));
+  const after = await sys.zkBytesReceived();
+  return { inserts, filledWith: fill, bytesPerInsert: (after - before) / inserts };
 }
 
 /** Acknowledgement to visibility on each other replica, polled every 2 ms, sequential inserts. */
@@ -369,12 +413,25 @@ async function benchSystem(name: SystemName, sizes: Sizes, log: (msg: string) =>
     const smallPlan = (table: string, n: number) =>
       Array.from({ length: n }, (_, i) => ({ replica: i % 3, table, rows: 1 + Math.floor(random() * 100) }));
 
+    // Every repetition gets the same plan (rows per insert, replica), on a table of its own.
+    const plans = Object.fromEntries(([1, 8, 32] as const).map((c) => [c, smallPlan('', sizes.w1[`c${c}`])])) as Record<1 | 8 | 32, ReturnType<typeof smallPlan>>;
+    const runs: Record<'c1' | 'c8' | 'c32', InsertRun[]> = { c1: [], c8: [], c32: [] };
+    for (let rep = 1; rep <= sizes.w1Repetitions; rep++) {
+      for (const c of [1, 8, 32] as const) {
+        const key = `c${c}` as const;
+        const table = `w1_${key}_${rep}`;
+        await sys.createTable(table);
+        const run = await insertRun(sys, plans[c].map((p) => ({ ...p, table })), c);
+        runs[key].push(run);
+        log(`${name} W1 c=${c} #${rep}: ${run.insertsPerSec.toFixed(1)} inserts/s, ${run.zkRequestsPerInsert.toFixed(3)} ZK req/insert, ${run.cpuMsPerInsert!.total.toFixed(1)} ms CPU/insert`);
+      }
+    }
     const w1 = {} as SystemResult['w1'];
-    for (const c of [1, 8, 32] as const) {
-      const key = `c${c}` as const;
-      await sys.createTable(`w1_${key}`);
-      w1[key] = await insertRun(sys, smallPlan(`w1_${key}`, sizes.w1[key]), c);
-      log(`${name} W1 c=${c}: ${w1[key].insertsPerSec.toFixed(1)} inserts/s, ${w1[key].zkRequestsPerInsert.toFixed(3)} ZK req/insert`);
+    const w1Spread = {} as SystemResult['w1Spread'];
+    for (const key of ['c1', 'c8', 'c32'] as const) {
+      const sorted = [...runs[key]].sort((a, b) => a.insertsPerSec - b.insertsPerSec);
+      w1[key] = sorted[Math.floor((sorted.length - 1) / 2)]!;
+      w1Spread[key] = { runs: runs[key].map((r) => r.insertsPerSec), median: w1[key].insertsPerSec, min: sorted[0]!.insertsPerSec, max: sorted.at(-1)!.insertsPerSec };
     }
 
     const lagMs = await measureLag(sys, sizes.lagSamples);
@@ -409,7 +466,9 @@ async function benchSystem(name: SystemName, sizes: Sizes, log: (msg: string) =>
       sidecarMax: name === 'chorus' ? Math.max(...cluster.replicas.map((r) => rssMb(r.pids.sidecar))) : null,
       clickhouseMax: Math.max(...cluster.replicas.map((r) => rssMb(r.pids.clickhouse))),
     };
-    return { system: name, w1, lagMs, w2, w3, w4, znodes: { total: await sys.znodeCount(), owned }, rssMb: rss, transfer };
+    const zkBytes = await measureZkBytes(sys, sizes.zkBytesFill, sizes.zkBytesInserts);
+    log(`${name} ZooKeeper bytes per insert (window filled with ${zkBytes.filledWith}): ${zkBytes.bytesPerInsert.toFixed(0)}`);
+    return { system: name, w1, w1Spread, zkBytes, lagMs, w2, w3, w4, znodes: { total: await sys.znodeCount(), owned }, rssMb: rss, transfer };
   } finally {
     await devDown(dir);
     rmSync(dir, { recursive: true, force: true });

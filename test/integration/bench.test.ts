@@ -15,6 +15,11 @@ describe('npm run bench --quick', () => {
         expect(Number.isFinite(v)).toBe(true);
       }
       expect(s.lagMs.samples).toBeGreaterThan(0);
+      expect(s.zkBytes.bytesPerInsert).toBeGreaterThan(0);
+      for (const c of ['c1', 'c8', 'c32'] as const) {
+        expect(s.w1Spread[c].runs.length).toBeGreaterThan(0);
+        expect(s.w1[c].cpuMsPerInsert!.total).toBeGreaterThan(0);
+      }
     };
     check(result.systems.rmt);
     check(result.systems.chorus);
