@@ -47,10 +47,7 @@ RUN set -eu; \
 WORKDIR /app
 # CHORUS_CONFIG is read by `chorus serve` and by the admin commands (for the replica's own
 # client certificate); set it empty to configure by CHORUS_* variables alone.
-# UV_THREADPOOL_SIZE: the fsyncs of fetched parts would otherwise fill libuv's 4 threads, and
-# every other file operation would wait behind them (README, Performance).
 ENV NODE_ENV=production \
-    UV_THREADPOOL_SIZE=16 \
     CHORUS_CONFIG=/etc/chorus/chorus.yaml
 COPY --from=production-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist

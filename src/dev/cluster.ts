@@ -13,13 +13,6 @@ import { createDevCa, issueDevCertificate, type TlsFiles } from './certs.js';
 export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SIDECAR_ENTRY = join(PACKAGE_ROOT, 'dist', 'cli', 'main.js');
 
-/**
- * The sidecar's process environment, as the Dockerfile sets it too. libuv's pool of 4 threads
- * fills with the fsyncs of fetched parts, and every other file operation (the stat before an
- * ATTACH, the rename of a part) then waits behind them: profiled in issue 12. The variable is
- * read when the pool starts, before any of Chorus's code runs, so it is set by whoever starts node.
- */
-export const SIDECAR_PROCESS_ENV = { UV_THREADPOOL_SIZE: '16' };
 
 /** Where tests and benchmarks make their temp dirs; CHORUS_SCRATCH_DIR moves them (another disk, say). */
 export function scratchRoot(): string {
@@ -230,7 +223,7 @@ function writeSidecarConfig(info: ClusterInfo, r: ReplicaInfo, extra: Record<str
 export async function startSidecar(info: ClusterInfo, r: ReplicaInfo): Promise<void> {
   if (!existsSync(SIDECAR_ENTRY)) throw new Error(`${SIDECAR_ENTRY} is missing: run \`npm run build\` first`);
   const logFile = join(r.dir, 'sidecar.log');
-  const env = { ...SIDECAR_PROCESS_ENV, ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CHORUS_'))) };
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CHORUS_')));
   r.pids.sidecar = spawnDetached(process.execPath, [...(info.sidecarNodeArgs ?? []), SIDECAR_ENTRY, 'serve', '--config', sidecarConfigPath(r)], { logFile, env, netns: r.placement?.netns });
   saveCluster(info);
   await waitFor(`sidecar ${r.name}`, () => httpOk(`${r.http}/readyz`), { timeoutMs: 60_000, pid: r.pids.sidecar, logFile });
