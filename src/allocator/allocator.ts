@@ -97,7 +97,9 @@ export class Allocator {
    * with the head.
    */
   private async refresh(): Promise<{ state: AllocatorState; version: number }> {
-    for (;;) {
+    for (let attempt = 1; ; attempt++) {
+      // Each retry follows a write that landed in between: a handful means a znode this code cannot read as named.
+      if (attempt > 20) throw new ChorusError('INTERNAL', `the allocator's chunk znodes under ${this.opts.path} do not match what its head names`);
       this.observer.onZkRequest?.('getData');
       const { data, stat } = await this.zk.getData(this.opts.path);
       const head = decodeHead(data);
