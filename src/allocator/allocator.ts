@@ -6,6 +6,7 @@ import { ZkSession, isZkError, ZK_BAD_VERSION, ZK_NODE_EXISTS, type ZkOp } from 
 import { decodeChunk, decodeHead, encodeChunk, encodeHead, slotPath } from './codec.js';
 import {
   applyBatch,
+  chunkKey,
   chunksToWrite,
   chunkVersion,
   removeLsns,
@@ -105,7 +106,7 @@ export class Allocator {
       const head = decodeHead(data);
       const sealed: SealedChunk[] = [];
       for (const ref of head.sealed) {
-        let chunk = this.chunks.get(`${ref.slot}:${ref.sealId}:${ref.count}`);
+        let chunk = this.chunks.get(chunkKey(ref.slot, ref.sealId, ref.count));
         if (!chunk) {
           this.observer.onZkRequest?.('getData');
           chunk = decodeChunk((await this.zk.getData(slotPath(this.opts.path, ref.slot))).data, ref);

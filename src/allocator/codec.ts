@@ -5,7 +5,7 @@
  * format by the next allocation).
  */
 import { ChorusError } from '../core/errors.js';
-import { barrierMarker, blockKey, nowSeconds, type AllocatorState, type SealedChunk, type WindowEntry } from './window.js';
+import { blockKey, isMarker, nowSeconds, type AllocatorState, type SealedChunk, type WindowEntry } from './window.js';
 
 const HEAD_MAGIC = 0x43; // 'C'
 const CHUNK_MAGIC = 0x57; // 'W'
@@ -226,7 +226,7 @@ function decodeFormat1(data: Buffer): { next: number; slots: number; sealed: Chu
   const at = nowSeconds();
   const open = parsed.w.map(([blockId, lsn, origin, nonce]): WindowEntry => ({
     key: blockKey(blockId),
-    barrier: blockId.startsWith(barrierMarker('')),
+    barrier: isMarker(blockId),
     lsn,
     origin,
     nonce,

@@ -80,7 +80,7 @@ export interface Allocation {
 
 const BARRIER = '!barrier:';
 export const barrierMarker = (table: string) => `${BARRIER}${table}`;
-const isMarker = (blockId: string) => blockId.startsWith(BARRIER);
+export const isMarker = (blockId: string) => blockId.startsWith(BARRIER);
 
 /**
  * What the window keeps of a block ID: 64 bits of its SHA-256. A false match needs about 2^64 / W
@@ -97,11 +97,6 @@ export const EMPTY_STATE: AllocatorState = Object.freeze({ next: 1, slots: 0, se
 /** Every entry of the window, oldest first. */
 export function windowEntries(state: AllocatorState): WindowEntry[] {
   return state.sealed.length === 0 ? state.open : [...state.sealed.flatMap((c) => c.entries), ...state.open];
-}
-
-/** Entries of the window allocated to `nonce`, oldest first. */
-export function entriesOfNonce(state: AllocatorState, nonce: string): WindowEntry[] {
-  return windowEntries(state).filter((e) => e.nonce === nonce);
 }
 
 export const nowSeconds = () => Math.floor(Date.now() / 1000);
@@ -227,5 +222,6 @@ export function chunksToWrite(prev: AllocatorState, next: AllocatorState): Seale
   return next.sealed.filter((c) => !written.has(chunkVersion(c)));
 }
 
-/** Names one version of a chunk's content: a chunk only ever loses entries once sealed. */
-export const chunkVersion = (c: SealedChunk) => `${c.slot}:${c.sealId}:${c.entries.length}`;
+/** Names one version of a chunk's content (its slot, seal ID and count): a chunk only ever loses entries once sealed. */
+export const chunkKey = (slot: number, sealId: number, count: number) => `${slot}:${sealId}:${count}`;
+export const chunkVersion = (c: SealedChunk) => chunkKey(c.slot, c.sealId, c.entries.length);

@@ -13,7 +13,6 @@ import { createDevCa, issueDevCertificate, type TlsFiles } from './certs.js';
 export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const SIDECAR_ENTRY = join(PACKAGE_ROOT, 'dist', 'cli', 'main.js');
 
-
 /** Where tests and benchmarks make their temp dirs; CHORUS_SCRATCH_DIR moves them (another disk, say). */
 export function scratchRoot(): string {
   const dir = process.env.CHORUS_SCRATCH_DIR ?? join(tmpdir(), 'chorus');

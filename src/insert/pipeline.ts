@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import { newNonce } from '../allocator/allocator.js';
 import type { Allocation, AllocationRequest } from '../allocator/window.js';
 import type { Attacher } from '../clickhouse/attach.js';
-import type { TableCatalog } from '../clickhouse/catalog.js';
+import type { TableCatalog, TableInfo } from '../clickhouse/catalog.js';
 import { ClickHouseQueryError, isServerSideFailure, type ClickHouseHttp } from '../clickhouse/http.js';
 import { sleep } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
@@ -14,7 +14,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { incompletePart } from '../parts/completeness.js';
 import type { PartStore } from '../parts/store.js';
 import { barrierMarker } from '../allocator/window.js';
-import { blockIdOf, type StagingPool } from './staging.js';
+import { blockIdOf, type StagingPool, type StagingTable } from './staging.js';
 import { canonicalPartition } from '../clickhouse/partition.js';
 import type { LogConflict } from '../log/store.js';
 
@@ -110,9 +110,7 @@ export class InsertPipeline {
     const step = <T>(name: string, fn: () => T): T => metrics.timed('origin', name, fn);
     const table = await step('catalog', () => catalog.resolve(req.database, req.table));
     const label = `${table.database}.${table.name}`;
-    const stage = await step('staging.acquire', () => staging.acquire(table)).catch((err: unknown) => {
-      throw cannotStoreNow(err, label) ?? err;
-    });
+    const stage = await step('staging.acquire', () => this.acquireStage(table, label));
     const nonce = newNonce();
     const drafts: EntryDraft[] = [];
     // Once the intent is recorded and until it is resolved, its pending copies belong to
@@ -258,6 +256,13 @@ export class InsertPipeline {
     }
   }
 
+  /** A staging table of `table`'s structure; ClickHouse refusing to make one for its own state is CLICKHOUSE_CANNOT_STORE. */
+  private acquireStage(table: TableInfo, label: string): Promise<StagingTable> {
+    return this.deps.staging.acquire(table).catch((err: unknown) => {
+      throw cannotStoreNow(err, label) ?? err;
+    });
+  }
+
   /** Whether Chorus replicates this table (otherwise statements on it go to ClickHouse as they are). */
   async replicates(database: string, table: string): Promise<boolean> {
     try {
@@ -297,9 +302,7 @@ export class InsertPipeline {
     if (op.kind === 'drop_partition') {
       // The expression is checked on an (empty) staging table of the same structure first:
       // a bad one is refused before any LSN is allocated.
-      const stage = await staging.acquire(table).catch((err: unknown) => {
-      throw cannotStoreNow(err, label) ?? err;
-    });
+      const stage = await this.acquireStage(table, label);
       try {
         await this.deps.ch.exec(`ALTER TABLE ${stage.qualified} DROP PARTITION ${partition}`);
       } catch (err) {
