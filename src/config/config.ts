@@ -137,6 +137,9 @@ export const configSchema = z
     replication: z
       .object({
         fetchConcurrency: z.number().int().min(1).default(16),
+        // Parts up to this size (all files) travel inside the gossip push with their entry, so
+        // followers need not fetch them; 0 sends every part by fetch.
+        pushPartBytes: z.number().int().min(0).max(1024 * 1024).default(256 * 1024),
         retryDelayMs: z.number().int().min(1).default(500),
         autoClone: z.boolean().default(true),
       })

@@ -7,7 +7,7 @@ import type { Digest, LogEntry } from '../log/entry.js';
 import { validateEntry } from '../log/validate.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { Peer } from './peers.js';
+import type { Peer, PushedPart } from './peers.js';
 import { chorusV1 } from './proto.js';
 import { Swim, type SwimOptions } from './swim.js';
 
@@ -36,6 +36,40 @@ export interface GossipOptions {
    * against it.
    */
   identify?: (call: grpc.ServerUnaryCall<unknown, unknown>) => string | null;
+  /** Small parts sent inside pushes, so that followers need not fetch them; absent: never. */
+  pushedParts?: PushedParts;
+}
+
+/**
+ * Parts that travel with their entries. A push is one gRPC call the origin makes anyway; a part
+ * inside it saves the follower an interserver request (and the origin two reads of the files)
+ * per insert. Anything that goes wrong here only means the part is fetched as before.
+ */
+export interface PushedParts {
+  /** Largest part (all its files) sent inside a push, in bytes. */
+  maxPartBytes: number;
+  /** Inline bytes held for one peer's pushes at most; beyond it entries go without their parts (a peer that is slow or away). */
+  maxQueuedBytes: number;
+  /** An entry's part as one transfer sends it, or null when it cannot be read here. Read once for every peer. */
+  read(entry: LogEntry): Buffer | null;
+  /** What of it goes to one peer: the part itself, but a test fault may corrupt one copy. */
+  send(data: Buffer): Buffer;
+  /**
+   * Stores parts that came with entries this replica has just added to its log, in the
+   * background: the push is answered at once, so that the next one is not held up by these
+   * fsyncs (entries waiting behind a slow push would be pulled by an exchange without their
+   * parts). It must keep the applier off those entries, before its first await, until they are
+   * stored or refused. It never throws.
+   */
+  store(parts: Array<{ entry: LogEntry; data: Buffer }>, from: string): Promise<void>;
+}
+
+/** Part bytes in one push message at most, besides its entries (gRPC refuses messages over 4 MiB; entries take at most 3). */
+const PUSHED_PART_BYTES_PER_MESSAGE = 1024 * 1024;
+
+interface Outgoing {
+  entry: LogEntry;
+  part: Buffer | null;
 }
 
 /** Ranges in one digest: a replica's known LSNs above its watermark are a few gaps, not millions. */
@@ -111,7 +145,7 @@ export class Gossip {
           return toGrpcError(err);
         }
       }),
-      push: (call: grpc.ServerUnaryCall<{ from: string; entries: unknown[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      push: (call: grpc.ServerUnaryCall<{ from: string; entries: unknown[]; parts?: Array<{ lsn: number; data: Buffer }> }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         let from: string;
         try {
           from = this.sender(call, call.request.from, 'push').name;
@@ -119,7 +153,7 @@ export class Gossip {
           return cb(toGrpcError(err));
         }
         this.metrics
-          .timed('follower', 'gossip.receive', () => this.receive(call.request.entries, from))
+          .timed('follower', 'gossip.receive', () => this.receive(call.request.entries, from, call.request.parts))
           .then(({ added, refused }) => {
             if (refused.length) cb(toGrpcError(new ChorusError('INVALID_ENTRY', `${refused.length} of ${call.request.entries.length} entries refused (${refused[0]})`)));
             else cb(null, { added: added.length });
@@ -199,7 +233,7 @@ export class Gossip {
    * Validates and stores entries from `from`. Refused ones are not stored, counted and logged
    * with their sender; their reasons are returned (the caller answers INVALID_ARGUMENT).
    */
-  private async receive(raw: unknown[], from: string): Promise<{ added: LogEntry[]; conflicts: number; refused: string[] }> {
+  private async receive(raw: unknown[], from: string, parts: Array<{ lsn: number; data: Buffer }> = []): Promise<{ added: LogEntry[]; conflicts: number; refused: string[] }> {
     if (raw.length > this.opts.maxEntriesPerMessage) {
       this.metrics.gossipRefusedEntries.inc({ reason: 'too_many' }, raw.length);
       this.logger.warn({ from, entries: raw.length }, 'a message with too many entries refused');
@@ -229,6 +263,16 @@ export class Gossip {
     });
     const { added, conflicts } = this.metrics.timed('follower', 'log.add', () => this.log.addEntries(storable, 'pending', from));
     this.applyDecommissions(added);
+    if (parts.length && this.opts.pushedParts) {
+      // Only entries stored just now, and checked against the log's own copy: a part for an
+      // entry already here (or refused) is dropped and the applier goes its usual way.
+      const data = new Map(parts.map((p) => [Number(p.lsn), p.data]));
+      const carried = added.flatMap((entry) => {
+        const part = entry.kind === 'insert' ? data.get(entry.lsn) : undefined;
+        return part ? [{ entry, data: part }] : [];
+      });
+      if (carried.length) void this.opts.pushedParts.store(carried, from);
+    }
     if (added.length) this.onNewEntries(added);
     return { added, conflicts: conflicts.length, refused };
   }
@@ -248,27 +292,47 @@ export class Gossip {
    */
   broadcast(entries: LogEntry[]): void {
     this.applyDecommissions(entries);
+    const outgoing = entries.map((entry) => ({ entry, part: this.partToPush(entry) }));
     for (const peer of this.peers) {
+      // A peer that is away or slow gets entries without parts rather than a growing backlog of bytes.
+      const queued = this.outboxPartBytes.get(peer.name) ?? 0;
+      let budget = this.swim.isAlive(peer.name) && peer.healthy ? (this.opts.pushedParts?.maxQueuedBytes ?? 0) - queued : 0;
+      const items = outgoing.map((o) => {
+        if (!o.part || o.part.length > budget) return { entry: o.entry, part: null };
+        budget -= o.part.length;
+        return { entry: o.entry, part: this.opts.pushedParts!.send(o.part) };
+      });
+      this.outboxPartBytes.set(peer.name, queued + items.reduce((sum, o) => sum + (o.part?.length ?? 0), 0));
       const queue = this.outbox.get(peer.name);
-      if (queue) queue.push(...entries);
-      else this.outbox.set(peer.name, [...entries]);
+      if (queue) queue.push(...items);
+      else this.outbox.set(peer.name, items);
       if (!this.pushing.has(peer.name)) void this.flush(peer);
     }
   }
 
-  private outbox = new Map<string, LogEntry[]>();
+  private partToPush(entry: LogEntry): Buffer | null {
+    const parts = this.opts.pushedParts;
+    if (!parts || entry.kind !== 'insert' || entry.origin !== this.opts.self) return null;
+    if (entry.files.reduce((sum, f) => sum + f.size, 0) > parts.maxPartBytes) return null;
+    return parts.read(entry);
+  }
+
+  private outbox = new Map<string, Outgoing[]>();
+  private outboxPartBytes = new Map<string, number>();
   private pushing = new Set<string>();
 
   private async flush(peer: Peer): Promise<void> {
     this.pushing.add(peer.name);
     try {
       for (;;) {
-        const entries = this.outbox.get(peer.name) ?? [];
+        const items = this.outbox.get(peer.name) ?? [];
         this.outbox.delete(peer.name);
-        if (entries.length === 0) return;
-        for (const batch of messagesOf(entries, this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes)) {
+        this.outboxPartBytes.delete(peer.name);
+        if (items.length === 0) return;
+        const parts = new Map(items.flatMap((o) => (o.part ? [[o.entry.lsn, o.part] as const] : [])));
+        for (const batch of messagesOf(items.map((o) => o.entry), this.opts.maxEntriesPerMessage, this.opts.maxMessageBytes)) {
           try {
-            await peer.push(this.opts.self, batch, this.opts.rpcTimeoutMs);
+            await peer.push(this.opts.self, batch, this.opts.rpcTimeoutMs, partsOf(batch, parts, PUSHED_PART_BYTES_PER_MESSAGE));
             this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'ok' });
           } catch (err) {
             this.metrics.gossipRounds.inc({ kind: 'push', outcome: 'error' });
@@ -401,6 +465,19 @@ export function messagesOf(entries: LogEntry[], maxEntries: number, maxBytes: nu
     bytes += size;
   }
   if (current.length) out.push(current);
+  return out;
+}
+
+/** The parts of `batch`'s entries found in `parts`, in entry order, until `maxBytes` is reached; those beyond are fetched. */
+export function partsOf(batch: LogEntry[], parts: ReadonlyMap<number, Buffer>, maxBytes: number): PushedPart[] {
+  const out: PushedPart[] = [];
+  let bytes = 0;
+  for (const entry of batch) {
+    const data = parts.get(entry.lsn);
+    if (!data || bytes + data.length > maxBytes) continue;
+    out.push({ lsn: entry.lsn, data });
+    bytes += data.length;
+  }
   return out;
 }
 

@@ -16,6 +16,12 @@ interface GossipClient extends grpc.Client {
   pingReq(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<PingReply>): void;
 }
 
+/** A small part travelling with its entry: its files concatenated in manifest order. */
+export interface PushedPart {
+  lsn: number;
+  data: Buffer;
+}
+
 export interface PingReply {
   from: string;
   ok: boolean;
@@ -78,8 +84,8 @@ export class Peer {
     );
   }
 
-  push(from: string, entries: LogEntry[], timeoutMs: number): Promise<{ added: number }> {
-    return this.call('push', { from, entries }, timeoutMs);
+  push(from: string, entries: LogEntry[], timeoutMs: number, parts: PushedPart[] = []): Promise<{ added: number }> {
+    return this.call('push', { from, entries, parts }, timeoutMs);
   }
 
   exchange(digest: Digest, timeoutMs: number): Promise<{ digest: Digest; entries: LogEntry[] }> {

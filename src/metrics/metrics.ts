@@ -79,13 +79,19 @@ export class Metrics {
   });
   readonly fetchBytes = new Counter({
     name: 'chorus_fetch_bytes_total',
-    help: 'Part bytes fetched from peers and verified',
+    help: 'Part bytes received from peers and verified, fetched or pushed with their entries',
     registers: [this.registry],
   });
   readonly fetchFailures = new Counter({
     name: 'chorus_fetch_failures_total',
-    help: 'Part fetches that failed, by reason',
+    help: 'Part transfers from peers that failed (fetches, and parts pushed with their entries), by reason',
     labelNames: ['reason'],
+    registers: [this.registry],
+  });
+  readonly pushedParts = new Counter({
+    name: 'chorus_pushed_parts_total',
+    help: 'Parts received inside a gossip push, by outcome: stored, refused (bytes not matching the manifest) or failed (to write); the last two are fetched instead',
+    labelNames: ['outcome'],
     registers: [this.registry],
   });
   readonly applyLatency = new Histogram({

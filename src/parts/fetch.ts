@@ -28,20 +28,18 @@ export function partPath(entry: Pick<LogEntry, 'lsn' | 'partName'>): string {
  * throws PART_VERIFICATION_FAILED and leaves nothing behind.
  */
 export async function fetchPart(store: PartStore, entry: LogEntry, peer: InterserverClient, timeoutMs: number, faults?: Faults, timing: FetchTiming = untimed): Promise<number> {
+  return intoStore(store, entry.lsn, timing, (tempDir) =>
+    downloadPart(peer, partPath(entry), entry.files, tempDir, `LSN ${entry.lsn} from ${peer.peerName}`, timeoutMs, () => faults?.crashPoint('fetch.mid-transfer'), timing),
+  );
+}
+
+/** Runs `write` into a new temp dir and renames that into the store as `lsn`'s copy; on any failure nothing is left behind. */
+async function intoStore(store: PartStore, lsn: number, timing: FetchTiming, write: (tempDir: string) => Promise<number>): Promise<number> {
   const tempDir = store.newTempDir();
   try {
-    const bytes = await downloadPart(
-      peer,
-      partPath(entry),
-      entry.files,
-      tempDir,
-      `LSN ${entry.lsn} from ${peer.peerName}`,
-      timeoutMs,
-      () => faults?.crashPoint('fetch.mid-transfer'),
-      timing,
-    );
+    const bytes = await write(tempDir);
     const renameAt = performance.now();
-    await store.commit(tempDir, entry.lsn);
+    await store.commit(tempDir, lsn);
     timing('fetch.rename', performance.now() - renameAt);
     return bytes;
   } catch (err) {
@@ -72,7 +70,24 @@ export async function downloadPart(
     res.resume();
     throw new ChorusError(res.statusCode === 404 ? 'PART_NOT_FOUND' : 'PEER_UNAVAILABLE', `${label}: answered ${res.statusCode}`);
   }
-  const bytes = await receiveFiles(res, files, dir, label, onFirstFile, timing);
+  return writePart(res, files, dir, label, onFirstFile, timing);
+}
+
+/**
+ * Stores a part that came inside a gossip push (its files concatenated in manifest order, as a
+ * fetch would have brought them): the same checks against the entry's manifest, the same fsyncs
+ * and rename. Throws PART_VERIFICATION_FAILED on any mismatch and leaves nothing behind.
+ */
+export async function storePushedPart(store: PartStore, entry: LogEntry, data: Buffer, from: string, faults?: Faults, timing: FetchTiming = untimed): Promise<number> {
+  return intoStore(store, entry.lsn, timing, async (tempDir) => {
+    await mkdir(tempDir, { recursive: true });
+    return writePart([data], entry.files, tempDir, `LSN ${entry.lsn} pushed by ${from}`, () => faults?.crashPoint('fetch.mid-transfer'), timing);
+  });
+}
+
+/** Writes and verifies the concatenated files of `body` into `dir` (which exists), then makes the directory durable. */
+async function writePart(body: AsyncIterable<Buffer> | Iterable<Buffer>, files: FileInfo[], dir: string, label: string, onFirstFile: () => void, timing: FetchTiming): Promise<number> {
+  const bytes = await receiveFiles(body, files, dir, label, onFirstFile, timing);
   const fsyncAt = performance.now();
   // A projection's files sit in a subdirectory: its entries must be durable too.
   for (const sub of new Set(files.filter((f) => f.name.includes('/')).map((f) => dirname(f.name)))) await fsyncPath(join(dir, sub));
@@ -88,7 +103,7 @@ export async function downloadPart(
  * Opening (creating) a file is not: it waits for the filesystem's journal, busy with those
  * fsyncs, and a synchronous open held the whole event loop for it (issue 12's profile).
  */
-async function receiveFiles(body: AsyncIterable<Buffer>, files: FileInfo[], dir: string, label: string, onFirstFile: () => void, timing: FetchTiming): Promise<number> {
+async function receiveFiles(body: AsyncIterable<Buffer> | Iterable<Buffer>, files: FileInfo[], dir: string, label: string, onFirstFile: () => void, timing: FetchTiming): Promise<number> {
   const downloadAt = performance.now();
   // Hashing and writing happen as the bytes arrive: their time is summed and reported as if
   // each had run in one go (the verify and write sub-steps of the download).

@@ -1,6 +1,6 @@
 import type https from 'node:https';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import { createReadStream, readFileSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
@@ -9,6 +9,7 @@ import { ChorusError } from '../core/errors.js';
 import { certificateName } from '../tls/material.js';
 import type { Logger } from '../core/logger.js';
 import type { Faults } from '../faults/faults.js';
+import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import { assertSafeFileName, assertSafeName, SMALL_FILE_BYTES } from './files.js';
 import type { PartStore } from './store.js';
@@ -46,9 +47,14 @@ export function createInterserverServer(deps: {
   // snapshots, which hold the tables' data, go only to a member. The digest stays open to any
   // certificate the CA signed.
   if (deps.https) {
+    // A connection's certificate does not change: it is read once per connection, not per
+    // request (getPeerCertificate copies the whole certificate into a new object every time).
+    const names = new WeakMap<TLSSocket, string | null>();
     app.addHook('onRequest', async (req) => {
       if (req.url === '/v1/digest') return;
-      const name = certificateName((req.raw.socket as TLSSocket).getPeerCertificate());
+      const socket = req.raw.socket as TLSSocket;
+      let name = names.get(socket);
+      if (name === undefined) names.set(socket, (name = certificateName(socket.getPeerCertificate())));
       if (name === null || !deps.members.has(name)) {
         throw new ChorusError('PERMISSION_DENIED', `the client's certificate (${name ?? 'no CN'}) names no member of this shard`);
       }
@@ -87,8 +93,7 @@ export function createInterserverServer(deps: {
       return join(dir, f.name);
     });
     // Small parts (most inserts) are read inline in one go; large ones are streamed.
-    let body: Readable =
-      total < SMALL_FILE_BYTES ? Readable.from([Buffer.concat(paths.map((p) => readFileSync(p)))]) : Readable.from(concatFiles(paths));
+    let body: Readable = total < SMALL_FILE_BYTES ? Readable.from([deps.store.readWhole(entry.lsn, entry.files)]) : Readable.from(concatFiles(paths));
     if (deps.faults.takeCorruptServedFile()) {
       req.log.warn({ lsn: entry.lsn }, 'test fault: corrupting a served part');
       body = body.pipe(flipOneByte(Math.floor(total / 2)));
@@ -149,6 +154,26 @@ export function createInterserverServer(deps: {
   });
 
   return app;
+}
+
+/** One of this replica's parts, to be sent inside a push, or null when it cannot be read (the follower then fetches it). */
+export function partForPush(store: PartStore, entry: LogEntry): Buffer | null {
+  try {
+    return store.readWhole(entry.lsn, entry.files);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The copy of a pushed part that goes to one peer. The served-file corruption fault applies here
+ * too, to one copy: a test of invariant 7 must see bytes refused whichever way they travel.
+ */
+export function pushedCopy(data: Buffer, faults: Faults): Buffer {
+  if (!faults.takeCorruptServedFile() || data.length === 0) return data;
+  const copy = Buffer.from(data);
+  copy[Math.floor(copy.length / 2)]! ^= 0xff;
+  return copy;
 }
 
 async function* concatFiles(paths: string[]): AsyncGenerator<Buffer> {

@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, rm, stat } from 'node:fs/promises';
-import { chownSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { chownSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ChorusError } from '../core/errors.js';
 import type { FileInfo } from '../log/entry.js';
-import { assertSafeName, fsyncPath, linkPart, manifestOf } from './files.js';
+import { assertSafeFileName, assertSafeName, fsyncPath, linkPart, manifestOf } from './files.js';
 
 /**
  * Immutable copies of parts, one directory per LSN, made of hardlinks into ClickHouse's
@@ -41,6 +41,20 @@ export class PartStore {
     } catch {
       return false;
     }
+  }
+
+  /**
+   * The files of `lsn`'s copy concatenated in manifest order, as one transfer sends them. Read
+   * synchronously and whole: for small parts only, whose files the page cache holds.
+   */
+  readWhole(lsn: number, files: FileInfo[]): Buffer {
+    const dir = this.pathOf(lsn);
+    return Buffer.concat(
+      files.map((f) => {
+        assertSafeFileName(f.name);
+        return readFileSync(join(dir, f.name));
+      }),
+    );
   }
 
   newTempDir(): string {

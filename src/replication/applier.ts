@@ -5,7 +5,7 @@ import type { Logger } from '../core/logger.js';
 import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { fetchPart } from '../parts/fetch.js';
+import { fetchPart, storePushedPart } from '../parts/fetch.js';
 import type { PartStore } from '../parts/store.js';
 import type { Peer } from '../gossip/peers.js';
 import type { Faults } from '../faults/faults.js';
@@ -15,6 +15,8 @@ export interface ApplierOptions {
   fetchConcurrency: number;
   retryDelayMs: number;
   fetchTimeoutMs: number;
+  /** Bytes of pushed parts being stored at once at most; beyond it a pushed part is fetched instead. */
+  maxPushedBytesStoring: number;
 }
 
 /**
@@ -159,6 +161,44 @@ export class Applier {
       log.warn({ err: e.message, code: e.qualifiedCode }, 'apply failed; will retry');
     }
   }
+
+  /**
+   * Stores parts that came inside a push with their entries (just added to the log), keeping
+   * this applier off those entries meanwhile. A part that fails is fetched as usual afterwards.
+   */
+  async storePushed(parts: Array<{ entry: LogEntry; data: Buffer }>, from: string): Promise<void> {
+    // Their bytes are held in memory until stored: past the bound, parts are left to be fetched.
+    const taken = parts.filter((p) => {
+      if (this.pushedBytesStoring + p.data.length > this.opts.maxPushedBytesStoring) {
+        this.metrics.pushedParts.inc({ outcome: 'skipped' });
+        return false;
+      }
+      this.pushedBytesStoring += p.data.length;
+      return true;
+    });
+    const release = this.hold(taken.map((p) => p.entry.lsn));
+    try {
+      await Promise.all(taken.map(({ entry, data }) => this.storeOnePushed(entry, data, from).finally(() => (this.pushedBytesStoring -= data.length))));
+    } finally {
+      release();
+    }
+  }
+
+  private async storeOnePushed(entry: LogEntry, data: Buffer, from: string): Promise<void> {
+    try {
+      const bytes = await storePushedPart(this.store, entry, data, from, this.faults, (step, ms) => this.metrics.recordStep('follower', step, ms));
+      this.metrics.fetchBytes.inc(bytes);
+      this.metrics.pushedParts.inc({ outcome: 'stored' });
+    } catch (err) {
+      const e = ChorusError.from(err);
+      const refused = e.code === 'PART_VERIFICATION_FAILED';
+      this.metrics.pushedParts.inc({ outcome: refused ? 'refused' : 'failed' });
+      if (refused) this.metrics.fetchFailures.inc({ reason: 'verification' });
+      this.logger.warn({ lsn: entry.lsn, peer: from, err: e.message }, refused ? 'pushed part refused: its bytes do not match the manifest; it is fetched instead' : 'pushed part not stored; it is fetched instead');
+    }
+  }
+
+  private pushedBytesStoring = 0;
 
   /** Tries the origin first, then every other peer; a part failing verification is fetched again elsewhere. */
   private async fetch(entry: LogEntry): Promise<void> {

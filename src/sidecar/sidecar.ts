@@ -26,7 +26,7 @@ import { StagingPool } from '../insert/staging.js';
 import { LocalLog } from '../log/store.js';
 import { partlessEntry } from '../log/entry.js';
 import { Metrics } from '../metrics/metrics.js';
-import { createInterserverServer } from '../parts/server.js';
+import { createInterserverServer, partForPush, pushedCopy } from '../parts/server.js';
 import { PartStoreGc } from '../parts/gc.js';
 import { assertSameFilesystem, PartStore } from '../parts/store.js';
 import { Applier } from '../replication/applier.js';
@@ -127,6 +127,7 @@ export class Sidecar implements AdminBackend {
         fetchConcurrency: config.replication.fetchConcurrency,
         retryDelayMs: config.replication.retryDelayMs,
         fetchTimeoutMs: config.gossip.rpcTimeoutMs * 10,
+        maxPushedBytesStoring: 16 * config.replication.pushPartBytes,
       },
       this.log,
       this.store,
@@ -146,6 +147,16 @@ export class Sidecar implements AdminBackend {
         identify: this.transport.identify,
         maxMessageBytes: config.gossip.maxMessageBytes,
         lsnAllowance: config.gossip.lsnAllowance,
+        pushedParts:
+          config.replication.pushPartBytes > 0
+            ? {
+                maxPartBytes: config.replication.pushPartBytes,
+                maxQueuedBytes: 16 * config.replication.pushPartBytes,
+                read: (entry) => partForPush(this.store, entry),
+                send: (data) => pushedCopy(data, this.faults),
+                store: (parts, from) => this.applier.storePushed(parts, from),
+              }
+            : undefined,
         swim: {
           probeIntervalMs: config.gossip.probeIntervalMs,
           probeTimeoutMs: config.gossip.probeTimeoutMs,

@@ -140,7 +140,7 @@ describe('replicas that die or fall behind converge', () => {
     for (const path of parts.trim().split('\n')) expect(columnsProblem(path), path).toBeUndefined();
   });
 
-  it('a follower killed in the middle of fetching a part fetches it again after restart', async () => {
+  it('a follower killed in the middle of writing a received part (pushed with its entry) gets it again after restart', async () => {
     await cluster.armFaults(1, { crashAt: 'fetch.mid-transfer' } as never);
     const res = await insert(0, rows(200));
     expect(res.status).toBe(200);

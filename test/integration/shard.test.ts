@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createClient } from '@clickhouse/client';
 import { readdirSync } from 'node:fs';
 import https from 'node:https';
@@ -278,6 +279,37 @@ describe('one shard, three replicas', () => {
     });
   });
 
+  it('a small part travels inside the push and is not fetched; one above replication.pushPartBytes is fetched', async () => {
+    const CARRIED = 'default.carried';
+    await cluster.onEvery(DDL(CARRIED));
+    const followers = async (name: string, labels: Record<string, string>) => (await Promise.all([1, 2].map((i) => cluster.metric(i, name, labels)))).reduce((a, b) => a + b);
+    const pushed = () => followers('chorus_pushed_parts_total', { outcome: 'stored' });
+    const fetched = () => followers('chorus_insert_step_seconds_count', { step: 'fetch', role: 'follower' });
+    const rowsOf = (n: number, from: number, payload: (i: number) => string) => Array.from({ length: n }, (_, i) => `2026-11-05\t${from + i}\t${payload(i)}`).join('\n') + '\n';
+
+    const [pushedBefore, fetchedBefore] = [await pushed(), await fetched()];
+    for (let k = 0; k < 3; k++) {
+      const res = await cluster.chorus(0, { query: `INSERT INTO ${CARRIED} FORMAT TabSeparated`, body: rowsOf(100, k * 100, (i) => `small ${i}`) });
+      expect(res.status).toBe(200);
+    }
+    await cluster.waitConverged(CARRIED, ROW_HASH, 300, 30_000);
+    // Six copies (3 parts, 2 followers). A push races the digest exchange, which may bring an
+    // entry first and without its part: that copy is fetched. Most go inside the push.
+    const smallPushed = (await pushed()) - pushedBefore;
+    expect(smallPushed).toBeGreaterThanOrEqual(4);
+    expect(smallPushed + (await fetched()) - fetchedBefore).toBe(6);
+
+    // Random hex does not compress: about 1 MB of part, above the 256 KiB default.
+    const big = rowsOf(8000, 1000, () => randomBytes(64).toString('hex'));
+    const [pushedMid, fetchedMid] = [await pushed(), await fetched()];
+    const res = await cluster.chorus(0, { query: `INSERT INTO ${CARRIED} FORMAT TabSeparated`, body: big });
+    expect(res.status).toBe(200);
+    const fingerprints = await cluster.waitConverged(CARRIED, ROW_HASH, 8300, 30_000);
+    expect(new Set(fingerprints.map((f) => f.hash)).size).toBe(1);
+    expect((await pushed()) - pushedMid).toBe(0);
+    expect((await fetched()) - fetchedMid).toBe(2);
+  });
+
   it('a part corrupted in transit is refused, fetched again, and the table stays readable everywhere', async () => {
     const CORRUPT = 'default.corrupt';
     await cluster.onEvery(DDL(CORRUPT));
@@ -291,6 +323,9 @@ describe('one shard, three replicas', () => {
     expect(new Set(fingerprints.map((f) => f.hash)).size).toBe(1);
     const refused = (await Promise.all([1, 2].map((i) => cluster.metric(i, 'chorus_fetch_failures_total', { reason: 'verification' })))).reduce((a, b) => a + b);
     expect(refused - refusedBefore).toBe(1);
+    // A part this small goes inside the push: that copy was the corrupted one, and was fetched again.
+    const refusedPushed = (await Promise.all([1, 2].map((i) => cluster.metric(i, 'chorus_pushed_parts_total', { outcome: 'refused' })))).reduce((a, b) => a + b);
+    expect(refusedPushed).toBe(1);
     for (let i = 0; i < 3; i++) {
       // Every column read back: a corrupt part would make this throw.
       const text = await cluster.clickhouse(i, `SELECT sum(length(payload)), max(id) FROM ${CORRUPT}`);

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { messagesOf } from '../../src/gossip/gossip.js';
+import { messagesOf, partsOf } from '../../src/gossip/gossip.js';
 import { voidEntry, type LogEntry } from '../../src/log/entry.js';
 import { LocalLog, type LogConflict } from '../../src/log/store.js';
 import { ENTRY_LIMITS } from '../../src/log/validate.js';
@@ -64,6 +64,22 @@ describe('local log: conflicts, decommissions and message sizes', () => {
     log.addEntries([entry]);
     expect(log.get(3)!.state).toBe('applied');
     expect(log.decommissionedMembers()).toEqual(['r3']);
+  });
+
+  it('puts parts into a push in entry order up to its byte budget; the rest are left to be fetched', () => {
+    const batch = [insert(1), insert(2), insert(3), insert(4)];
+    const parts = new Map([
+      [1, Buffer.alloc(400)],
+      [2, Buffer.alloc(700)],
+      [4, Buffer.alloc(500)],
+      [9, Buffer.alloc(10)],
+    ]);
+    const lsns = (maxBytes: number) => partsOf(batch, parts, maxBytes).map((p) => p.lsn);
+    expect(lsns(10_000)).toEqual([1, 2, 4]);
+    // 2 does not fit after 1; 4 still does. A part of an entry not in the message never goes.
+    expect(lsns(1000)).toEqual([1, 4]);
+    expect(lsns(100)).toEqual([]);
+    expect(partsOf(batch, parts, 10_000)[1]!.data).toBe(parts.get(2));
   });
 
   it('caps what one message carries by bytes as well as by count, and a big entry still goes alone', () => {
