@@ -90,7 +90,7 @@ export class Metrics {
   });
   readonly pushedParts = new Counter({
     name: 'chorus_pushed_parts_total',
-    help: 'Parts received inside a gossip push, by outcome: stored, refused (bytes not matching the manifest) or failed (to write); the last two are fetched instead',
+    help: 'Parts received inside a gossip push, by outcome: stored, refused (bytes not matching the manifest), failed (to write) or skipped (too many pushed bytes being written here); all but the first are fetched instead',
     labelNames: ['outcome'],
     registers: [this.registry],
   });
