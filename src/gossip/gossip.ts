@@ -313,7 +313,8 @@ export class Gossip {
   private partToPush(entry: LogEntry): Buffer | null {
     const parts = this.opts.pushedParts;
     if (!parts || entry.kind !== 'insert' || entry.origin !== this.opts.self) return null;
-    if (entry.files.reduce((sum, f) => sum + f.size, 0) > parts.maxPartBytes) return null;
+    // An entry's bytes are the sum of its files' sizes (validateEntry checks it).
+    if (entry.bytes > parts.maxPartBytes) return null;
     return parts.read(entry);
   }
 

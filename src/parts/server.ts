@@ -87,13 +87,20 @@ export function createInterserverServer(deps: {
     } catch {
       throw new ChorusError('PART_NOT_FOUND', `LSN ${entry.lsn} is not in this replica's part store`);
     }
-    const total = entry.files.reduce((sum, f) => sum + f.size, 0);
-    const paths = entry.files.map((f) => {
-      assertSafeFileName(f.name);
-      return join(dir, f.name);
-    });
+    // An entry's bytes are the sum of its files' sizes (validateEntry checks it).
+    const total = entry.bytes;
     // Small parts (most inserts) are read inline in one go; large ones are streamed.
-    let body: Readable = total < SMALL_FILE_BYTES ? Readable.from([deps.store.readWhole(entry.lsn, entry.files)]) : Readable.from(concatFiles(paths));
+    let body: Readable =
+      total < SMALL_FILE_BYTES
+        ? Readable.from([deps.store.readWhole(entry.lsn, entry.files)])
+        : Readable.from(
+            concatFiles(
+              entry.files.map((f) => {
+                assertSafeFileName(f.name);
+                return join(dir, f.name);
+              }),
+            ),
+          );
     if (deps.faults.takeCorruptServedFile()) {
       req.log.warn({ lsn: entry.lsn }, 'test fault: corrupting a served part');
       body = body.pipe(flipOneByte(Math.floor(total / 2)));

@@ -121,13 +121,15 @@ export class Sidecar implements AdminBackend {
     this.staging = new StagingPool(this.ch, config.staging.poolSize, config.staging.idleDropMs);
     const attacher = new Attacher(this.ch, this.catalog, this.store, this.log, this.faults, this.metrics, this.logger.child({ component: 'attacher' }));
     this.peers = config.peers.filter((p) => p.name !== config.replica).map((p) => new Peer(p, this.transport));
+    // Pushed parts held in memory at once, per peer on the origin and in all on a receiver.
+    const pushedBytesBound = 16 * config.replication.pushPartBytes;
     this.applier = new Applier(
       {
         self: config.replica,
         fetchConcurrency: config.replication.fetchConcurrency,
         retryDelayMs: config.replication.retryDelayMs,
         fetchTimeoutMs: config.gossip.rpcTimeoutMs * 10,
-        maxPushedBytesStoring: 16 * config.replication.pushPartBytes,
+        maxPushedBytesStoring: pushedBytesBound,
       },
       this.log,
       this.store,
@@ -151,7 +153,7 @@ export class Sidecar implements AdminBackend {
           config.replication.pushPartBytes > 0
             ? {
                 maxPartBytes: config.replication.pushPartBytes,
-                maxQueuedBytes: 16 * config.replication.pushPartBytes,
+                maxQueuedBytes: pushedBytesBound,
                 read: (entry) => partForPush(this.store, entry),
                 send: (data) => pushedCopy(data, this.faults),
                 store: (parts, from) => this.applier.storePushed(parts, from),
