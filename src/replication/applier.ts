@@ -1,6 +1,6 @@
 import type { Attacher } from '../clickhouse/attach.js';
 import { Semaphore, sleep } from '../core/async.js';
-import { ChorusError } from '../core/errors.js';
+import { ChorusError, type ErrorCode } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { LogEntry } from '../log/entry.js';
 import type { LocalLog } from '../log/store.js';
@@ -10,6 +10,16 @@ import type { PartStore } from '../parts/store.js';
 import type { Peer } from '../gossip/peers.js';
 import type { Faults } from '../faults/faults.js';
 
+const MAX_RETRY_DELAY_MS = 10_000;
+
+/** Whether `err` or an error it wraps carries `code`: an attach that failed because ClickHouse is away says ATTACH_FAILED. */
+function causedBy(err: unknown, code: ErrorCode): boolean {
+  for (let e = err; e !== undefined && e !== null; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof ChorusError && e.code === code) return true;
+  }
+  return false;
+}
+
 export interface ApplierOptions {
   self: string;
   fetchConcurrency: number;
@@ -17,6 +27,8 @@ export interface ApplierOptions {
   fetchTimeoutMs: number;
   /** Bytes of pushed parts being stored at once at most; beyond it a pushed part is fetched instead. */
   maxPushedBytesStoring: number;
+  /** Whether the local ClickHouse answers: asked while entries wait for it, to retry them as soon as it is back. */
+  clickhouseAnswers: () => Promise<boolean>;
 }
 
 /**
@@ -28,6 +40,10 @@ export class Applier {
   private inFlight = new Set<number>();
   private retryAt = new Map<number, number>();
   private attempts = new Map<number, number>();
+  /** Entries whose last try found ClickHouse unreachable: retried together once it answers, whatever their backoff. */
+  private awaitingClickHouse = new Set<number>();
+  private clickhouseProbe: Promise<void> | null = null;
+  private nextProbeAt = 0;
   private wake: (() => void) | null = null;
   private stopped = false;
   /** Set by the admin Pause call: nothing new is applied; gossip and inserts go on. */
@@ -95,6 +111,7 @@ export class Applier {
       const pending = this.paused ? [] : this.log.unappliedLsns(2000);
       this.metrics.lagEntries.set(pending.length);
       const withOps = this.log.tablesWithPendingOps();
+      if (this.awaitingClickHouse.size > 0) this.probeClickHouse(now);
       for (const lsn of pending) {
         if (this.inFlight.has(lsn) || (this.retryAt.get(lsn) ?? 0) > now) continue;
         const entry = this.log.get(lsn)?.entry;
@@ -144,6 +161,7 @@ export class Applier {
       this.metrics.observeStep('follower', 'total', startedAt);
       this.retryAt.delete(entry.lsn);
       this.attempts.delete(entry.lsn);
+      this.awaitingClickHouse.delete(entry.lsn);
       this.metrics.applyLatency.observe(Math.max(0, Date.now() - entry.allocatedAtMs) / 1000);
       log.debug({ block, table: `${entry.database}.${entry.table}` }, 'applied');
     } catch (err) {
@@ -156,10 +174,32 @@ export class Applier {
         // A full disk fails the attach and then this bookkeeping too: the retry below does not need it.
         log.warn({ err: (recordError as Error).message }, 'could not record the failure in the local log');
       }
-      const delay = Math.min(10_000, this.opts.retryDelayMs * 2 ** Math.min(attempts - 1, 5));
+      const delay = Math.min(MAX_RETRY_DELAY_MS, this.opts.retryDelayMs * 2 ** Math.min(attempts - 1, 5));
       this.retryAt.set(entry.lsn, Date.now() + delay);
+      if (causedBy(e, 'CLICKHOUSE_UNAVAILABLE')) this.awaitingClickHouse.add(entry.lsn);
       log.warn({ err: e.message, code: e.qualifiedCode }, 'apply failed; will retry');
     }
+  }
+
+  /**
+   * While entries wait for ClickHouse, asks it at most once per retry delay whether it answers,
+   * and retries them all at once when it does: a ClickHouse back after a minute would otherwise
+   * wait out each entry's backoff, up to MAX_RETRY_DELAY_MS.
+   */
+  private probeClickHouse(now: number): void {
+    if (this.clickhouseProbe || now < this.nextProbeAt) return;
+    this.nextProbeAt = now + this.opts.retryDelayMs;
+    this.clickhouseProbe = this.opts
+      .clickhouseAnswers()
+      .then((answers) => {
+        if (!answers) return;
+        const waiting = [...this.awaitingClickHouse];
+        this.awaitingClickHouse.clear();
+        this.logger.info({ entries: waiting.length }, 'ClickHouse answers again: retrying the entries that waited for it');
+        this.retryNow(waiting);
+      })
+      .catch(() => undefined)
+      .finally(() => (this.clickhouseProbe = null));
   }
 
   /**

@@ -130,6 +130,7 @@ export class Sidecar implements AdminBackend {
         retryDelayMs: config.replication.retryDelayMs,
         fetchTimeoutMs: config.gossip.rpcTimeoutMs * 10,
         maxPushedBytesStoring: pushedBytesBound,
+        clickhouseAnswers: () => this.ch.ping(),
       },
       this.log,
       this.store,
