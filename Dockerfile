@@ -47,7 +47,10 @@ RUN set -eu; \
 WORKDIR /app
 # CHORUS_CONFIG is read by `chorus serve` and by the admin commands (for the replica's own
 # client certificate); set it empty to configure by CHORUS_* variables alone.
+# NODE_OPTIONS: the V8 flags every sidecar runs with (SIDECAR_V8_FLAGS in src/dev/cluster.ts):
+# a small young generation, about 24 MB of RSS less.
 ENV NODE_ENV=production \
+    NODE_OPTIONS=--max-semi-space-size=2 \
     CHORUS_CONFIG=/etc/chorus/chorus.yaml
 COPY --from=production-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configSchema } from '../../src/config/config.js';
-import { scratchRoot } from '../../src/dev/cluster.js';
+import { scratchRoot, SIDECAR_V8_FLAGS } from '../../src/dev/cluster.js';
 import {
   aptPackages,
   buildContext,
@@ -85,6 +85,11 @@ describe('Dockerfile', () => {
     expect(last(runtime, 'WORKDIR')?.args).toBe('/app');
     const env = new Map(all(runtime, 'ENV').flatMap((e) => [...keyValues(e.args)]));
     expect(env.get('NODE_ENV')).toBe('production');
+  });
+
+  it('runs the sidecar with the V8 flags the dev cluster and the bench run it with', () => {
+    const env = new Map(all(runtime, 'ENV').flatMap((e) => [...keyValues(e.args)]));
+    expect(env.get('NODE_OPTIONS')?.split(/\s+/)).toEqual(SIDECAR_V8_FLAGS);
   });
 
   it('starts `chorus serve` under tini, with `chorus` on PATH', () => {
