@@ -176,7 +176,9 @@ export class Applier {
       }
       const delay = Math.min(MAX_RETRY_DELAY_MS, this.opts.retryDelayMs * 2 ** Math.min(attempts - 1, 5));
       this.retryAt.set(entry.lsn, Date.now() + delay);
+      // Only the last failure counts: an entry that found ClickHouse back and failed otherwise keeps its backoff.
       if (causedBy(e, 'CLICKHOUSE_UNAVAILABLE')) this.awaitingClickHouse.add(entry.lsn);
+      else this.awaitingClickHouse.delete(entry.lsn);
       log.warn({ err: e.message, code: e.qualifiedCode }, 'apply failed; will retry');
     }
   }
