@@ -44,6 +44,8 @@ export class Applier {
   private awaitingClickHouse = new Set<number>();
   private clickhouseProbe: Promise<void> | null = null;
   private nextProbeAt = 0;
+  /** Bytes of pushed parts held in memory until stored (bounded by maxPushedBytesStoring). */
+  private pushedBytesStoring = 0;
   private wake: (() => void) | null = null;
   private stopped = false;
   /** Set by the admin Pause call: nothing new is applied; gossip and inserts go on. */
@@ -239,8 +241,6 @@ export class Applier {
       this.logger.warn({ lsn: entry.lsn, peer: from, err: e.message }, refused ? 'pushed part refused: its bytes do not match the manifest; it is fetched instead' : 'pushed part not stored; it is fetched instead');
     }
   }
-
-  private pushedBytesStoring = 0;
 
   /** Tries the origin first, then every other peer; a part failing verification is fetched again elsewhere. */
   private async fetch(entry: LogEntry): Promise<void> {
