@@ -105,7 +105,12 @@ export class PartStore {
   async linkInto(source: string, detachedDir: string, name: string, owner: { uid: number; gid: number }): Promise<string> {
     // The name may come from a peer's entry, and the directory of that name is emptied first.
     assertSafeName('part', name);
-    mkdirSync(detachedDir, { recursive: true });
+    // Not recursive: a table dropped meanwhile has no directory left, and must not get one back.
+    try {
+      mkdirSync(detachedDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
     const target = join(detachedDir, name);
     rmSync(target, { recursive: true, force: true });
     linkPart(source, target);

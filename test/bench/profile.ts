@@ -11,6 +11,7 @@
  *  - with --cpu-prof: the sidecars' self time by function and by area, over the run only.
  *
  *   npx tsx test/bench/profile.ts [--inserts 600] [--concurrency 8] [--warmup 60] [--cpu-prof [--cpu-prof-interval µs]] [--systems chorus,rmt]
+ *   npx tsx test/bench/profile.ts --rows 100000 --inserts 12 --warmup 3   # W2-like: large inserts one at a time
  *
  * Sidecars run dist/: `npm run build` first. Timings on a shared 2-core box are noisy; counts
  * and ratios are what to read.
@@ -32,6 +33,8 @@ interface Options {
   cpuProf: boolean;
   cpuProfIntervalUs: number;
   systems: SystemName[];
+  /** W2-like when set: inserts of this many rows, one at a time, replication settled after each, a plain insert timed alongside. */
+  rows?: number;
 }
 
 /**
@@ -323,6 +326,8 @@ interface SystemProfile {
   seconds: number;
   convergeSeconds: number;
   latency: ReturnType<typeof stats>;
+  /** --rows only: the same volume into a plain MergeTree table on replica 1, per insert. */
+  plainLatency?: ReturnType<typeof stats>;
   zkRequestsPerInsert: number;
   cpu: Record<string, number>;
   /** Sidecars' main threads over the window (seconds, summed over the 3). */
@@ -348,14 +353,25 @@ async function profileSystem(name: SystemName, opts: Options, log: (m: string) =
   let window: [number, number] = [0, 0];
   try {
     await sys.createTable('w1');
+    if (opts.rows) await sys.sql(0, 'CREATE TABLE default.w1_plain (day Date, id UInt64, payload String) ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY id');
     const random = rng(42);
-    const plan = (n: number) => Array.from({ length: n }, (_, i) => ({ replica: i % 3, rows: 1 + Math.floor(random() * 100) }));
+    const plan = (n: number) => Array.from({ length: n }, (_, i) => ({ replica: i % 3, rows: opts.rows ?? 1 + Math.floor(random() * 100) }));
+    let inserted = 0;
+    const plainLatencies: number[] = [];
     const run = async (items: Array<{ replica: number; rows: number }>, latencies?: number[]) => {
       const bodies = items.map((p, i) => ({ ...p, body: tsvRows(sys.ids(p.rows), p.rows, 6 + (i % 6)) }));
-      await runConcurrently(bodies, opts.concurrency, async (p) => {
+      await runConcurrently(bodies, opts.rows ? 1 : opts.concurrency, async (p) => {
         const t = performance.now();
         await sys.insert(p.replica, 'w1', p.body);
         latencies?.push(performance.now() - t);
+        inserted += p.rows;
+        if (!opts.rows) return;
+        // As W2: the followers' fetches do not overlap the next insert, and a plain insert of the same rows is the yardstick.
+        await sys.waitConverged(['w1'], { w1: inserted });
+        const plainBody = tsvRows(sys.ids(p.rows), p.rows);
+        const tp = performance.now();
+        await sys.sql(0, 'INSERT INTO default.w1_plain FORMAT TabSeparated', plainBody);
+        if (latencies) plainLatencies.push(performance.now() - tp);
       });
       return items.reduce((s, p) => s + p.rows, 0);
     };
@@ -389,10 +405,11 @@ async function profileSystem(name: SystemName, opts: Options, log: (m: string) =
     result = {
       system: name,
       inserts: opts.inserts,
-      concurrency: opts.concurrency,
+      concurrency: opts.rows ? 1 : opts.concurrency,
       seconds: (acked - started) / 1000,
       convergeSeconds: (converged - acked) / 1000,
       latency: stats(latencies),
+      plainLatency: opts.rows ? stats(plainLatencies) : undefined,
       zkRequestsPerInsert: (zkAfter - zkBefore) / opts.inserts,
       cpu,
       mainThreads: {
@@ -523,7 +540,8 @@ function cpuTable(results: SystemProfile[]): string {
 }
 
 function runLine(p: SystemProfile): string {
-  return `- ${p.system}: ${p.inserts} inserts at concurrency ${p.concurrency} in ${f(p.seconds, 1)} s (${f(p.inserts / p.seconds, 1)} inserts/s), converged ${f(p.convergeSeconds, 2)} s after the last answer; client latency p50 ${f(p.latency.p50, 1)} ms, p99 ${f(p.latency.p99, 1)} ms; ${f(p.zkRequestsPerInsert, 2)} ZooKeeper requests per insert; CPU window ${f(p.seconds + p.convergeSeconds, 1)} s (run + convergence).`;
+  const plain = p.plainLatency ? ` A plain MergeTree insert of the same rows on one server: p50 ${f(p.plainLatency.p50, 1)} ms; the insert's p50 is ${f((p.latency.p50 / p.plainLatency.p50 - 1) * 100, 0)}% more.` : '';
+  return `- ${p.system}: ${p.inserts} inserts at concurrency ${p.concurrency} in ${f(p.seconds, 1)} s (${f(p.inserts / p.seconds, 1)} inserts/s), converged ${f(p.convergeSeconds, 2)} s after the last answer; client latency p50 ${f(p.latency.p50, 1)} ms, p99 ${f(p.latency.p99, 1)} ms; ${f(p.zkRequestsPerInsert, 2)} ZooKeeper requests per insert; CPU window ${f(p.seconds + p.convergeSeconds, 1)} s (run + convergence).${plain}`;
 }
 
 function profileTables(p: ProfileSummary, inserts: number, procCpuSeconds: number): string {
@@ -546,7 +564,8 @@ function profileTables(p: ProfileSummary, inserts: number, procCpuSeconds: numbe
 
 export function renderProfile(results: SystemProfile[], opts: Options): string {
   const out: string[] = [];
-  out.push(`## Profile run: ${opts.inserts} inserts of 1-100 rows, concurrency ${opts.concurrency}, round-robin over 3 replicas, CPU profile ${opts.cpuProf ? `ON, sampling every ${opts.cpuProfIntervalUs} µs (skews timings)` : 'off'}`);
+  const shape = opts.rows ? `${opts.rows} rows each, one at a time, replication settled after each (W2-like)` : `1-100 rows, concurrency ${opts.concurrency}`;
+  out.push(`## Profile run: ${opts.inserts} inserts of ${shape}, round-robin over 3 replicas, CPU profile ${opts.cpuProf ? `ON, sampling every ${opts.cpuProfIntervalUs} µs (skews timings)` : 'off'}`);
   out.push('', `${new Date().toISOString()}, ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${process.version}. The box is shared: timings are noisy, counts and ratios hold.`, '');
   for (const r of results) out.push(runLine(r));
   const chorus = results.find((r) => r.system === 'chorus');
@@ -567,6 +586,7 @@ async function main(): Promise<void> {
       'cpu-prof-interval': { type: 'string', default: '1000' },
       systems: { type: 'string', default: 'chorus,rmt' },
       json: { type: 'boolean', default: false },
+      rows: { type: 'string' },
     },
   });
   const opts: Options = {
@@ -576,6 +596,7 @@ async function main(): Promise<void> {
     cpuProf: values['cpu-prof']!,
     cpuProfIntervalUs: Number(values['cpu-prof-interval']),
     systems: values.systems!.split(',') as SystemName[],
+    rows: values.rows !== undefined ? Number(values.rows) : undefined,
   };
   const log = (m: string) => process.stderr.write(`profile: ${m}\n`);
   const results: SystemProfile[] = [];
