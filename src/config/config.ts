@@ -84,6 +84,8 @@ export const configSchema = z
         requestTimeoutMs: z.number().int().min(1000).default(300_000),
         /** A keep-alive connection with no request for this long is closed. */
         keepAliveTimeoutMs: z.number().int().min(0).default(10_000),
+        /** How long a request with X-Chorus-Wait-LSN waits for this replica to apply that LSN, unless X-Chorus-Wait-Timeout-Ms says otherwise. */
+        lsnWaitTimeoutMs: z.number().int().min(0).default(10_000),
       })
       .strict()
       .prefault({}),

@@ -51,6 +51,17 @@ export const ErrorCodes = {
   NOT_REPLICATED_STATEMENT: 400,
   /** An INSERT sets in its own text a setting Chorus decides for staging (async_insert, insert_deduplicate, ...). */
   UNSUPPORTED_SETTING: 400,
+  /** A setting with a value Chorus cannot take (insert_quorum=abc); nothing was done. */
+  BAD_SETTING: 400,
+  /** insert_quorum asks for more replicas than the shard has; nothing was stored. */
+  TOO_FEW_REPLICAS: 400,
+  /**
+   * insert_quorum was not met within insert_quorum_timeout. The insert is stored and attached on
+   * this replica and keeps replicating; a retry is deduplicated and waits for the quorum again.
+   */
+  QUORUM_TIMEOUT: 504,
+  /** A read asked to wait for an LSN (X-Chorus-Wait-LSN) that this replica had not applied in time. */
+  LSN_WAIT_TIMEOUT: 504,
   INTERNAL: 500,
 } as const;
 

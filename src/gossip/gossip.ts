@@ -10,6 +10,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Peer, PushedPart } from './peers.js';
 import { chorusV1 } from './proto.js';
 import { Swim, type SwimOptions } from './swim.js';
+import { MAX_PEER_WAIT_MS, MAX_WAIT_LSNS, waitApplied } from '../replication/quorum.js';
 
 export interface GossipOptions {
   self: string;
@@ -187,6 +188,22 @@ export class Gossip {
           .allocate({ origin: from, nonce, blockIds: blockIds.map((b) => b || null), tables: tables.length ? tables : undefined })
           .then((allocations) => cb(null, { allocations }))
           .catch((err: unknown) => cb(toGrpcError(err)));
+      },
+      waitApplied: (call: grpc.ServerUnaryCall<{ from: string; lsns: Array<number | string>; timeoutMs: number }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        try {
+          this.sender(call, call.request.from, 'wait_applied');
+          const lsns = call.request.lsns.map(Number);
+          if (lsns.length === 0 || lsns.length > MAX_WAIT_LSNS || !lsns.every((l) => Number.isSafeInteger(l) && l > 0)) {
+            throw new ChorusError('INVALID_ENTRY', `wait for ${lsns.length} LSNs: between 1 and ${MAX_WAIT_LSNS} positive LSNs`);
+          }
+          const stop = new AbortController();
+          call.on('cancelled', () => stop.abort());
+          waitApplied(this.log, lsns, Math.min(call.request.timeoutMs, MAX_PEER_WAIT_MS), stop.signal)
+            .then((applied) => cb(null, { applied }))
+            .catch((err: unknown) => cb(toGrpcError(err)));
+        } catch (err) {
+          cb(toGrpcError(err));
+        }
       },
     });
   }

@@ -14,6 +14,7 @@ interface GossipClient extends grpc.Client {
   allocate(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ allocations: Allocation[] }>): void;
   ping(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<PingReply>): void;
   pingReq(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<PingReply>): void;
+  waitApplied(req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<{ applied: Array<number | string> }>): grpc.ClientUnaryCall;
 }
 
 /** A small part travelling with its entry: its files concatenated in manifest order. */
@@ -73,13 +74,20 @@ export class Peer {
     );
   }
 
-  private call<T>(method: 'push' | 'exchange' | 'allocate' | 'ping' | 'pingReq', req: unknown, timeoutMs: number): Promise<T> {
+  private call<T>(method: 'push' | 'exchange' | 'allocate' | 'ping' | 'pingReq' | 'waitApplied', req: unknown, timeoutMs: number, signal?: AbortSignal): Promise<T> {
     return this.track(
       new Promise<T>((resolve, reject) => {
-        this.client[method](req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, reply?: unknown) => {
-          if (err) reject(new ChorusError('PEER_UNAVAILABLE', `peer ${this.name} ${method}: ${err.details || err.message}`, err));
-          else resolve(reply as T);
-        });
+        const call = (this.client[method] as (req: unknown, opts: grpc.CallOptions, cb: grpc.requestCallback<unknown>) => grpc.ClientUnaryCall | undefined)(
+          req,
+          { deadline: Date.now() + timeoutMs },
+          (err: grpc.ServiceError | null, reply?: unknown) => {
+            signal?.removeEventListener('abort', cancel);
+            if (err) reject(new ChorusError('PEER_UNAVAILABLE', `peer ${this.name} ${method}: ${err.details || err.message}`, err));
+            else resolve(reply as T);
+          },
+        );
+        const cancel = () => call?.cancel();
+        signal?.addEventListener('abort', cancel, { once: true });
       }),
     );
   }
@@ -105,6 +113,12 @@ export class Peer {
 
   pingReq(from: string, target: string, updates: MemberUpdate[], timeoutMs: number): Promise<PingReply> {
     return this.call('pingReq', { from, target, updates }, timeoutMs);
+  }
+
+  /** Which of `lsns` the peer has applied, once all are or after `timeoutMs` (insert_quorum). */
+  waitApplied(from: string, lsns: number[], timeoutMs: number, signal: AbortSignal): Promise<number[]> {
+    // The peer answers at its own deadline; ours leaves room for the answer to travel.
+    return this.call<{ applied: Array<number | string> }>('waitApplied', { from, lsns, timeoutMs }, timeoutMs + 5000, signal).then((r) => r.applied.map(Number));
   }
 
   close(): void {

@@ -10,6 +10,7 @@ import { ClickHouseRefusal, clientCredentials, type GrantChecker } from './clien
 import { findUnreplicatedWrite, insertClause, insertSelect, insertSettings, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
 import { checkStatementSettings, stagingParams } from './settings.js';
 import type { InsertPipeline } from './pipeline.js';
+import { quorumSettings, type Quorum } from '../replication/quorum.js';
 
 export interface HttpDeps {
   config: Config;
@@ -19,6 +20,10 @@ export interface HttpDeps {
   acceptingInserts: () => boolean;
   /** Asks ClickHouse, as the client's user, whether it may do what it asks. */
   grants: GrantChecker;
+  /** insert_quorum: waits for peers to apply an insert's LSNs. */
+  quorum: Quorum;
+  /** X-Chorus-Wait-LSN: whether every LSN up to `lsn` is applied here, waiting up to `timeoutMs`. */
+  waitAppliedThrough: (lsn: number, timeoutMs: number, signal: AbortSignal) => Promise<boolean>;
 }
 
 /** The metric label of a table Chorus does not replicate: client input never becomes a label. */
@@ -31,7 +36,7 @@ const OTHER_TABLE_LABEL = '(not replicated)';
  * body cut short (nothing was inserted). Other errors will fail again the same way.
  */
 export function retryable(e: ChorusError): boolean {
-  return e.httpStatus === 503 || e.code === 'ATTACH_FAILED' || e.code === 'TRUNCATED_BODY' || e.code === 'REQUEST_TIMEOUT';
+  return e.httpStatus === 503 || e.code === 'ATTACH_FAILED' || e.code === 'TRUNCATED_BODY' || e.code === 'REQUEST_TIMEOUT' || e.code === 'QUORUM_TIMEOUT' || e.code === 'LSN_WAIT_TIMEOUT';
 }
 
 /** The headers every error reply of Chorus's HTTP port carries. */
@@ -135,6 +140,9 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned) and takes no more inserts; send it to another replica');
     const replicated = await deps.pipeline.replicates(database, target.table);
     const label = replicated ? `${database}.${target.table}` : OTHER_TABLE_LABEL;
+    // Read before anything is staged: a bad value, or a quorum the shard cannot have, changes nothing.
+    const quorum = replicated ? quorumSettings(params) : undefined;
+    const replicasNeeded = quorum ? deps.quorum.replicasNeeded(quorum) : 1;
     const aborted = abortOnDisconnect(req, reply);
     const encoding = header(req, 'content-encoding');
     const started = process.hrtime.bigint();
@@ -157,6 +165,12 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
         bodyFailure: () => bodyState.failure,
         signal: aborted,
       });
+      if (quorum && replicasNeeded > 1) {
+        // A QUORUM_TIMEOUT carries the LSNs too: what the client may wait for on a read.
+        reply.header('X-Chorus-LSN', result.lsns.join(','));
+        const { replicas } = await deps.metrics.timed('origin', 'quorum', () => deps.quorum.wait(result.lsns, replicasNeeded, quorum.timeoutMs, aborted));
+        reply.header('X-Chorus-Quorum', replicas.join(','));
+      }
       const outcome = result.blocks > 0 && result.deduplicated === result.blocks ? 'deduplicated' : 'ok';
       deps.metrics.inserts.inc({ table: label, outcome });
       // What ClickHouse answers an INSERT with, which clients such as @clickhouse/client read.
@@ -228,7 +242,27 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     }
   };
 
+  /**
+   * X-Chorus-Wait-LSN: L holds the request until this replica has applied every LSN up to L (the
+   * X-Chorus-LSN an insert answered with), so that a read sees that insert and all before it.
+   */
+  const awaitRequestedLsn = async (req: FastifyRequest, reply: FastifyReply) => {
+    const wanted = header(req, 'x-chorus-wait-lsn');
+    if (wanted === undefined) return;
+    const lsn = Number(wanted.trim());
+    if (!/^\d{1,15}$/.test(wanted.trim()) || lsn < 1) throw new ChorusError('BAD_SETTING', `X-Chorus-Wait-LSN: ${JSON.stringify(wanted.slice(0, 40))} is not an LSN`);
+    const timeoutHeader = header(req, 'x-chorus-wait-timeout-ms');
+    if (timeoutHeader !== undefined && !/^\d{1,9}$/.test(timeoutHeader.trim())) {
+      throw new ChorusError('BAD_SETTING', `X-Chorus-Wait-Timeout-Ms: ${JSON.stringify(timeoutHeader.slice(0, 40))} is not a whole number of milliseconds`);
+    }
+    const timeoutMs = Math.min(timeoutHeader !== undefined ? Number(timeoutHeader.trim()) : config.http.lsnWaitTimeoutMs, config.http.requestTimeoutMs);
+    if (!(await deps.waitAppliedThrough(lsn, timeoutMs, abortOnDisconnect(req, reply)))) {
+      throw new ChorusError('LSN_WAIT_TIMEOUT', `this replica has not applied every LSN up to ${lsn} within ${timeoutMs} ms; nothing was run (ask again, or ask another replica)`);
+    }
+  };
+
   const root = async (req: FastifyRequest, reply: FastifyReply) => {
+    await awaitRequestedLsn(req, reply);
     const query = new URL(req.url, 'http://x').searchParams.get('query');
     const contentLength = Number(req.headers['content-length'] ?? 0);
     if (contentLength > config.http.maxInsertBytes) {

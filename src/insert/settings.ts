@@ -10,6 +10,7 @@ const NOT_PASSED_TO_STAGING = new Set([
   'insert_deduplication_token',
   'insert_quorum',
   'insert_quorum_timeout',
+  'insert_quorum_parallel',
   'session_id',
   'session_timeout',
   'session_check',
@@ -39,8 +40,18 @@ export function stagingParams(params: URLSearchParams | Record<string, string>, 
   return { ...out, ...forced };
 }
 
+/** Settings Chorus honours itself, read from the URL only: ClickHouse would ignore them on the staging table. */
+const HONOURED_FROM_URL = new Set(['insert_quorum', 'insert_quorum_timeout', 'insert_quorum_parallel']);
+
 /** Refuses a statement that sets, in its own text, a setting Chorus controls on staging. */
 export function checkStatementSettings(names: string[]): void {
+  const quorum = names.filter((n) => HONOURED_FROM_URL.has(n.toLowerCase()));
+  if (quorum.length > 0) {
+    throw new ChorusError(
+      'UNSUPPORTED_SETTING',
+      `the INSERT sets ${[...new Set(quorum)].join(', ')} in its text; Chorus waits for the quorum itself and reads these settings from the URL only (?insert_quorum=2&insert_quorum_timeout=...), as ClickHouse clients send them`,
+    );
+  }
   const bad = names.filter((n) => STAGING_CONTROLLED.has(n.toLowerCase()));
   if (bad.length === 0) return;
   throw new ChorusError(

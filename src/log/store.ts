@@ -32,6 +32,8 @@ export class LocalLog {
   private db: Database.Database;
   private knownWatermark = 0;
   private appliedWatermark = 0;
+  /** Called after an entry became applied or voided here (quorum and read-after-LSN waits). */
+  private readonly settledListeners = new Set<() => void>();
 
   /**
    * Statements by their text, prepared once: preparing on every call was about a third of the
@@ -126,7 +128,7 @@ export class LocalLog {
   }
 
   private afterInsert(result: { added: LogEntry[]; conflicts: LogConflict[] }): void {
-    if (result.added.length) this.advanceWatermarks();
+    if (result.added.length) this.settled();
     for (const c of result.conflicts) this.onConflict(c);
   }
 
@@ -276,7 +278,7 @@ export class LocalLog {
       const mark = this.sql("UPDATE entries SET state = 'applied' WHERE lsn = ? AND state IN ('pending', 'stored')");
       for (const e of entries) if (covered(e.lsn) && e.kind !== 'void') mark.run(e.lsn);
     })();
-    this.advanceWatermarks();
+    this.settled();
   }
 
   dropIntent(nonce: string): void {
@@ -297,7 +299,7 @@ export class LocalLog {
       const insert = this.sql("INSERT OR IGNORE INTO entries (lsn, database, tbl, block_id, kind, bytes, body, state) VALUES (?, '', '', '', 'void', 0, ?, 'voided')");
       return lsns.map((lsn) => voidEntry(lsn, origin)).filter((e) => insert.run(e.lsn, JSON.stringify(e)).changes > 0);
     })();
-    if (result.length) this.advanceWatermarks();
+    if (result.length) this.settled();
     return result;
   }
 
@@ -365,7 +367,26 @@ export class LocalLog {
 
   setState(lsn: number, state: EntryState): void {
     this.sql('UPDATE entries SET state = ? WHERE lsn = ?').run(state, lsn);
-    if (state === 'applied' || state === 'voided') this.advanceWatermarks();
+    if (state === 'applied' || state === 'voided') this.settled();
+  }
+
+  /** Calls `listener` each time an entry becomes applied or voided here, until the returned function is called. */
+  onSettled(listener: () => void): () => void {
+    this.settledListeners.add(listener);
+    return () => this.settledListeners.delete(listener);
+  }
+
+  private settled(): void {
+    this.advanceWatermarks();
+    for (const listener of this.settledListeners) listener();
+  }
+
+  /** Those of `lsns` that are applied here (an entry no longer stored is applied if the watermark passed it). */
+  appliedOf(lsns: number[]): number[] {
+    return lsns.filter((lsn) => {
+      const row = this.get(lsn);
+      return row ? row.state === 'applied' : lsn <= this.appliedWatermark;
+    });
   }
 
   recordFailure(lsn: number, error: string): void {
@@ -379,7 +400,7 @@ export class LocalLog {
         .run(entry.database, entry.table, entry.partitionId, blockNumber, entry.lsn);
       this.sql("UPDATE entries SET state = 'applied', applied_at = ? WHERE lsn = ?").run(Date.now(), entry.lsn);
     })();
-    this.advanceWatermarks();
+    this.settled();
   }
 
   /** LSNs this replica still has to apply, oldest first (bodies are read one by one, when applied). */

@@ -19,6 +19,13 @@ export class Metrics {
     labelNames: ['table', 'outcome'],
     registers: [this.registry],
   });
+  readonly quorumWaits = new Histogram({
+    name: 'chorus_insert_quorum_wait_seconds',
+    help: 'insert_quorum waits after the local attach, by outcome (met, timeout, aborted by the client)',
+    labelNames: ['outcome'],
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
   readonly insertedRows = new Counter({
     name: 'chorus_inserted_rows_total',
     help: 'Rows written by inserts acknowledged here (deduplicated blocks excluded)',

@@ -20,6 +20,7 @@ import { ChorusError } from '../core/errors.js';
 import { Faults } from '../faults/faults.js';
 import { Gossip } from '../gossip/gossip.js';
 import { Peer } from '../gossip/peers.js';
+import { Quorum, QUORUM_PEER_RETRY_MS, waitAppliedThrough } from '../replication/quorum.js';
 import { InsertPipeline } from '../insert/pipeline.js';
 import { createHttpServer } from '../insert/server.js';
 import { StagingPool } from '../insert/staging.js';
@@ -204,7 +205,25 @@ export class Sidecar implements AdminBackend {
       logger: logger.child({ component: 'recovery' }),
     });
     this.gc = new PartStoreGc(this.store, this.log, () => this.appliedEverywhere(), config.partStore, logger.child({ component: 'gc' }));
-    this.http = createHttpServer({ config, pipeline, metrics: this.metrics, logger, acceptingInserts: () => this.accepting && !this.decommissioned, grants: new GrantChecker(this.ch, config.http.grantCacheMs) });
+    const members = this.gossip.swim.members;
+    const quorum = new Quorum({
+      self: config.replica,
+      peers: () => this.peers.filter((p) => members.get(p.name)?.state !== 'decommissioned'),
+      liveMembers: () => members.list().filter((m) => m.state === 'alive').length,
+      retryMs: QUORUM_PEER_RETRY_MS,
+      metrics: this.metrics,
+      logger: logger.child({ component: 'quorum' }),
+    });
+    this.http = createHttpServer({
+      config,
+      pipeline,
+      metrics: this.metrics,
+      logger,
+      acceptingInserts: () => this.accepting && !this.decommissioned,
+      grants: new GrantChecker(this.ch, config.http.grantCacheMs),
+      quorum,
+      waitAppliedThrough: (lsn, timeoutMs, signal) => waitAppliedThrough(this.log, lsn, timeoutMs, signal),
+    });
     registerOperationalRoutes(this.http, {
       metrics: this.metrics,
       readiness: () => this.readiness(),
