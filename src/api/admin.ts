@@ -23,6 +23,8 @@ export interface AdminStatus {
   ready: boolean;
   notReadyReasons: string[];
   paused: boolean;
+  /** What refuses inserts here now (backpressure): apply lag, tables with too many parts. */
+  backpressure: string[];
   allocatingMember: string;
   clone: CloneProgress;
   /** Conditions an operator must look into (two different entries for one LSN), newest first. */

@@ -7,6 +7,8 @@ import { ChorusError } from '../core/errors.js';
 export interface Readiness {
   ready: boolean;
   reasons: string[];
+  /** What refuses inserts now (backpressure); the replica stays ready for the rest. */
+  backpressure?: string[];
 }
 
 /** /metrics, /healthz, /readyz and (tests only) /_chorus/faults on the HTTP port. */

@@ -148,6 +148,7 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
       partStoreBytes: s ? Number(s.partStoreBytes) : null,
       ready: s ? s.ready : false,
       notReadyReasons: s ? s.notReadyReasons : ['did not answer'],
+      backpressure: s ? (s.backpressure ?? []) : [],
       reachable: s !== undefined,
     };
   });
@@ -170,6 +171,8 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
       ]);
     }
     out(table(rows));
+    const held = members.flatMap((m) => m.backpressure.map((b) => `${m.name}: ${b}`));
+    if (held.length) out(`\nBACKPRESSURE (${held.length}):\n${held.map((b) => `  ${b}\n`).join('')}`);
     if (unique.length) out(`\nALARMS (${unique.length}):\n${unique.map((a) => `  ${a}\n`).join('')}`);
   }
   return healthy ? EXIT.ok : EXIT.degraded;

@@ -170,6 +170,24 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    backpressure: z
+      .object({
+        /** Inserts this replica runs at once; more get 503 TOO_MANY_INSERTS. 0: no bound. */
+        maxConcurrentInserts: z.number().int().min(0).default(64),
+        /** The same, per table. 0: no bound. */
+        maxConcurrentInsertsPerTable: z.number().int().min(0).default(16),
+        /** Inserts get 503 REPLICA_LAGGING while the oldest entry waiting to be applied here is older than this. 0: off. */
+        maxApplyLagSeconds: z.number().min(0).default(30),
+        /**
+         * Inserts into a table get 503 TOO_MANY_PARTS while one of its partitions has more active
+         * parts than this: below 18.16's parts_to_throw_insert (300). 0: off.
+         */
+        maxActivePartsPerPartition: z.number().int().min(0).default(250),
+        /** How often the lag and the parts are looked at. */
+        checkIntervalMs: z.number().int().min(50).default(1000),
+      })
+      .strict()
+      .prefault({}),
     health: z
       .object({
         /** /readyz answers not ready while more entries than this wait to be applied here. */

@@ -62,6 +62,12 @@ export const ErrorCodes = {
   QUORUM_TIMEOUT: 504,
   /** A read asked to wait for an LSN (X-Chorus-Wait-LSN) that this replica had not applied in time. */
   LSN_WAIT_TIMEOUT: 504,
+  /** Backpressure: this replica runs as many inserts (in all, or into the table) as it is configured for; nothing stored. */
+  TOO_MANY_INSERTS: 503,
+  /** Backpressure: this replica is further behind in applying the log than backpressure.maxApplyLagSeconds; nothing stored. */
+  REPLICA_LAGGING: 503,
+  /** Backpressure: a partition of the table has more active parts than backpressure.maxActivePartsPerPartition; nothing stored. */
+  TOO_MANY_PARTS: 503,
   INTERNAL: 500,
 } as const;
 
@@ -70,6 +76,8 @@ export type ErrorCode = keyof typeof ErrorCodes;
 export class ChorusError extends Error {
   readonly code: ErrorCode;
   override readonly cause?: unknown;
+  /** For a 503: how many seconds the client should wait before sending again (Retry-After); 1 when unset. */
+  retryAfterSeconds?: number;
 
   constructor(code: ErrorCode, message: string, cause?: unknown) {
     super(message);

@@ -11,6 +11,7 @@ import { findUnreplicatedWrite, insertClause, insertSelect, insertSettings, pars
 import { checkStatementSettings, stagingParams } from './settings.js';
 import type { InsertPipeline } from './pipeline.js';
 import { quorumSettings, type Quorum } from '../replication/quorum.js';
+import type { Backpressure } from './backpressure.js';
 
 export interface HttpDeps {
   config: Config;
@@ -20,6 +21,8 @@ export interface HttpDeps {
   acceptingInserts: () => boolean;
   /** Asks ClickHouse, as the client's user, whether it may do what it asks. */
   grants: GrantChecker;
+  /** Refuses inserts (503, Retry-After) while this replica could not take them well. */
+  backpressure: Backpressure;
   /** insert_quorum: waits for peers to apply an insert's LSNs. */
   quorum: Quorum;
   /** X-Chorus-Wait-LSN: whether every LSN up to `lsn` is applied here, waiting up to `timeoutMs`. */
@@ -42,7 +45,7 @@ export function retryable(e: ChorusError): boolean {
 /** The headers every error reply of Chorus's HTTP port carries. */
 export function errorHeaders(e: ChorusError): Record<string, string> {
   const headers: Record<string, string> = { 'X-Chorus-Error-Code': e.qualifiedCode, 'X-Chorus-Retryable': retryable(e) ? '1' : '0' };
-  if (e.httpStatus === 503) headers['Retry-After'] = '1';
+  if (e.httpStatus === 503) headers['Retry-After'] = String(e.retryAfterSeconds ?? 1);
   return headers;
 }
 
@@ -143,6 +146,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     // Read before anything is staged: a bad value, or a quorum the shard cannot have, changes nothing.
     const quorum = replicated ? quorumSettings(params) : undefined;
     const replicasNeeded = quorum ? deps.quorum.replicasNeeded(quorum) : 1;
+    const release = replicated ? deps.backpressure.admit(label) : () => undefined;
     const aborted = abortOnDisconnect(req, reply);
     const encoding = header(req, 'content-encoding');
     const started = process.hrtime.bigint();
@@ -195,6 +199,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
       deps.metrics.inserts.inc({ table: label, outcome: 'error' });
       throw err;
     } finally {
+      release();
       if (replicated) deps.metrics.observeStep('origin', 'request', startedAt);
     }
   };

@@ -26,6 +26,18 @@ export class Metrics {
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
     registers: [this.registry],
   });
+  readonly backpressure = new Gauge({
+    name: 'chorus_backpressure',
+    help: 'What holds inserts back here now: lag (1 while this replica is further behind than backpressure.maxApplyLagSeconds), parts (tables over backpressure.maxActivePartsPerPartition)',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+  readonly insertsRefused = new Counter({
+    name: 'chorus_inserts_refused_total',
+    help: 'Inserts refused with 503 by backpressure, by reason (concurrency, lag, parts)',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
   readonly insertedRows = new Counter({
     name: 'chorus_inserted_rows_total',
     help: 'Rows written by inserts acknowledged here (deduplicated blocks excluded)',

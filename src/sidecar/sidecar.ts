@@ -21,6 +21,7 @@ import { Faults } from '../faults/faults.js';
 import { Gossip } from '../gossip/gossip.js';
 import { Peer } from '../gossip/peers.js';
 import { Quorum, QUORUM_PEER_RETRY_MS, waitAppliedThrough } from '../replication/quorum.js';
+import { Backpressure } from '../insert/backpressure.js';
 import { InsertPipeline } from '../insert/pipeline.js';
 import { createHttpServer } from '../insert/server.js';
 import { StagingPool } from '../insert/staging.js';
@@ -53,6 +54,7 @@ export class Sidecar implements AdminBackend {
   readonly allocator: Allocator;
   readonly catalog: TableCatalog;
   readonly peers: Peer[];
+  private readonly backpressure: Backpressure;
   readonly gossip: Gossip;
   readonly applier: Applier;
   readonly recovery: Recovery;
@@ -214,8 +216,16 @@ export class Sidecar implements AdminBackend {
       metrics: this.metrics,
       logger: logger.child({ component: 'quorum' }),
     });
+    this.backpressure = new Backpressure(config.backpressure, {
+      ch: this.ch,
+      databases: config.clickhouse.databases,
+      oldestUnappliedAt: () => this.log.oldestUnappliedAt(),
+      metrics: this.metrics,
+      logger: logger.child({ component: 'backpressure' }),
+    });
     this.http = createHttpServer({
       config,
+      backpressure: this.backpressure,
       pipeline,
       metrics: this.metrics,
       logger,
@@ -304,7 +314,7 @@ export class Sidecar implements AdminBackend {
     }
     if (!this.accepting) reasons.push('not accepting inserts (starting or shutting down)');
     if (this.decommissioned) reasons.push('this replica was decommissioned: wipe it and start it under a new name to bring it back');
-    return { ready: reasons.length === 0, reasons };
+    return { ready: reasons.length === 0, reasons, backpressure: this.backpressure.conditions() };
   }
 
   /** The Admin service's GetStatus, also served as JSON at /_chorus/status. */
@@ -343,6 +353,7 @@ export class Sidecar implements AdminBackend {
       ready: readiness.ready,
       notReadyReasons: readiness.reasons,
       paused: this.applier.paused,
+      backpressure: readiness.backpressure ?? [],
       allocatingMember: this.gossip.allocatingMember(),
       clone: this.cloner.progress,
       alarms: this.log.conflicts().map(
@@ -481,6 +492,7 @@ export class Sidecar implements AdminBackend {
     await this.cloneIfNew();
     this.applier.start();
     this.gossip.start();
+    this.backpressure.start();
     this.recovery.start(2000);
     this.gc.start(this.config.partStore.gcIntervalMs);
     this.snapshotSweep = setInterval(() => this.snapshots.sweep(3600_000), 60_000);
@@ -547,6 +559,7 @@ export class Sidecar implements AdminBackend {
     const deadline = Date.now() + this.config.shutdownGraceMs;
     while (this.pipeline.inFlight > 0 && Date.now() < deadline) await sleep(20);
     this.gossip.stop();
+    this.backpressure.stop();
     this.recovery.stop();
     this.gc.stop();
     this.staging.stop();

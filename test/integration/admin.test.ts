@@ -1,23 +1,15 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import { runCli } from '../support/built-cli.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sleep } from '../../src/core/async.js';
-import { devKill, devStart, PACKAGE_ROOT, scratchRoot } from '../../src/dev/cluster.js';
+import { devKill, devStart, scratchRoot } from '../../src/dev/cluster.js';
 import { cliEnv, grpcCredentials, TestCluster } from '../support/cluster.js';
 
-const CLI = join(PACKAGE_ROOT, 'bin', 'chorus.js');
-
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 interface CliStatus {
   healthy: boolean;

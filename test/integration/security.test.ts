@@ -1,17 +1,17 @@
 import * as grpc from '@grpc/grpc-js';
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import zookeeper from 'node-zookeeper-client';
+import { runCli } from '../support/built-cli.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Allocator } from '../../src/allocator/allocator.js';
 import { aclPermission, ZkSession } from '../../src/allocator/zk.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { createDevCa, issueDevCertificate, type TlsFiles } from '../../src/dev/certs.js';
-import { devKill, devStart, PACKAGE_ROOT, scratchRoot } from '../../src/dev/cluster.js';
+import { devKill, devStart, scratchRoot } from '../../src/dev/cluster.js';
 import { chorusV1 } from '../../src/gossip/proto.js';
 import { PeerTransport } from '../../src/tls/transport.js';
 import { grpcCredentials, httpsAgent, TestCluster, tlsFor } from '../support/cluster.js';
@@ -57,15 +57,7 @@ function presented(port: number, creds: { ca: Buffer; cert: Buffer; key: Buffer 
   });
 }
 
-const CLI = join(PACKAGE_ROOT, 'bin', 'chorus.js');
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CHORUS_')));
-    execFile(process.execPath, [CLI, ...args], { env: { ...clean, ...env }, timeout: 30_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
+const cli = runCli;
 
 /** Issue 9, items 1 and 5: mutual TLS between peers, and ZooKeeper digest ACLs. */
 describe('peer authentication', () => {
