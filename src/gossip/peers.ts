@@ -61,14 +61,15 @@ export class Peer {
     return this.failingSince === null;
   }
 
-  private track<T>(promise: Promise<T>): Promise<T> {
+  /** A call we cancelled ourselves (`signal`) says nothing about the peer's health. */
+  private track<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
     return promise.then(
       (value) => {
         this.failingSince = null;
         return value;
       },
       (err: unknown) => {
-        this.failingSince ??= Date.now();
+        if (!signal?.aborted) this.failingSince ??= Date.now();
         throw err;
       },
     );
@@ -89,6 +90,7 @@ export class Peer {
         const cancel = () => call?.cancel();
         signal?.addEventListener('abort', cancel, { once: true });
       }),
+      signal,
     );
   }
 

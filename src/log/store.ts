@@ -378,7 +378,14 @@ export class LocalLog {
 
   private settled(): void {
     this.advanceWatermarks();
-    for (const listener of this.settledListeners) listener();
+    for (const listener of this.settledListeners) {
+      // A waiter's failure is its own: the entry's change is already committed.
+      try {
+        listener();
+      } catch {
+        // ignored
+      }
+    }
   }
 
   /** Those of `lsns` that are applied here (an entry no longer stored is applied if the watermark passed it). */

@@ -84,7 +84,11 @@ export interface QuorumPeer {
 }
 
 export interface QuorumOptions {
-  self: string;
+  /**
+   * This replica, asked like a peer but without a network hop: a fresh insert is attached here
+   * before the wait, but a deduplicated one waits for its first insert's entry to be applied here too.
+   */
+  local: QuorumPeer;
   /** The shard's other members that may count towards a quorum (decommissioned ones excluded). */
   peers: () => QuorumPeer[];
   /** The members (this one included) that failure detection holds alive now, for `insert_quorum=auto`. */
@@ -117,12 +121,13 @@ export class Quorum {
   }
 
   /**
-   * Resolves once `needed` replicas (this one, which has attached `lsns`, and peers) have applied
-   * every LSN of `lsns`; throws QUORUM_TIMEOUT after `timeoutMs`, or the client's abort.
+   * Resolves once `needed` replicas (this one and peers) have applied every LSN of `lsns`;
+   * throws QUORUM_TIMEOUT after `timeoutMs`, or the client's abort.
    */
   async wait(lsns: number[], needed: number, timeoutMs: number, signal?: AbortSignal): Promise<{ replicas: string[] }> {
-    const holders = [this.opts.self];
-    if (needed <= 1 || lsns.length === 0) return { replicas: holders };
+    const holders: string[] = [];
+    const self = this.opts.local.name;
+    if (needed <= 1 || lsns.length === 0) return { replicas: [self] };
     const started = performance.now();
     const deadline = Date.now() + timeoutMs;
     const stop = new AbortController();
@@ -135,7 +140,7 @@ export class Quorum {
         const remaining = deadline - Date.now();
         if (remaining <= 0) return;
         try {
-          const applied = new Set(await peer.waitApplied(this.opts.self, lsns, Math.min(remaining, MAX_PEER_WAIT_MS), stop.signal));
+          const applied = new Set(await peer.waitApplied(self, lsns, Math.min(remaining, MAX_PEER_WAIT_MS), stop.signal));
           if (lsns.every((lsn) => applied.has(lsn))) {
             holders.push(peer.name);
             if (holders.length >= needed) met();
@@ -148,7 +153,7 @@ export class Quorum {
         }
       }
     };
-    const asking = Promise.all(this.opts.peers().map(askPeer));
+    const asking = Promise.all([this.opts.local, ...this.opts.peers()].map(askPeer));
     try {
       await Promise.race([quorumMet, asking, new Promise<void>((resolve) => stop.signal.addEventListener('abort', () => resolve(), { once: true }))]);
     } finally {
@@ -158,12 +163,12 @@ export class Quorum {
     const seconds = (performance.now() - started) / 1000;
     if (holders.length >= needed) {
       this.opts.metrics.quorumWaits.observe({ outcome: 'met' }, seconds);
-      return { replicas: holders.slice(0, needed) };
+      return { replicas: holders };
     }
     this.opts.metrics.quorumWaits.observe({ outcome: signal?.aborted ? 'aborted' : 'timeout' }, seconds);
     throw new ChorusError(
       'QUORUM_TIMEOUT',
-      `the insert is stored as LSN ${lsns.join(', ')} and is attached on ${holders.length} of the ${needed} replicas asked for (${holders.join(', ')}) after ${timeoutMs} ms; ` +
+      `the insert is stored as LSN ${lsns.join(', ')} and is attached on ${holders.length} of the ${needed} replicas asked for${holders.length ? ` (${holders.join(', ')})` : ''} after ${timeoutMs} ms; ` +
         'it stays stored and keeps replicating to every replica. Sending it again is safe: it is deduplicated, and answered once the quorum holds',
     );
   }

@@ -20,7 +20,7 @@ import { ChorusError } from '../core/errors.js';
 import { Faults } from '../faults/faults.js';
 import { Gossip } from '../gossip/gossip.js';
 import { Peer } from '../gossip/peers.js';
-import { Quorum, QUORUM_PEER_RETRY_MS, waitAppliedThrough } from '../replication/quorum.js';
+import { Quorum, QUORUM_PEER_RETRY_MS, waitApplied, waitAppliedThrough } from '../replication/quorum.js';
 import { Backpressure } from '../insert/backpressure.js';
 import { InsertPipeline } from '../insert/pipeline.js';
 import { createHttpServer } from '../insert/server.js';
@@ -209,7 +209,7 @@ export class Sidecar implements AdminBackend {
     this.gc = new PartStoreGc(this.store, this.log, () => this.appliedEverywhere(), config.partStore, logger.child({ component: 'gc' }));
     const members = this.gossip.swim.members;
     const quorum = new Quorum({
-      self: config.replica,
+      local: { name: config.replica, waitApplied: (_from, lsns, timeoutMs, signal) => waitApplied(this.log, lsns, timeoutMs, signal) },
       peers: () => this.peers.filter((p) => members.get(p.name)?.state !== 'decommissioned'),
       liveMembers: () => members.list().filter((m) => m.state === 'alive').length,
       retryMs: QUORUM_PEER_RETRY_MS,

@@ -96,12 +96,20 @@ describe('the origin waiting for its peers', () => {
       return delayMs !== null && delayMs <= timeoutMs ? lsns : [];
     },
   });
-  const quorumOf = (peers: QuorumPeer[], live = peers.length + 1) =>
-    new Quorum({ self: 'r1', peers: () => peers, liveMembers: () => live, retryMs: 20, metrics: new Metrics(), logger: silentLogger() });
+  const quorumOf = (peers: QuorumPeer[], live = peers.length + 1, local: QuorumPeer = peer('r1', 0)) =>
+    new Quorum({ local, peers: () => peers, liveMembers: () => live, retryMs: 20, metrics: new Metrics(), logger: silentLogger() });
 
   it('is met by the first peers to answer, counting the origin', async () => {
     const result = await quorumOf([peer('r2', 400), peer('r3', 10)]).wait([5], 2, 5000);
     expect(result.replicas).toEqual(['r1', 'r3']);
+  });
+
+  it('counts this replica only once it has applied the LSNs too (a deduplicated retry may wait for them here)', async () => {
+    const result = await quorumOf([peer('r2', 0), peer('r3', 300)], 3, peer('r1', 150)).wait([5], 2, 5000);
+    expect(result.replicas).toEqual(['r2', 'r1']);
+    const err = (await quorumOf([peer('r2', 0), peer('r3', null)], 3, peer('r1', null)).wait([5], 2, 200).catch((e: unknown) => e)) as ChorusError;
+    expect(err.code).toBe('QUORUM_TIMEOUT');
+    expect(err.message).toMatch(/attached on 1 of the 2 replicas asked for \(r2\)/);
   });
 
   it('keeps asking a peer that fails until it answers', async () => {
