@@ -175,14 +175,15 @@ export const configSchema = z
         /** Inserts this replica runs at once; more get 503 TOO_MANY_INSERTS. 0: no bound. */
         maxConcurrentInserts: z.number().int().min(0).default(64),
         /** The same, per table. 0: no bound. */
-        maxConcurrentInsertsPerTable: z.number().int().min(0).default(16),
+        maxConcurrentInsertsPerTable: z.number().int().min(0).default(32),
         /** Inserts get 503 REPLICA_LAGGING while the oldest entry waiting to be applied here is older than this. 0: off. */
         maxApplyLagSeconds: z.number().min(0).default(30),
         /**
          * Inserts into a table get 503 TOO_MANY_PARTS while one of its partitions has more active
-         * parts than this: below 18.16's parts_to_throw_insert (300). 0: off.
+         * parts than this. Unset: ClickHouse's own parts_to_throw_insert (300 on 18.16, 3000 on
+         * 23+), which its ATTACH PART does not enforce. 0: off.
          */
-        maxActivePartsPerPartition: z.number().int().min(0).default(250),
+        maxActivePartsPerPartition: z.number().int().min(0).optional(),
         /** How often the lag and the parts are looked at. */
         checkIntervalMs: z.number().int().min(50).default(1000),
       })

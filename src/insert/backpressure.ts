@@ -11,8 +11,11 @@ export interface BackpressureOptions {
   maxConcurrentInsertsPerTable: number;
   /** Age of the oldest entry waiting to be applied here beyond which inserts get 503. 0: off. */
   maxApplyLagSeconds: number;
-  /** Active parts in one partition of a table beyond which inserts into that table get 503. 0: off. */
-  maxActivePartsPerPartition: number;
+  /**
+   * Active parts in one partition of a table beyond which inserts into that table get 503.
+   * Undefined: ClickHouse's parts_to_throw_insert, read from the server. 0: off.
+   */
+  maxActivePartsPerPartition?: number;
   /** How often the lag and the parts are looked at. */
   checkIntervalMs: number;
 }
@@ -26,6 +29,9 @@ export interface BackpressureDeps {
   metrics: Metrics;
   logger: Logger;
 }
+
+/** When ClickHouse does not say its parts_to_throw_insert: 18.16's default. */
+const FALLBACK_PARTS_TO_THROW = 300;
 
 /** What a client is told to wait before it sends again, by cause: merges and catch-up take seconds. */
 const RETRY_AFTER_SECONDS = { concurrency: 1, lag: 5, parts: 5 } as const;
@@ -51,11 +57,32 @@ export class Backpressure {
   /** Tables ("db.t") over the parts threshold, with their most crowded partition. */
   private crowded = new Map<string, { partitionId: string; parts: number }>();
   private timer: NodeJS.Timeout | null = null;
+  /** The parts threshold in force: configured, or ClickHouse's own once read. */
+  private partsLimit: number | undefined;
 
   constructor(
     private readonly opts: BackpressureOptions,
     private readonly deps: BackpressureDeps,
-  ) {}
+  ) {
+    this.partsLimit = opts.maxActivePartsPerPartition;
+  }
+
+  /**
+   * ATTACH PART skips the check ClickHouse makes on a plain INSERT ("too many parts"), so
+   * Chorus makes it instead, by default at ClickHouse's own limit.
+   */
+  private async limitOfParts(): Promise<number> {
+    if (this.partsLimit !== undefined) return this.partsLimit;
+    try {
+      const [row] = await this.deps.ch.rows<{ value: string }>("SELECT value FROM system.merge_tree_settings WHERE name = 'parts_to_throw_insert'");
+      const value = Number(row?.value);
+      this.partsLimit = Number.isSafeInteger(value) && value > 0 ? value : FALLBACK_PARTS_TO_THROW;
+    } catch (err) {
+      this.deps.logger.debug({ err }, 'backpressure: could not read parts_to_throw_insert; using 300 for now');
+      return FALLBACK_PARTS_TO_THROW;
+    }
+    return this.partsLimit;
+  }
 
   start(): void {
     const tick = () => {
@@ -75,11 +102,12 @@ export class Backpressure {
   async check(): Promise<void> {
     const oldest = this.deps.oldestUnappliedAt();
     this.lagSeconds = oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000);
-    if (this.opts.maxActivePartsPerPartition > 0) {
+    const limit = await this.limitOfParts();
+    if (limit > 0) {
       try {
         const rows = await this.deps.ch.rows<{ database: string; table: string; partitionId: string; parts: number }>(
           `SELECT database, table, partition_id AS partitionId, count() AS parts FROM system.parts WHERE active AND database IN (${this.deps.databases.map(quoteString).join(', ')}) ` +
-            `GROUP BY database, table, partition_id HAVING parts > ${this.opts.maxActivePartsPerPartition} ORDER BY parts DESC`,
+            `GROUP BY database, table, partition_id HAVING parts > ${limit} ORDER BY parts DESC`,
         );
         const crowded = new Map<string, { partitionId: string; parts: number }>();
         for (const r of rows) {
@@ -90,7 +118,7 @@ export class Backpressure {
       } catch (err) {
         this.deps.logger.debug({ err }, 'backpressure: could not count active parts; keeping the last count');
       }
-    }
+    } else this.crowded = new Map();
     const m = this.deps.metrics.backpressure;
     m.set({ reason: 'lag' }, this.lagging() ? 1 : 0);
     m.set({ reason: 'parts' }, this.crowded.size);
@@ -114,7 +142,7 @@ export class Backpressure {
     }
     const crowded = this.crowded.get(table);
     if (crowded) {
-      refuse('parts', refusal('TOO_MANY_PARTS', `${table} has ${crowded.parts} active parts in partition ${crowded.partitionId} here (backpressure.maxActivePartsPerPartition = ${this.opts.maxActivePartsPerPartition}); nothing was stored: send it again once merges catch up, and batch more rows per insert`, RETRY_AFTER_SECONDS.parts));
+      refuse('parts', refusal('TOO_MANY_PARTS', `${table} has ${crowded.parts} active parts in partition ${crowded.partitionId} here (the limit is ${this.partsLimit ?? FALLBACK_PARTS_TO_THROW}: backpressure.maxActivePartsPerPartition, or ClickHouse's parts_to_throw_insert); nothing was stored: send it again once merges catch up, and batch more rows per insert`, RETRY_AFTER_SECONDS.parts));
     }
     const onTable = this.runningPerTable.get(table) ?? 0;
     if (this.opts.maxConcurrentInserts > 0 && this.running >= this.opts.maxConcurrentInserts) {
@@ -140,7 +168,7 @@ export class Backpressure {
   conditions(): string[] {
     const out: string[] = [];
     if (this.lagging()) out.push(`apply lag ${this.lagSeconds.toFixed(1)} s > backpressure.maxApplyLagSeconds (${this.opts.maxApplyLagSeconds}): inserts refused`);
-    for (const [table, c] of this.crowded) out.push(`${table}: ${c.parts} active parts in partition ${c.partitionId} > backpressure.maxActivePartsPerPartition (${this.opts.maxActivePartsPerPartition}): inserts into it refused`);
+    for (const [table, c] of this.crowded) out.push(`${table}: ${c.parts} active parts in partition ${c.partitionId} > ${this.partsLimit ?? FALLBACK_PARTS_TO_THROW} (backpressure.maxActivePartsPerPartition, or ClickHouse's parts_to_throw_insert): inserts into it refused`);
     return out;
   }
 }
