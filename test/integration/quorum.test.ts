@@ -1,3 +1,4 @@
+import { createClient } from '@clickhouse/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { devKill, devStart } from '../../src/dev/cluster.js';
 import { TestCluster } from '../support/cluster.js';
@@ -60,6 +61,38 @@ describe('insert_quorum and reads after an LSN', () => {
     } finally {
       clearTimeout(resume);
       await devKill(cluster.info.dir, cluster.replica(2).name, 'sidecar', 'CONT');
+    }
+  });
+
+  it("takes insert_quorum from @clickhouse/client's clickhouse_settings, and reads through it with X-Chorus-Wait-LSN", async () => {
+    await devKill(cluster.info.dir, cluster.replica(2).name, 'sidecar', 'STOP');
+    const resume = setTimeout(() => void devKill(cluster.info.dir, cluster.replica(2).name, 'sidecar', 'CONT'), 1000);
+    const client = createClient({ url: cluster.replica(0).http });
+    try {
+      const started = Date.now();
+      const rowId = ++id;
+      const result = await client.insert({
+        table: TABLE,
+        values: [{ day: '2026-11-01', id: rowId }],
+        format: 'JSONEachRow',
+        clickhouse_settings: { insert_quorum: '3', insert_quorum_timeout: 30000 },
+      });
+      expect(result.executed).toBe(true);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+      expect(await countOn(2, `id = ${rowId}`)).toBe(1);
+      const lsn = Number(result.response_headers['x-chorus-lsn']);
+      expect(lsn).toBeGreaterThan(0);
+      const reader = createClient({ url: cluster.replica(1).http, http_headers: { 'X-Chorus-Wait-LSN': String(lsn) } });
+      try {
+        const rows = await (await reader.query({ query: `SELECT count() AS n FROM ${TABLE} WHERE id = ${rowId}`, format: 'JSONEachRow' })).json<{ n: string | number }>();
+        expect(rows.map((r) => Number(r.n))).toEqual([1]);
+      } finally {
+        await reader.close();
+      }
+    } finally {
+      clearTimeout(resume);
+      await devKill(cluster.info.dir, cluster.replica(2).name, 'sidecar', 'CONT');
+      await client.close();
     }
   });
 
