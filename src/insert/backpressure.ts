@@ -24,8 +24,8 @@ export interface BackpressureDeps {
   ch: ClickHouseHttp;
   /** The replicated databases: only their tables' parts are counted. */
   databases: string[];
-  /** When the oldest entry still to be applied here was allocated, if any. */
-  oldestUnappliedAt: () => number | undefined;
+  /** How long the oldest entry still to be applied here has waited (seconds; 0 when none). */
+  applyLagSeconds: () => number;
   metrics: Metrics;
   logger: Logger;
 }
@@ -100,8 +100,7 @@ export class Backpressure {
 
   /** Looks at the lag and the parts now; a failed look keeps what was seen last. */
   async check(): Promise<void> {
-    const oldest = this.deps.oldestUnappliedAt();
-    this.lagSeconds = oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000);
+    this.lagSeconds = this.deps.applyLagSeconds();
     const limit = await this.limitOfParts();
     if (limit > 0) {
       try {

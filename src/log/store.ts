@@ -230,10 +230,10 @@ export class LocalLog {
     return rows.map((r) => ({ entry: JSON.parse(r.body) as LogEntry, state: r.state, attempts: r.attempts, lastError: r.lastError ?? '' }));
   }
 
-  /** When the oldest entry not applied here was allocated (ms), if any. */
-  oldestUnappliedAt(): number | undefined {
+  /** How long the oldest entry not applied here has waited since it was allocated (seconds); 0 when none waits. */
+  applyLagSeconds(): number {
     const row = this.sql("SELECT body FROM entries WHERE state IN ('pending', 'stored') ORDER BY lsn LIMIT 1").get() as { body: string } | undefined;
-    return row ? (JSON.parse(row.body) as LogEntry).allocatedAtMs : undefined;
+    return row ? Math.max(0, (Date.now() - (JSON.parse(row.body) as LogEntry).allocatedAtMs) / 1000) : 0;
   }
 
   getMeta(key: string): string | undefined {

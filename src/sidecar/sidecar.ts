@@ -219,7 +219,7 @@ export class Sidecar implements AdminBackend {
     this.backpressure = new Backpressure(config.backpressure, {
       ch: this.ch,
       databases: config.clickhouse.databases,
-      oldestUnappliedAt: () => this.log.oldestUnappliedAt(),
+      applyLagSeconds: () => this.log.applyLagSeconds(),
       metrics: this.metrics,
       logger: logger.child({ component: 'backpressure' }),
     });
@@ -241,8 +241,7 @@ export class Sidecar implements AdminBackend {
       status: () => this.status(),
       beforeScrape: () => {
         this.metrics.partStoreBytes.set(this.gc.bytesHeld);
-        const oldest = this.log.oldestUnappliedAt();
-        this.metrics.lagSeconds.set(oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000));
+        this.metrics.lagSeconds.set(this.log.applyLagSeconds());
         this.metrics.memberStates.reset();
         for (const m of this.gossip.swim.members.list()) this.metrics.memberStates.inc({ state: m.state });
       },
@@ -323,7 +322,6 @@ export class Sidecar implements AdminBackend {
     const readiness = await this.readiness();
     const versionRows = await this.ch.rows<{ v: string }>('SELECT version() AS v').catch(() => []);
     const unapplied = this.log.countUnapplied();
-    const oldest = this.log.oldestUnappliedAt();
     const progress = new Map(this.log.peerProgress().map((p) => [p.name, p]));
     const grpcOf = new Map(this.config.peers.map((p) => [p.name, p.grpc]));
     return {
@@ -336,7 +334,7 @@ export class Sidecar implements AdminBackend {
       zookeeperSession: this.zk.isConnected ? 'connected' : this.zk.isOpen ? 'connecting' : 'closed (only the allocating member keeps one)',
       maxLsn: this.log.maxLsn(),
       appliedWatermark: applied,
-      lag: { entries: unapplied.entries, bytes: unapplied.bytes, seconds: oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000) },
+      lag: { entries: unapplied.entries, bytes: unapplied.bytes, seconds: this.log.applyLagSeconds() },
       fetchesInFlight: this.applier.inFlightCount,
       partStoreBytes: this.gc.bytesHeld,
       members: this.gossip.swim.members.list().map((m) => {

@@ -4,13 +4,14 @@ import { ChorusError } from '../../src/core/errors.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { Backpressure, type BackpressureOptions } from '../../src/insert/backpressure.js';
 import { Metrics } from '../../src/metrics/metrics.js';
+import { codeOf } from '../support/errors.js';
 
 /**
  * Backpressure's decisions with a stand-in ClickHouse that answers the two queries it makes
  * (the integration test runs it against real servers): which limit is in force, and when an
  * insert is let in.
  */
-function backpressure(opts: Partial<BackpressureOptions>, parts: { throwAt?: string; crowded?: Array<{ table: string; parts: number }> } = {}, oldest?: number) {
+function backpressure(opts: Partial<BackpressureOptions>, parts: { throwAt?: string; crowded?: Array<{ table: string; parts: number }> } = {}, lagSeconds = 0) {
   const queries: string[] = [];
   const ch = {
     rows: async (sql: string) => {
@@ -22,19 +23,10 @@ function backpressure(opts: Partial<BackpressureOptions>, parts: { throwAt?: str
   } as unknown as ClickHouseHttp;
   const bp = new Backpressure(
     { maxConcurrentInserts: 0, maxConcurrentInsertsPerTable: 0, maxApplyLagSeconds: 0, checkIntervalMs: 1000, ...opts },
-    { ch, databases: ['default'], oldestUnappliedAt: () => oldest, metrics: new Metrics(), logger: silentLogger() },
+    { ch, databases: ['default'], applyLagSeconds: () => lagSeconds, metrics: new Metrics(), logger: silentLogger() },
   );
   return { bp, queries };
 }
-
-const codeOf = (fn: () => unknown): string | undefined => {
-  try {
-    fn();
-    return undefined;
-  } catch (err) {
-    return (err as ChorusError).code;
-  }
-};
 
 describe('backpressure', () => {
   it("takes ClickHouse's own parts_to_throw_insert when no limit is configured, and 300 when the server does not say", async () => {
@@ -68,7 +60,7 @@ describe('backpressure', () => {
   });
 
   it('refuses on lag with Retry-After 5 s, and bounds running inserts in all and per table until released', async () => {
-    const lagging = backpressure({ maxApplyLagSeconds: 1 }, {}, Date.now() - 5000).bp;
+    const lagging = backpressure({ maxApplyLagSeconds: 1 }, {}, 5).bp;
     await lagging.check();
     let err: ChorusError | undefined;
     try {

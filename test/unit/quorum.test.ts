@@ -6,17 +6,9 @@ import { ChorusError } from '../../src/core/errors.js';
 import { silentLogger } from '../../src/core/logger.js';
 import { LocalLog } from '../../src/log/store.js';
 import { Metrics } from '../../src/metrics/metrics.js';
+import { codeOf } from '../support/errors.js';
 import { DEFAULT_QUORUM_TIMEOUT_MS, Quorum, quorumSettings, waitApplied, waitAppliedThrough, type QuorumPeer } from '../../src/replication/quorum.js';
 import { insertEntry } from '../support/entries.js';
-
-const codeOf = (fn: () => unknown): string | undefined => {
-  try {
-    fn();
-    return undefined;
-  } catch (err) {
-    return (err as ChorusError).code;
-  }
-};
 
 describe('insert_quorum settings', () => {
   it("reads ClickHouse's settings and their defaults", () => {
