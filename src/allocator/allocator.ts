@@ -27,6 +27,22 @@ export interface AllocatorOptions {
   maxQueued?: number;
   /** How long past its requests' deadline a batch of unknown outcome is still re-read and retried. */
   unknownOutcomeRetryMs?: number;
+  /**
+   * When set (leases are on), a request is refused with ZooKeeperAwayError once ZooKeeper has
+   * been unreachable this long, instead of waiting out its deadline: its replica then inserts on
+   * its lease, and every insert would otherwise wait the whole deadline first.
+   */
+  awayAfterMs?: number;
+}
+
+/**
+ * An allocation refused without anything sent to ZooKeeper for it, because ZooKeeper could not
+ * be reached: nothing was allocated to the request anywhere, so it may be allocated otherwise.
+ */
+export class ZooKeeperAwayError extends ChorusError {
+  constructor(message: string) {
+    super('ALLOCATOR_UNAVAILABLE', message);
+  }
 }
 
 export interface AllocatorObserver {
@@ -80,6 +96,11 @@ export class Allocator {
 
   get usable(): boolean {
     return this.zk.isConnected;
+  }
+
+  /** Whether this replica holds a ZooKeeper session, connected or trying to (only allocating members keep one). */
+  get sessionOpen(): boolean {
+    return this.zk.isOpen;
   }
 
   /** The next LSN as last seen; only a hint (another replica may have allocated since). */
@@ -170,7 +191,13 @@ export class Allocator {
     return (await this.refresh()).state;
   }
 
+  /** Whether ZooKeeper has been unreachable for at least `awayAfterMs` (always false without it). */
+  get away(): boolean {
+    return this.opts.awayAfterMs !== undefined && this.zk.unreachableForMs >= this.opts.awayAfterMs;
+  }
+
   allocate(request: AllocationRequest): Promise<Allocation[]> {
+    if (this.away) return Promise.reject(new ZooKeeperAwayError(`ZooKeeper unreachable for ${Math.round(this.zk.unreachableForMs / 1000)} s; nothing was allocated`));
     if (this.stopped) return Promise.reject(new ChorusError('SHUTTING_DOWN', 'allocator is stopped'));
     if (this.queue.length >= (this.opts.maxQueued ?? Infinity)) {
       return Promise.reject(new ChorusError('ALLOCATOR_UNAVAILABLE', `${this.queue.length} allocations are waiting for ZooKeeper already; nothing was allocated, send it again later`));
@@ -220,6 +247,8 @@ export class Allocator {
       let sent = false;
       try {
         const fresh = !this.cached;
+        // With leases on, a batch waits for ZooKeeper only as long as it takes to call it away.
+        if (this.opts.awayAfterMs !== undefined && !uncertain) await this.zk.waitConnected(this.opts.awayAfterMs);
         const base = this.cached ?? (await this.refresh());
         const { state, results, changed } = applyBatch(base.state, batch.map((p) => p.request), this.opts.window);
         // A batch of duplicates writes nothing, so no BadVersion would tell a stale cache: another
@@ -243,10 +272,8 @@ export class Allocator {
         if (isZkError(err, ZK_BAD_VERSION) || isZkError(err, ZK_NODE_EXISTS)) continue;
         if (sent) uncertain = true;
         const now = Date.now();
-        if (!uncertain && batch.every((p) => p.deadline < now)) {
-          batch.forEach((p) =>
-            p.reject(new ChorusError('ALLOCATOR_UNAVAILABLE', `ZooKeeper unavailable; nothing was allocated (${(err as Error).message})`)),
-          );
+        if (!uncertain && (this.away || batch.every((p) => p.deadline < now))) {
+          batch.forEach((p) => p.reject(new ZooKeeperAwayError(`ZooKeeper unavailable; nothing was allocated (${(err as Error).message})`)));
           return;
         }
         if (uncertain && now > lastDeadline + (this.opts.unknownOutcomeRetryMs ?? Infinity)) {

@@ -65,6 +65,11 @@ export interface AllocationRequest {
   blockIds: Array<string | null>;
   /** The table of each entry ("db.t"), for barriers; may be omitted when there are none. */
   tables?: string[];
+  /**
+   * LSNs to reserve right after this request's last entry: a lease its origin may use while
+   * ZooKeeper is away (the entry is the lease's own log entry). Reserved only once, with the entry.
+   */
+  reserve?: number;
 }
 
 export interface Allocation {
@@ -77,6 +82,9 @@ export interface Allocation {
    */
   barrier: number;
 }
+
+/** The most LSNs one lease may reserve (zookeeper.leaseSize). */
+export const MAX_LEASE_SIZE = 10_000;
 
 const BARRIER = '!barrier:';
 export const barrierMarker = (table: string) => `${BARRIER}${table}`;
@@ -132,7 +140,8 @@ export function applyBatch(
   const results = requests.map((request) => {
     // Entries of an earlier attempt of this request, in the order they were allocated.
     const own = [...(ownByNonce.get(request.nonce) ?? [])];
-    return request.blockIds.map((blockId, i): Allocation => {
+    const addedBefore = added.length;
+    const allocations = request.blockIds.map((blockId, i): Allocation => {
       const table = request.tables?.[i];
       const marker = table ? blockKey(barrierMarker(table)) : '';
       const key = blockKey(blockId);
@@ -154,8 +163,10 @@ export function applyBatch(
       if (key && !barrier) byKey.set(key, entry);
       return { lsn: entry.lsn, duplicate: false, barrier: below };
     });
+    if (request.reserve && added.length > addedBefore) next += request.reserve;
+    return allocations;
   });
-  if (added.length === 0) return { state, results, changed: false };
+  if (added.length === 0 && next === state.next) return { state, results, changed: false };
   return { state: bound({ ...state, next, open: [...state.open, ...added] }, limits, now), results, changed: true };
 }
 

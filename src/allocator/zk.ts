@@ -60,6 +60,8 @@ export class ZkSession {
   private closed = true;
   private waiters: Array<() => void> = [];
   private lastUsedAt = 0;
+  /** Since when this session has been open without a connection (0: connected, or closed). */
+  private unreachableSince = 0;
   private idleTimer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -88,6 +90,11 @@ export class ZkSession {
     return !this.closed;
   }
 
+  /** How long this open session has been trying to reach ZooKeeper (0 when connected or closed). */
+  get unreachableForMs(): number {
+    return this.closed || this.connected || this.unreachableSince === 0 ? 0 : Date.now() - this.unreachableSince;
+  }
+
   start(): void {
     if (!this.closed) return;
     this.closed = false;
@@ -105,6 +112,7 @@ export class ZkSession {
   }
 
   private open(): void {
+    if (!this.connected && this.unreachableSince === 0) this.unreachableSince = Date.now();
     const client = zookeeper.createClient(this.connect, {
       sessionTimeout: this.opts.sessionTimeoutMs,
       spinDelay: 200,
@@ -115,15 +123,18 @@ export class ZkSession {
     if (this.opts.auth) client.addAuthInfo('digest', Buffer.from(this.opts.auth));
     client.on('connected', () => {
       this.connected = true;
+      this.unreachableSince = 0;
       this.log.debug('zookeeper connected');
       for (const w of this.waiters.splice(0)) w();
     });
     client.on('disconnected', () => {
       this.connected = false;
+      this.unreachableSince ||= Date.now();
       this.log.warn('zookeeper disconnected');
     });
     client.on('expired', () => {
       this.connected = false;
+      this.unreachableSince ||= Date.now();
       this.log.warn('zookeeper session expired, opening a new one');
       client.close();
       if (!this.closed) this.open();
@@ -288,6 +299,7 @@ export class ZkSession {
     this.idleTimer = null;
     this.closed = true;
     this.connected = false;
+    this.unreachableSince = 0;
     this.client?.close();
     this.client = null;
   }

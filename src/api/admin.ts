@@ -5,6 +5,8 @@ import { toGrpcError } from '../gossip/gossip.js';
 import { chorusV1 } from '../gossip/proto.js';
 import type { EntryState, LogEntry } from '../log/entry.js';
 import type { CloneProgress } from '../replication/clone.js';
+import type { LeaseStatus } from '../allocator/lease.js';
+import type { LeaseDuplicate } from '../log/store.js';
 
 export interface AdminStatus {
   replica: string;
@@ -29,6 +31,8 @@ export interface AdminStatus {
   clone: CloneProgress;
   /** Conditions an operator must look into (two different entries for one LSN), newest first. */
   alarms: string[];
+  lease: LeaseStatus;
+  leaseDuplicates: Array<Omit<LeaseDuplicate, 'at'>>;
 }
 
 export interface EntryInfo {

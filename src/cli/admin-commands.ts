@@ -149,13 +149,17 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
       ready: s ? s.ready : false,
       notReadyReasons: s ? s.notReadyReasons : ['did not answer'],
       backpressure: s ? (s.backpressure ?? []) : [],
+      lease: s?.lease ? leaseOf(s.lease) : null,
       reachable: s !== undefined,
     };
   });
+  const duplicates = new Map<string, AdminStatus['leaseDuplicates'][number]>();
+  for (const s of [asked, ...own]) for (const d of s?.leaseDuplicates ?? []) duplicates.set(`${d.lsn}:${d.duplicateOf}`, { ...d, lsn: Number(d.lsn), duplicateOf: Number(d.duplicateOf) });
+  const leaseDuplicates = [...duplicates.values()].sort((a, b) => a.lsn - b.lsn);
   const alarms = [asked, ...own].flatMap((s) => (s ? (s.alarms ?? []).map((a) => `${s.replica}: ${a}`) : []));
   const unique = [...new Set(alarms)];
   const healthy = unique.length === 0 && members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready));
-  if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members, alarms: unique }, null, 2) + '\n');
+  if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members, alarms: unique, leaseDuplicates }, null, 2) + '\n');
   else {
     out(`shard ${asked.shard} (cluster ${asked.cluster}): asked ${asked.replica}, highest LSN ${asked.maxLsn}, allocating member ${asked.allocatingMember}, ZooKeeper ${asked.zookeeperSession}\n\n`);
     const rows = [['MEMBER', 'STATE', 'APPLIED LSN', 'LAG', 'LAG (s)', 'PART STORE', 'READY']];
@@ -173,7 +177,35 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
     out(table(rows));
     const held = members.flatMap((m) => m.backpressure.map((b) => `${m.name}: ${b}`));
     if (held.length) out(`\nBACKPRESSURE (${held.length}):\n${held.map((b) => `  ${b}\n`).join('')}`);
+    const leased = members.filter((m) => m.lease && m.lease.size > 0);
+    if (leased.length) {
+      const line = (m: (typeof members)[number]) => {
+        const l = m.lease!;
+        const range = l.first ? `LSN ${l.first}-${l.last}, ${l.free} free, ${l.used} used` : 'none held';
+        const away = l.zookeeperAway ? `; ZooKeeper away since ${new Date(l.awaySinceMs).toISOString()}, inserts on the lease` : '';
+        return `  ${m.name}: ${range}${away}; ${l.allocatedOnLease} block(s) allocated on leases since start\n`;
+      };
+      out(`\nLEASES (ZooKeeper outage reserve):\n${leased.map(line).join('')}`);
+    }
+    if (leaseDuplicates.length) {
+      out(
+        `\nSTORED TWICE WHILE ZOOKEEPER WAS AWAY (${leaseDuplicates.length}):\n${leaseDuplicates
+          .map((d) => `  ${d.table}: LSN ${d.lsn} (${d.origins[0]}) and LSN ${d.duplicateOf} (${d.origins[1]}) hold the same block\n`)
+          .join('')}`,
+      );
+    }
     if (unique.length) out(`\nALARMS (${unique.length}):\n${unique.map((a) => `  ${a}\n`).join('')}`);
   }
   return healthy ? EXIT.ok : EXIT.degraded;
+}
+
+/** A lease status as gRPC delivers it (64-bit fields may come as strings). */
+function leaseOf(l: AdminStatus['lease']): AdminStatus['lease'] {
+  return {
+    ...l,
+    first: Number(l.first),
+    last: Number(l.last),
+    awaySinceMs: Number(l.awaySinceMs),
+    allocatedOnLease: Number(l.allocatedOnLease),
+  };
 }

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { MAX_LEASE_SIZE } from '../allocator/window.js';
 import { z } from 'zod';
 import { ChorusError } from '../core/errors.js';
 
@@ -49,6 +50,17 @@ export const configSchema = z
          */
         dedupChunkEntries: z.number().int().min(10).max(10_000).default(100),
         maxBatch: z.number().int().min(1).default(500),
+        /**
+         * LSNs each replica keeps in reserve (its lease), taken in the allocator's compare-and-set,
+         * to go on taking inserts while ZooKeeper is away. 0 (the default) turns leases off:
+         * inserts then fail while ZooKeeper is away, as ReplicatedMergeTree's do. See the README's
+         * "Inserts while ZooKeeper is away" for what a lease costs.
+         */
+        leaseSize: z.number().int().min(0).max(MAX_LEASE_SIZE).default(0),
+        /** How long a lease may lie below newer LSNs before its replica replaces it and voids what it did not use. */
+        leaseRenewMs: z.number().int().min(100).default(30_000),
+        /** How long ZooKeeper must have been unreachable before inserts go to the lease; also how often its return is probed then. */
+        leaseAfterMs: z.number().int().min(100).default(1000),
         idleCloseMs: z.number().int().min(100).default(60_000),
         /**
          * `user:password` of a ZooKeeper digest identity: Chorus's znodes get an ACL that only it

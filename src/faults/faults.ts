@@ -34,10 +34,16 @@ export interface FaultSettings {
    * (which rewrites the file) leaves them when the disk fills.
    */
   emptyAttachedColumns: number;
+  /**
+   * Log entries neither leave nor reach this replica by gossip (pushes and exchanges refused
+   * and not sent); membership probes and allocation still travel. Entries recorded meanwhile
+   * reach the peers by exchange once it is lifted.
+   */
+  isolateGossip: boolean;
 }
 
 export class Faults {
-  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null, unreadableParts: 0, emptyAttachedColumns: 0 };
+  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null, unreadableParts: 0, emptyAttachedColumns: 0, isolateGossip: false };
 
   constructor(readonly enabled: boolean) {}
 
@@ -46,6 +52,7 @@ export class Faults {
     if (update.corruptServedFiles !== undefined) this.settings.corruptServedFiles = Math.max(0, Math.floor(update.corruptServedFiles));
     if (update.unreadableParts !== undefined) this.settings.unreadableParts = Math.max(0, Math.floor(update.unreadableParts));
     if (update.emptyAttachedColumns !== undefined) this.settings.emptyAttachedColumns = Math.max(0, Math.floor(update.emptyAttachedColumns));
+    if (update.isolateGossip !== undefined) this.settings.isolateGossip = update.isolateGossip === true;
     if (update.crashAt !== undefined) {
       if (update.crashAt !== null && !CRASH_POINTS.includes(update.crashAt)) {
         throw new ChorusError('BAD_QUERY', `unknown crash point ${String(update.crashAt)}; known: ${CRASH_POINTS.join(', ')}`);
@@ -60,6 +67,10 @@ export class Faults {
     if (!this.enabled || this.settings.crashAt !== point) return;
     process.stderr.write(`test fault: dying at crash point ${point}\n`);
     process.kill(process.pid, 'SIGKILL');
+  }
+
+  get gossipIsolated(): boolean {
+    return this.enabled && this.settings.isolateGossip;
   }
 
   /** True when this read of an attached part should fail; consumes one. */

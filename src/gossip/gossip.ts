@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
-import type { Allocator } from '../allocator/allocator.js';
-import type { Allocation, AllocationRequest } from '../allocator/window.js';
+import { ZooKeeperAwayError, type Allocator } from '../allocator/allocator.js';
+import { MAX_LEASE_SIZE, type Allocation, type AllocationRequest } from '../allocator/window.js';
 import type { Logger } from '../core/logger.js';
 import { ChorusError } from '../core/errors.js';
 import type { Digest, LogEntry } from '../log/entry.js';
@@ -39,6 +39,8 @@ export interface GossipOptions {
   identify?: (call: grpc.ServerUnaryCall<unknown, unknown>) => string | null;
   /** Small parts sent inside pushes, so that followers need not fetch them; absent: never. */
   pushedParts?: PushedParts;
+  /** A test fault: while true, no entries are sent or taken (Faults.isolateGossip). */
+  isolated?: () => boolean;
 }
 
 /**
@@ -149,6 +151,7 @@ export class Gossip {
       push: (call: grpc.ServerUnaryCall<{ from: string; entries: unknown[]; parts?: Array<{ lsn: number; data: Buffer }> }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         let from: string;
         try {
+          if (this.opts.isolated?.()) throw new ChorusError('PEER_UNAVAILABLE', 'gossip isolated by a test fault');
           from = this.sender(call, call.request.from, 'push').name;
         } catch (err) {
           return cb(toGrpcError(err));
@@ -163,6 +166,7 @@ export class Gossip {
       },
       exchange: (call: grpc.ServerUnaryCall<Digest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         try {
+          if (this.opts.isolated?.()) throw new ChorusError('PEER_UNAVAILABLE', 'gossip isolated by a test fault');
           const theirs = call.request;
           const sender = this.sender(call, theirs.from, 'exchange');
           if (theirs.knownAbove.length > MAX_DIGEST_RANGES) throw new ChorusError('INVALID_ENTRY', `a digest with ${theirs.knownAbove.length} ranges (at most ${MAX_DIGEST_RANGES})`);
@@ -177,17 +181,18 @@ export class Gossip {
           cb(toGrpcError(err));
         }
       },
-      allocate: (call: grpc.ServerUnaryCall<{ from: string; nonce: string; blockIds: string[]; tables: string[] }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-        const { from, nonce, blockIds, tables } = call.request;
+      allocate: (call: grpc.ServerUnaryCall<{ from: string; nonce: string; blockIds: string[]; tables: string[]; reserve: number }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+        const { from, nonce, blockIds, tables, reserve } = call.request;
         try {
           this.sender(call, from, 'allocate');
+          if (reserve > MAX_LEASE_SIZE) throw new ChorusError('INVALID_ENTRY', `a lease of ${reserve} LSNs asked for (at most ${MAX_LEASE_SIZE})`);
         } catch (err) {
           return cb(toGrpcError(err));
         }
         this.allocator
-          .allocate({ origin: from, nonce, blockIds: blockIds.map((b) => b || null), tables: tables.length ? tables : undefined })
+          .allocate({ origin: from, nonce, blockIds: blockIds.map((b) => b || null), tables: tables.length ? tables : undefined, reserve: reserve || undefined })
           .then((allocations) => cb(null, { allocations }))
-          .catch((err: unknown) => cb(toGrpcError(err)));
+          .catch((err: unknown) => (err instanceof ZooKeeperAwayError ? cb(null, { allocations: [], zookeeperAway: err.message }) : cb(toGrpcError(err))));
       },
       waitApplied: (call: grpc.ServerUnaryCall<{ from: string; lsns: Array<number | string>; timeoutMs: number }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
         try {
@@ -309,6 +314,7 @@ export class Gossip {
    */
   broadcast(entries: LogEntry[]): void {
     this.applyDecommissions(entries);
+    if (this.opts.isolated?.()) return;
     const outgoing = entries.map((entry) => ({ entry, part: this.partToPush(entry) }));
     for (const peer of this.peers) {
       // A peer that is away or slow gets entries without parts rather than a growing backlog of bytes.
@@ -365,7 +371,7 @@ export class Gossip {
 
   /** One anti-entropy round with a random live peer: pull what we lack, push what it lacks. */
   async exchangeOnce(peer = this.randomLivePeer()): Promise<void> {
-    if (!peer || this.exchanging) return;
+    if (!peer || this.exchanging || this.opts.isolated?.()) return;
     try {
       await this.exclusive(() => this.exchangeWith(peer));
       this.metrics.gossipRounds.inc({ kind: 'exchange', outcome: 'ok' });
@@ -450,13 +456,34 @@ export class Gossip {
     return this.members().find((m) => !m.peer || this.usable(m.peer))!.name;
   }
 
+  /**
+   * Fails with ZooKeeperAwayError only when no attempt may have allocated anything: every member
+   * asked said ZooKeeper was away. A member whose reply was lost may have allocated; then the
+   * error is a plain ALLOCATOR_UNAVAILABLE, and the request must not be allocated otherwise.
+   */
   async allocate(request: AllocationRequest): Promise<Allocation[]> {
+    let uncertain = false;
+    let away = 0;
     for (const member of this.members()) {
-      if (!member.peer) return this.allocator.allocate(request);
+      if (!member.peer) {
+        // A member that does not allocate keeps no session; when the allocating members all say
+        // ZooKeeper is away, opening one here would only wait to learn the same.
+        if (away > 0 && !uncertain && !this.allocator.sessionOpen) {
+          throw new ZooKeeperAwayError(`ZooKeeper is away for ${away} member(s) asked; nothing was allocated`);
+        }
+        try {
+          return await this.allocator.allocate(request);
+        } catch (err) {
+          if (err instanceof ZooKeeperAwayError && uncertain) throw new ChorusError('ALLOCATOR_UNAVAILABLE', `no member could allocate, and one did not answer whether it had: ${err.message}`);
+          throw err;
+        }
+      }
       if (!this.usable(member.peer)) continue;
       try {
         return await member.peer.allocate(request, this.opts.allocateTimeoutMs);
       } catch (err) {
+        if (err instanceof ZooKeeperAwayError) away++;
+        else uncertain = true;
         this.logger.warn({ peer: member.name, err: (err as Error).message }, 'allocation via peer failed; trying the next member');
       }
     }

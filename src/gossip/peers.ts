@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { PeerConfig } from '../config/config.js';
 import { ChorusError } from '../core/errors.js';
 import type { Allocation, AllocationRequest } from '../allocator/window.js';
+import { ZooKeeperAwayError } from '../allocator/allocator.js';
 import type { Digest, LogEntry } from '../log/entry.js';
 import type { MemberUpdate } from './members.js';
 import { chorusV1 } from './proto.js';
@@ -103,10 +104,11 @@ export class Peer {
   }
 
   allocate(request: AllocationRequest, timeoutMs: number): Promise<Allocation[]> {
-    const wire = { from: request.origin, nonce: request.nonce, blockIds: request.blockIds.map((b) => b ?? ''), tables: request.tables ?? [] };
-    return this.call<{ allocations: Allocation[] }>('allocate', wire, timeoutMs).then((r) =>
-      r.allocations.map((a) => ({ lsn: Number(a.lsn), duplicate: a.duplicate, barrier: Number(a.barrier ?? 0) })),
-    );
+    const wire = { from: request.origin, nonce: request.nonce, blockIds: request.blockIds.map((b) => b ?? ''), tables: request.tables ?? [], reserve: request.reserve ?? 0 };
+    return this.call<{ allocations: Allocation[]; zookeeperAway?: string }>('allocate', wire, timeoutMs).then((r) => {
+      if (r.zookeeperAway) throw new ZooKeeperAwayError(`${this.name}: ${r.zookeeperAway}`);
+      return r.allocations.map((a) => ({ lsn: Number(a.lsn), duplicate: a.duplicate, barrier: Number(a.barrier ?? 0) }));
+    });
   }
 
   ping(from: string, updates: MemberUpdate[], timeoutMs: number): Promise<PingReply> {

@@ -17,6 +17,7 @@ import { barrierMarker } from '../allocator/window.js';
 import { blockIdOf, type StagingPool, type StagingTable } from './staging.js';
 import { canonicalPartition } from '../clickhouse/partition.js';
 import type { LogConflict } from '../log/store.js';
+import type { LeaseAllocation, Leases } from '../allocator/lease.js';
 
 /**
  * The origin records only its own entries: an LSN it was allocated that already holds another
@@ -65,6 +66,8 @@ export interface InsertDeps {
   log: LocalLog;
   attacher: Attacher;
   allocate: (request: AllocationRequest) => Promise<Allocation[]>;
+  /** Inserts allocate through it: ZooKeeper while it is there, the replica's lease while it is away. */
+  leases: Leases;
   announce: (entries: LogEntry[]) => void;
   hold: (lsns: number[]) => () => void;
   notifyApplier: () => void;
@@ -184,13 +187,16 @@ export class InsertPipeline {
       this.deps.inFlight.add(nonce);
       step('log.intent', () => log.recordIntent(nonce, drafts));
       intentOpen = true;
-      const allocations = await step('allocate', () =>
-        this.deps.allocate({
-          nonce,
-          origin: this.deps.self,
-          blockIds: drafts.map((d) => d.entry.blockId),
-          tables: drafts.map(() => label),
-        }),
+      const allocations: LeaseAllocation[] = await step('allocate', () =>
+        this.deps.leases.allocateInsert(
+          {
+            nonce,
+            origin: this.deps.self,
+            blockIds: drafts.map((d) => d.entry.blockId),
+            tables: drafts.map(() => label),
+          },
+          { database: table.database, table: table.name },
+        ),
       );
       faults.crashPoint('insert.after-allocate');
       const allocatedAtMs = Date.now();
@@ -202,7 +208,7 @@ export class InsertPipeline {
           duplicates.push({ lsn: allocation.lsn, blockId: d.entry.blockId });
           metrics.dedupHits.inc({ table: label });
         } else {
-          fresh.push({ ...d.entry, lsn: allocation.lsn, allocatedAtMs, barrier: allocation.barrier });
+          fresh.push({ ...d.entry, lsn: allocation.lsn, allocatedAtMs, barrier: allocation.barrier, ...(allocation.leased ? { leased: true } : {}) });
         }
       }
       try {
@@ -212,7 +218,8 @@ export class InsertPipeline {
         assertOwnEntries(conflicts);
       } catch (err) {
         // Allocated but not recorded: this replica allocated them, so it may void them.
-        await this.deps.voidLsns(fresh.map((e) => e.lsn)).catch((voidErr: unknown) => this.deps.logger.error({ err: voidErr }, 'voiding failed; recovery will retry'));
+        this.deps.leases.voidLeased(fresh.filter((e) => e.leased).map((e) => e.lsn));
+        await this.deps.voidLsns(fresh.filter((e) => !e.leased).map((e) => e.lsn)).catch((voidErr: unknown) => this.deps.logger.error({ err: voidErr }, 'voiding failed; recovery will retry'));
         throw err;
       }
       faults.crashPoint('insert.after-record');
@@ -249,6 +256,7 @@ export class InsertPipeline {
       };
     } finally {
       this.deps.inFlight.delete(nonce);
+      this.deps.leases.done(nonce);
       if (!intentOpen) void store.discardPending(nonce).catch(() => undefined);
       // Emptying the staging table need not delay the answer: the pool hands it out again
       // only once it is empty.
@@ -341,7 +349,13 @@ export class InsertPipeline {
     this.deps.inFlight.add(nonce);
     try {
       this.deps.log.recordIntent(nonce, [{ dir: '', entry: draft }]);
-      const [allocation] = await this.deps.allocate({ nonce, origin: this.deps.self, blockIds: [blockId], tables: opts.table ? [opts.table] : undefined });
+      const [allocation] = await this.deps.allocate({
+        nonce,
+        origin: this.deps.self,
+        blockIds: [blockId],
+        tables: opts.table ? [opts.table] : undefined,
+        reserve: draft.kind === 'lease' ? draft.leaseSize : undefined,
+      });
       const entry: LogEntry = { ...draft, lsn: allocation!.lsn, allocatedAtMs: Date.now(), barrier: 0 };
       assertOwnEntries(this.deps.log.resolveIntent(nonce, [entry], opts.state).conflicts, opts.what);
       return entry;

@@ -8,10 +8,12 @@ export interface FileInfo {
  * 'insert': a part to attach. 'drop_partition' and 'truncate': applied in LSN order relative to
  * the table's inserts. 'void': an LSN its origin allocated but could not record.
  * 'decommission': `member` leaves the shard for good (durable, so a replica that was away learns
- * it as it learns any entry; never a gossip rumour).
+ * it as it learns any entry; never a gossip rumour). 'lease': the `leaseSize` LSNs after it are
+ * reserved for its origin, to insert on while ZooKeeper is away; each is later used or voided
+ * by that origin.
  */
-export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void' | 'decommission';
-export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void', 'decommission'];
+export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void' | 'decommission' | 'lease';
+export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void', 'decommission', 'lease'];
 
 /** A replication log entry: what every replica must apply. Immutable once allocated. */
 export interface LogEntry {
@@ -36,13 +38,17 @@ export interface LogEntry {
   partition: string;
   /** decommission: the member that leaves the shard. */
   member?: string;
+  /** lease: how many LSNs after this one are reserved for its origin. */
+  leaseSize?: number;
+  /** insert: allocated on its origin's lease while ZooKeeper was away (deduplicated only against what its origin knew). */
+  leased?: boolean;
 }
 
 /**
  * An entry that carries no part (a void, a drop, a truncate, a decommission) before its LSN is
  * known: every part field empty, the rest from `fields`.
  */
-export function partlessEntry(kind: Exclude<EntryKind, 'insert'>, origin: string, fields: Partial<Pick<LogEntry, 'database' | 'table' | 'blockId' | 'partition' | 'member'>> = {}): EntryDraft['entry'] {
+export function partlessEntry(kind: Exclude<EntryKind, 'insert'>, origin: string, fields: Partial<Pick<LogEntry, 'database' | 'table' | 'blockId' | 'partition' | 'member' | 'leaseSize'>> = {}): EntryDraft['entry'] {
   return {
     kind,
     database: '',

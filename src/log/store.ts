@@ -14,6 +14,24 @@ export interface LogConflict {
   at: number;
 }
 
+/** Two entries holding the same block, at least one allocated on a lease while ZooKeeper was away. */
+export interface LeaseDuplicate {
+  lsn: number;
+  duplicateOf: number;
+  blockId: string;
+  table: string;
+  origins: [string, string];
+  at: number;
+}
+
+/** LSNs reserved for `origin` by the lease entry at `lsn`: first..last. */
+export interface Lease {
+  lsn: number;
+  origin: string;
+  first: number;
+  last: number;
+}
+
 interface EntryRow {
   lsn: number;
   body: string;
@@ -32,6 +50,10 @@ export class LocalLog {
   private db: Database.Database;
   private knownWatermark = 0;
   private appliedWatermark = 0;
+  /** Like appliedWatermark, but stepping over LSNs reserved by a lease and not used (yet). */
+  private readableWatermark = 0;
+  /** Lease ranges the readable watermark may still have to step over. */
+  private leaseRanges: Array<{ first: number; last: number }> = [];
   /** Called after an entry became applied or voided here (quorum and read-after-LSN waits). */
   private readonly settledListeners = new Set<() => void>();
 
@@ -95,6 +117,14 @@ export class LocalLog {
         at INTEGER NOT NULL,
         PRIMARY KEY (lsn, received)
       );
+      CREATE INDEX IF NOT EXISTS entries_block ON entries(block_id);
+      CREATE INDEX IF NOT EXISTS entries_kind ON entries(kind, lsn);
+      CREATE TABLE IF NOT EXISTS lease_duplicates (
+        lsn INTEGER NOT NULL,
+        duplicate_of INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (lsn, duplicate_of)
+      );
       CREATE TABLE IF NOT EXISTS peers (
         name TEXT PRIMARY KEY,
         applied_watermark INTEGER NOT NULL,
@@ -106,6 +136,7 @@ export class LocalLog {
     const columns = this.sql('PRAGMA table_info(entries)').all() as Array<{ name: string }>;
     if (!columns.some((c) => c.name === 'kind')) this.db.exec("ALTER TABLE entries ADD COLUMN kind TEXT NOT NULL DEFAULT 'insert'");
     if (!columns.some((c) => c.name === 'attach_done')) this.db.exec('ALTER TABLE entries ADD COLUMN attach_done INTEGER NOT NULL DEFAULT 0');
+    this.leaseRanges = this.leases().map((l) => ({ first: l.first, last: l.last }));
     this.advanceWatermarks();
   }
 
@@ -139,15 +170,89 @@ export class LocalLog {
     const added: LogEntry[] = [];
     const conflicts: LogConflict[] = [];
     for (const e of entries) {
-      const initial = e.kind === 'void' ? 'voided' : e.kind === 'decommission' ? 'applied' : state;
+      const initial = e.kind === 'void' ? 'voided' : e.kind === 'decommission' || e.kind === 'lease' ? 'applied' : state;
       const r = insert.run(e.lsn, e.database, e.table, e.blockId, e.kind, e.bytes, JSON.stringify(e), initial);
-      if (r.changes > 0) added.push(e);
-      else {
+      if (r.changes > 0) {
+        added.push(e);
+        if (e.kind === 'insert') this.noteLeaseDuplicates(e);
+        if (e.kind === 'lease') this.leaseRanges.push({ first: e.lsn + 1, last: e.lsn + (e.leaseSize ?? 0) });
+      } else {
         const conflict = this.checkSame(e, source);
         if (conflict) conflicts.push(conflict);
       }
     }
     return { added, conflicts };
+  }
+
+  /**
+   * Two entries with one block ID are a duplicate the allocator could not see: one of them was
+   * allocated on a lease while ZooKeeper was away, and the insert was sent to another replica
+   * too. Every replica finds the same pairs once it holds both entries.
+   */
+  private noteLeaseDuplicates(e: LogEntry): void {
+    for (const other of this.holdersOf(e.blockId)) {
+      if (other.lsn === e.lsn || !(e.leased || other.leased)) continue;
+      this.sql('INSERT OR IGNORE INTO lease_duplicates (lsn, duplicate_of, at) VALUES (?, ?, ?)').run(Math.max(e.lsn, other.lsn), Math.min(e.lsn, other.lsn), Date.now());
+    }
+  }
+
+  /** Insert entries (not voided) that hold `blockId`, with when and how they were allocated. */
+  holdersOf(blockId: string): Array<{ lsn: number; leased: boolean; allocatedAtMs: number; state: EntryState }> {
+    const rows = this.sql("SELECT lsn, body, state FROM entries WHERE block_id = ? AND kind = 'insert' AND state != 'voided'").all(blockId) as EntryRow[];
+    return rows.map((r) => {
+      const entry = JSON.parse(r.body) as LogEntry;
+      return { lsn: r.lsn, leased: entry.leased === true, allocatedAtMs: entry.allocatedAtMs, state: r.state };
+    });
+  }
+
+  /** Cross-replica duplicates from lease allocations, both entries still standing, oldest first. */
+  leaseDuplicates(limit = 1000): LeaseDuplicate[] {
+    const rows = this.sql(
+      `SELECT d.lsn, d.duplicate_of AS duplicateOf, d.at, a.body AS a, b.body AS b FROM lease_duplicates d
+       JOIN entries a ON a.lsn = d.lsn AND a.state != 'voided' JOIN entries b ON b.lsn = d.duplicate_of AND b.state != 'voided'
+       ORDER BY d.lsn LIMIT ?`,
+    ).all(limit) as Array<{ lsn: number; duplicateOf: number; at: number; a: string; b: string }>;
+    return rows.map((r) => {
+      const a = JSON.parse(r.a) as LogEntry;
+      const b = JSON.parse(r.b) as LogEntry;
+      return { lsn: r.lsn, duplicateOf: r.duplicateOf, blockId: a.blockId, table: `${a.database}.${a.table}`, origins: [a.origin, b.origin], at: r.at };
+    });
+  }
+
+  /** The lease entries known here from `fromLsn` on, oldest first. */
+  leases(fromLsn = 0): Lease[] {
+    const rows = this.sql("SELECT lsn, body FROM entries WHERE kind = 'lease' AND lsn >= ? ORDER BY lsn").all(fromLsn) as EntryRow[];
+    return rows.map((r) => {
+      const e = JSON.parse(r.body) as LogEntry;
+      return { lsn: r.lsn, origin: e.origin, first: r.lsn + 1, last: r.lsn + (e.leaseSize ?? 0) };
+    });
+  }
+
+  /** LSNs of first..last that hold no entry here. */
+  unrecordedIn(first: number, last: number): number[] {
+    const held = new Set((this.sql('SELECT lsn FROM entries WHERE lsn BETWEEN ? AND ?').all(first, last) as Array<{ lsn: number }>).map((r) => r.lsn));
+    const free: number[] = [];
+    for (let lsn = first; lsn <= last; lsn++) if (!held.has(lsn)) free.push(lsn);
+    return free;
+  }
+
+  /** The newest entry that is not a lease or a void (0: none): what a lease below it holds back. */
+  maxWrittenLsn(): number {
+    return (this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN ('insert', 'drop_partition', 'truncate', 'decommission')").get() as { m: number }).m;
+  }
+
+  /** The newest DROP PARTITION or TRUNCATE of any table known here (0: none). */
+  newestTableOp(): number {
+    return (this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN ('drop_partition', 'truncate')").get() as { m: number }).m;
+  }
+
+  /** The newest DROP PARTITION or TRUNCATE of a table known here, below `below` (0: none). */
+  newestBarrier(database: string, table: string, below = Number.MAX_SAFE_INTEGER): number {
+    return (
+      this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE database = ? AND tbl = ? AND kind IN ('drop_partition', 'truncate') AND lsn < ?").get(database, table, below) as {
+        m: number;
+      }
+    ).m;
   }
 
   /** Records a conflict when `received` differs from the entry stored for its LSN. */
@@ -459,10 +564,43 @@ export class LocalLog {
       if (!advanced || rows.length < 10000) break;
     }
     this.appliedWatermark = a;
+    this.advanceReadable();
   }
 
-  watermarks(): { known: number; applied: number } {
-    return { known: this.knownWatermark, applied: this.appliedWatermark };
+  /**
+   * A read that waits for an LSN needs every entry below it applied, not the LSNs a lease keeps
+   * in reserve: one used later is a later write.
+   */
+  private advanceReadable(): void {
+    let r = Math.max(this.readableWatermark, this.appliedWatermark);
+    this.leaseRanges = this.leaseRanges.filter((l) => l.last > r);
+    const rows = this.sql('SELECT lsn, state FROM entries WHERE lsn > ? ORDER BY lsn LIMIT 10000');
+    const reserved = (lsn: number) => this.leaseRanges.find((l) => lsn >= l.first && lsn <= l.last);
+    for (;;) {
+      const batch = rows.all(r) as Array<{ lsn: number; state: EntryState }>;
+      let blocked = false;
+      for (const { lsn, state } of batch) {
+        for (let expected = r + 1; expected < lsn; ) {
+          const lease = reserved(expected);
+          if (!lease) {
+            blocked = true;
+            break;
+          }
+          expected = Math.min(lsn, lease.last + 1);
+        }
+        if (blocked || (state !== 'applied' && state !== 'voided')) {
+          blocked = true;
+          break;
+        }
+        r = lsn;
+      }
+      if (blocked || batch.length < 10000) break;
+    }
+    this.readableWatermark = r;
+  }
+
+  watermarks(): { known: number; applied: number; readable: number } {
+    return { known: this.knownWatermark, applied: this.appliedWatermark, readable: this.readableWatermark };
   }
 
   digest(from: string): Digest {

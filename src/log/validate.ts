@@ -1,6 +1,7 @@
 import { canonicalPartition, MAX_PARTITION_TEXT } from '../clickhouse/partition.js';
 import { ChorusError } from '../core/errors.js';
 import { assertSafeFileName, assertSafeName } from '../parts/files.js';
+import { MAX_LEASE_SIZE } from '../allocator/window.js';
 import { ENTRY_KINDS, type EntryKind, type FileInfo, type LogEntry } from './entry.js';
 
 /**
@@ -90,6 +91,10 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
   };
   const member = text(raw, 'member');
   if (member) entry.member = member;
+  const leaseSize = count(raw, 'leaseSize', MAX_LEASE_SIZE);
+  if (leaseSize) entry.leaseSize = leaseSize;
+  if (raw.leased !== undefined && typeof raw.leased !== 'boolean') refuse('leased is not a boolean');
+  if (raw.leased === true) entry.leased = true;
   const files = raw.files ?? [];
   if (!Array.isArray(files)) refuse('files is not a list');
   if (files.length > ENTRY_LIMITS.filesPerPart) refuse(`${files.length} files in one part (at most ${ENTRY_LIMITS.filesPerPart})`);
@@ -120,6 +125,13 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
     empty('files', 'rows', 'bytes', 'partition', 'member', 'barrier');
     if (entry.database) safe('database', entry.database);
     if (entry.table) safe('table', entry.table);
+    return entry;
+  }
+  if (kind !== 'lease') empty('leaseSize');
+  if (kind !== 'insert') empty('leased');
+  if (kind === 'lease') {
+    empty('database', 'table', 'partitionId', 'blockId', 'partName', 'checksumsSha256', 'files', 'rows', 'bytes', 'partition', 'barrier', 'member');
+    if (!entry.leaseSize) refuse('a lease entry reserves no LSNs');
     return entry;
   }
   if (kind === 'decommission') {
@@ -180,6 +192,8 @@ export function sameEntry(a: LogEntry, b: LogEntry): boolean {
       e.origin,
       e.partition ?? '',
       e.member ?? '',
+      e.leaseSize ?? 0,
+      e.leased ?? false,
       e.kind === 'insert' ? [...e.files].sort((x, y) => (x.name < y.name ? -1 : 1)).map((f) => [f.name, f.size, f.sha256]) : [],
     ]);
   return applied(a) === applied(b);

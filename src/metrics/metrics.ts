@@ -38,6 +38,27 @@ export class Metrics {
     labelNames: ['reason'],
     registers: [this.registry],
   });
+  readonly leaseLsns = new Gauge({
+    name: 'chorus_lease_lsns',
+    help: "This replica's lease (zookeeper.leaseSize): LSNs reserved for it to insert on while ZooKeeper is away, by state (free, used)",
+    labelNames: ['state'],
+    registers: [this.registry],
+  });
+  readonly leaseInserts = new Counter({
+    name: 'chorus_lease_allocations_total',
+    help: "Blocks allocated on this replica's lease while ZooKeeper was away",
+    registers: [this.registry],
+  });
+  readonly zookeeperAway = new Gauge({
+    name: 'chorus_zookeeper_away',
+    help: '1 while ZooKeeper is away for this replica and its inserts go to its lease',
+    registers: [this.registry],
+  });
+  readonly leaseDuplicates = new Gauge({
+    name: 'chorus_lease_duplicates',
+    help: 'Blocks stored twice because a retry reached another replica while ZooKeeper was away (pairs of LSNs known here; see chorus status)',
+    registers: [this.registry],
+  });
   readonly insertedRows = new Counter({
     name: 'chorus_inserted_rows_total',
     help: 'Rows written by inserts acknowledged here (deduplicated blocks excluded)',

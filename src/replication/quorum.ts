@@ -72,9 +72,18 @@ export async function waitApplied(log: LocalLog, lsns: number[], timeoutMs: numb
   return log.appliedOf(lsns);
 }
 
-/** Whether every LSN up to `lsn` is applied (or voided) here, waiting up to `timeoutMs` for it. */
+/**
+ * Whether every entry up to `lsn`, and `lsn` itself, is applied (or voided) here, waiting up to
+ * `timeoutMs` for it. LSNs a lease keeps in reserve are not waited for: one used later is a later
+ * write. `lsn` itself may be one used on a lease while ZooKeeper was away, so it must be here.
+ */
 export function waitAppliedThrough(log: LocalLog, lsn: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
-  return waitForLog(log, () => log.watermarks().applied >= lsn, timeoutMs, signal);
+  const settled = () => {
+    if (log.watermarks().readable < lsn) return false;
+    const state = log.get(lsn)?.state;
+    return state === 'applied' || state === 'voided';
+  };
+  return waitForLog(log, settled, timeoutMs, signal);
 }
 
 /** A peer as the quorum sees it: it answers which of some LSNs it has applied, waiting for them a while. */

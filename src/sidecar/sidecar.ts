@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { FastifyInstance } from 'fastify';
 import { Allocator } from '../allocator/allocator.js';
+import { Leases } from '../allocator/lease.js';
 import { windowEntries } from '../allocator/window.js';
 import { GrantChecker } from '../insert/clients.js';
 import { ZkSession } from '../allocator/zk.js';
@@ -52,6 +53,7 @@ export class Sidecar implements AdminBackend {
   readonly store: PartStore;
   readonly zk: ZkSession;
   readonly allocator: Allocator;
+  readonly leases: Leases;
   readonly catalog: TableCatalog;
   readonly peers: Peer[];
   private readonly backpressure: Backpressure;
@@ -107,6 +109,7 @@ export class Sidecar implements AdminBackend {
         requestTimeoutMs: config.gossip.allocateTimeoutMs,
         maxQueued: config.zookeeper.maxQueuedAllocations,
         unknownOutcomeRetryMs: config.zookeeper.unknownOutcomeRetryMs,
+        awayAfterMs: config.zookeeper.leaseSize > 0 ? config.zookeeper.leaseAfterMs : undefined,
       },
       logger.child({ component: 'allocator' }),
       {
@@ -153,6 +156,7 @@ export class Sidecar implements AdminBackend {
         identify: this.transport.identify,
         maxMessageBytes: config.gossip.maxMessageBytes,
         lsnAllowance: config.gossip.lsnAllowance,
+        isolated: () => this.faults.gossipIsolated,
         pushedParts:
           config.replication.pushPartBytes > 0
             ? {
@@ -177,6 +181,27 @@ export class Sidecar implements AdminBackend {
       this.metrics,
       logger.child({ component: 'gossip' }),
     );
+    this.leases = new Leases(
+      {
+        self: config.replica,
+        size: config.zookeeper.leaseSize,
+        renewMs: config.zookeeper.leaseRenewMs,
+        probeMs: config.zookeeper.leaseAfterMs,
+        dedupWindowMs: config.zookeeper.dedupWindowSeconds > 0 ? config.zookeeper.dedupWindowSeconds * 1000 : Number.MAX_SAFE_INTEGER,
+      },
+      {
+        log: this.log,
+        allocate: (request) => this.gossip.allocate(request),
+        takeLease: async (size) => {
+          const entry = await this.pipeline.recordPartless(partlessEntry('lease', config.replica, { leaseSize: size }), { what: 'this lease' });
+          this.gossip.broadcast([entry]);
+          return entry;
+        },
+        announce: (entries) => this.gossip.broadcast(entries),
+        metrics: this.metrics,
+        logger: logger.child({ component: 'lease' }),
+      },
+    );
     const pipeline = (this.pipeline = new InsertPipeline({
       self: config.replica,
       ch: this.ch,
@@ -186,6 +211,7 @@ export class Sidecar implements AdminBackend {
       log: this.log,
       attacher,
       allocate: (request) => this.gossip.allocate(request),
+      leases: this.leases,
       announce: (entries) => this.gossip.broadcast(entries),
       hold: (lsns) => this.applier.hold(lsns),
       notifyApplier: () => this.applier.notify(),
@@ -308,7 +334,8 @@ export class Sidecar implements AdminBackend {
     if (this.cloner.progress.state === 'cloning') reasons.push('cloning from a peer');
     if (!(await this.ch.ping())) reasons.push(`ClickHouse at ${this.config.clickhouse.url} is not reachable`);
     const allocating = this.gossip.allocatingMember();
-    if (allocating === this.config.replica && !this.allocator.usable) {
+    // With a lease left, inserts go on while ZooKeeper is away: status and metrics tell it.
+    if (allocating === this.config.replica && !this.allocator.usable && !(this.leases.enabled && this.leases.status().free > 0)) {
       reasons.push(`ZooKeeper at ${this.config.zookeeper.connect} is not connected`);
     }
     if (!this.accepting) reasons.push('not accepting inserts (starting or shutting down)');
@@ -320,6 +347,7 @@ export class Sidecar implements AdminBackend {
   async status(): Promise<AdminStatus> {
     const { applied } = this.log.watermarks();
     const readiness = await this.readiness();
+    const duplicates = this.log.leaseDuplicates();
     const versionRows = await this.ch.rows<{ v: string }>('SELECT version() AS v').catch(() => []);
     const unapplied = this.log.countUnapplied();
     const progress = new Map(this.log.peerProgress().map((p) => [p.name, p]));
@@ -354,9 +382,16 @@ export class Sidecar implements AdminBackend {
       backpressure: readiness.backpressure ?? [],
       allocatingMember: this.gossip.allocatingMember(),
       clone: this.cloner.progress,
-      alarms: this.log.conflicts().map(
-        (c) => `LSN ${c.lsn}: ${c.source === 'local' ? 'this replica allocated it, but it' : `${c.source} sent an entry (${c.received.kind} from ${c.received.origin}) that differs from the one stored here, which`} holds ${c.stored.kind} from ${c.stored.origin} (${new Date(c.at).toISOString()})`,
-      ),
+      alarms: [
+        ...this.log.conflicts().map(
+          (c) => `LSN ${c.lsn}: ${c.source === 'local' ? 'this replica allocated it, but it' : `${c.source} sent an entry (${c.received.kind} from ${c.received.origin}) that differs from the one stored here, which`} holds ${c.stored.kind} from ${c.stored.origin} (${new Date(c.at).toISOString()})`,
+        ),
+        ...(duplicates.length
+          ? [`${duplicates.length} block(s) stored twice: a retry reached another replica while ZooKeeper was away and both took it on their leases (see the lease duplicates)`]
+          : []),
+      ],
+      lease: this.leases.status(),
+      leaseDuplicates: duplicates.map(({ at: _at, ...d }) => d),
     };
   }
 
@@ -438,6 +473,8 @@ export class Sidecar implements AdminBackend {
     }
     const window = windowEntries(await this.allocator.read());
     const orphans = window.filter((e) => e.origin === replica && !this.log.get(e.lsn)).map((e) => e.lsn);
+    // What its leases reserved and it never used (no one else may use or void those).
+    for (const lease of this.log.leases()) if (lease.origin === replica) orphans.push(...this.log.unrecordedIn(lease.first, lease.last));
     const voided = await this.recovery.voidLsns(orphans, replica);
     this.logger.warn({ replica, voided }, 'member decommissioned');
     return voided;
@@ -492,6 +529,7 @@ export class Sidecar implements AdminBackend {
     this.gossip.start();
     this.backpressure.start();
     this.recovery.start(2000);
+    this.leases.start();
     this.gc.start(this.config.partStore.gcIntervalMs);
     this.snapshotSweep = setInterval(() => this.snapshots.sweep(3600_000), 60_000);
     this.snapshotSweep.unref();
@@ -559,6 +597,7 @@ export class Sidecar implements AdminBackend {
     this.gossip.stop();
     this.backpressure.stop();
     this.recovery.stop();
+    this.leases.stop();
     this.gc.stop();
     this.staging.stop();
     if (this.snapshotSweep) clearInterval(this.snapshotSweep);

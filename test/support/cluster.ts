@@ -188,7 +188,7 @@ export class TestCluster {
     return sum;
   }
 
-  async armFaults(i: number, faults: Record<string, number>): Promise<void> {
+  async armFaults(i: number, faults: Record<string, number | boolean>): Promise<void> {
     const res = await fetch(`${this.replica(i).http}/_chorus/faults`, { method: 'POST', body: JSON.stringify(faults) });
     if (!res.ok) throw new Error(`arming faults: ${await res.text()}`);
   }
