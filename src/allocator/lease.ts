@@ -26,8 +26,11 @@ export interface LeaseDeps {
   log: LocalLog;
   /** Allocation through the shard's allocating member (ZooKeeper). */
   allocate: (request: AllocationRequest) => Promise<Allocation[]>;
-  /** Allocates and records a lease entry reserving `size` LSNs for this replica, and announces it. */
-  takeLease: (size: number) => Promise<LogEntry>;
+  /**
+   * Allocates, records and announces a lease entry that reserves `size` LSNs for this replica
+   * and closes `closes` (earlier leases of this replica), of which `used` hold entries.
+   */
+  takeLease: (size: number, closes: number[], used: number[]) => Promise<LogEntry>;
   announce: (entries: LogEntry[]) => void;
   metrics: Metrics;
   logger: Logger;
@@ -71,7 +74,9 @@ export class Leases {
   private readonly handedBlocks = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   private ticking = false;
-  /** This replica's leases below this LSN are closed: nothing of them is free any more. */
+  /** Lease duplicates up to this LSN have been logged. */
+  private duplicatesLogged = 0;
+  /** This replica's leases below this LSN are closed (a later lease of its own said so). */
   private closedBelow = 0;
 
   constructor(
@@ -96,11 +101,12 @@ export class Leases {
 
   /** This replica's newest lease, the one inserts use while ZooKeeper is away. */
   current(): Lease | undefined {
-    return this.own().at(-1);
+    return this.open().at(-1);
   }
 
-  private own(): Lease[] {
-    return this.deps.log.leases(this.closedBelow).filter((l) => l.origin === this.opts.self);
+  /** This replica's leases that no later lease of its own closed, oldest first. */
+  private open(): Lease[] {
+    return this.deps.log.leases(this.closedBelow).filter((l) => l.origin === this.opts.self && !this.deps.log.leaseClosed(l));
   }
 
   private free(lease: Lease, from = lease.first): number[] {
@@ -170,7 +176,7 @@ export class Leases {
    */
   private fromLease(request: AllocationRequest, table: { database: string; table: string }): LeaseAllocation[] {
     const lease = this.current();
-    if (!lease) throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'ZooKeeper is away and this replica holds no lease; nothing was stored');
+    if (!lease) throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'ZooKeeper is away and this replica has no leased LSN left (its lease is used up, or it took none); nothing was stored, retry once ZooKeeper is back');
     const free = this.free(lease, this.deps.log.newestBarrier(table.database, table.table) + 1);
     const results: LeaseAllocation[] = [];
     const taken: number[] = [];
@@ -225,43 +231,43 @@ export class Leases {
   }
 
   /**
-   * Keeps a lease: takes one when there is none or it is used up, replaces it once newer LSNs
-   * have lain above it for renewMs, and voids the free LSNs of every older lease of this replica
-   * (also those left from before a restart). While ZooKeeper is away, taking a new lease is the
-   * probe that tells it is back.
+   * Keeps a lease: takes one when there is none or it is used up, and replaces it once newer
+   * writes have lain above it for renewMs, or at once when a DROP PARTITION or TRUNCATE does (it
+   * waits for every LSN below it). The new lease's entry closes the leases it replaces, also
+   * those left from before a restart: their unused LSNs are void. While ZooKeeper is away,
+   * taking a new lease is the probe that tells it is back.
    */
   async tick(): Promise<void> {
     if (this.ticking) return;
     this.ticking = true;
     try {
-      const own = this.own();
-      const current = own.at(-1);
+      const open = this.open();
+      const current = open.at(-1);
+      const now = Date.now();
       if (!this.enabled) {
-        this.close(own);
+        // Leases turned off: what is left of them is closed (one entry), nothing new reserved.
+        if (open.length) await this.take(0, open);
         return;
       }
-      const now = Date.now();
       if (this.away) {
         if (now - this.lastProbe < this.opts.probeMs) return;
         this.lastProbe = now;
       } else {
-        // Only writes above count: other replicas' leases (and the voids that close them) lie
-        // above every lease, and replacing for them would never end.
+        // Only writes above count: other replicas' leases lie above every lease, and replacing
+        // for them would never end.
         const behind = current !== undefined && this.deps.log.maxWrittenLsn() > current.last;
         if (!behind) this.behindSince = 0;
         else if (this.behindSince === 0) this.behindSince = now;
         const needed =
           !current ||
+          open.length > 1 ||
           this.free(current).length === 0 ||
           this.deps.log.newestTableOp() > current.last ||
           (behind && now - this.behindSince >= this.opts.renewMs);
-        if (!needed) {
-          this.close(own.slice(0, -1));
-          return;
-        }
+        if (!needed) return;
       }
       try {
-        await this.deps.takeLease(this.opts.size);
+        await this.take(this.opts.size, open);
       } catch (err) {
         if (err instanceof ZooKeeperAwayError) {
           if (this.current()) this.enterAway(err.message);
@@ -274,7 +280,6 @@ export class Leases {
         this.deps.metrics.zookeeperAway.set(0);
         this.deps.logger.warn({ awayMs: now - this.awaySince, allocatedOnLease: this.allocatedOnLease }, 'ZooKeeper is back: inserts are allocated through it again');
       }
-      this.close(this.own().slice(0, -1));
     } catch (err) {
       this.deps.logger.warn({ err: (err as Error).message }, 'lease round failed; will retry');
     } finally {
@@ -283,22 +288,34 @@ export class Leases {
     }
   }
 
-  /** Voids what these leases of this replica did not use. */
-  private close(leases: Lease[]): void {
-    const lsns = leases.flatMap((l) => this.free(l));
-    // A lease with LSNs still running stays open until they are recorded or voided.
-    const open = leases.filter((l) => [...this.handed.keys()].some((lsn) => lsn >= l.first && lsn <= l.last));
-    const closed = leases.filter((l) => !open.includes(l));
-    if (closed.length) this.closedBelow = Math.max(this.closedBelow, Math.min(...[...open.map((l) => l.lsn), closed.at(-1)!.lsn + 1]));
-    if (lsns.length === 0) return;
-    this.voidLeased(lsns);
-    this.deps.logger.info({ voided: lsns.length, leases: leases.map((l) => `${l.first}-${l.last}`) }, 'voided the unused LSNs of replaced leases');
+  /** Takes a lease of `size` LSNs that closes `closing`: what they hold, or inserts still running hold, is used; the rest is void. */
+  private async take(size: number, closing: Lease[]): Promise<void> {
+    const used = closing.flatMap((l) => {
+      const recorded = new Set(this.deps.log.recordedIn(l.first, l.last));
+      for (const lsn of this.handed.keys()) if (lsn >= l.first && lsn <= l.last) recorded.add(lsn);
+      return [...recorded];
+    });
+    const entry = await this.deps.takeLease(size, closing.map((l) => l.lsn), used.sort((a, b) => a - b));
+    // Every lease of this replica below the new one is closed now: later rounds need not read them.
+    this.closedBelow = Math.max(this.closedBelow, entry.lsn);
+    if (closing.length) {
+      this.deps.logger.info({ closed: closing.map((l) => `${l.first}-${l.last}`), used: used.length, lease: size ? `${entry.lsn + 1}-${entry.lsn + size}` : 'none' }, 'replaced the lease; its unused LSNs are void');
+    }
   }
 
   private updateMetrics(): void {
     const s = this.status();
     this.deps.metrics.leaseLsns.set({ state: 'free' }, s.free);
     this.deps.metrics.leaseLsns.set({ state: 'used' }, s.used);
-    this.deps.metrics.leaseDuplicates.set(this.deps.log.leaseDuplicates().length);
+    const duplicates = this.deps.log.leaseDuplicates();
+    this.deps.metrics.leaseDuplicates.set(duplicates.length);
+    const fresh = duplicates.filter((d) => d.lsn > this.duplicatesLogged);
+    if (fresh.length) {
+      this.duplicatesLogged = Math.max(...fresh.map((d) => d.lsn));
+      this.deps.logger.warn(
+        { duplicates: fresh.map((d) => `${d.table}: LSN ${d.lsn} (${d.origins[0]}) and ${d.duplicateOf} (${d.origins[1]})`) },
+        'blocks stored twice: a retry reached another replica while ZooKeeper was away, and both took it on their leases',
+      );
+    }
   }
 }

@@ -482,9 +482,10 @@ export class Gossip {
       try {
         return await member.peer.allocate(request, this.opts.allocateTimeoutMs);
       } catch (err) {
+        // ZooKeeper away is said once by the lease keeper, not at every insert of the outage.
         if (err instanceof ZooKeeperAwayError) away++;
         else uncertain = true;
-        this.logger.warn({ peer: member.name, err: (err as Error).message }, 'allocation via peer failed; trying the next member');
+        this.logger[err instanceof ZooKeeperAwayError ? 'debug' : 'warn']({ peer: member.name, err: (err as Error).message }, 'allocation via peer failed; trying the next member');
       }
     }
     throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'no member could allocate');

@@ -38,8 +38,15 @@ export interface LogEntry {
   partition: string;
   /** decommission: the member that leaves the shard. */
   member?: string;
-  /** lease: how many LSNs after this one are reserved for its origin. */
+  /** lease: how many LSNs after this one are reserved for its origin (0: it only closes leases). */
   leaseSize?: number;
+  /**
+   * lease: earlier leases of the same origin (the LSNs of their entries) that this one closes. Of
+   * their reserved LSNs, those in `usedLsns` hold entries (inserts, or voids of inserts that
+   * failed) and every other one is void: one entry settles a whole lease, not one void per LSN.
+   */
+  closesLeases?: number[];
+  usedLsns?: number[];
   /** insert: allocated on its origin's lease while ZooKeeper was away (deduplicated only against what its origin knew). */
   leased?: boolean;
 }
@@ -48,7 +55,7 @@ export interface LogEntry {
  * An entry that carries no part (a void, a drop, a truncate, a decommission) before its LSN is
  * known: every part field empty, the rest from `fields`.
  */
-export function partlessEntry(kind: Exclude<EntryKind, 'insert'>, origin: string, fields: Partial<Pick<LogEntry, 'database' | 'table' | 'blockId' | 'partition' | 'member' | 'leaseSize'>> = {}): EntryDraft['entry'] {
+export function partlessEntry(kind: Exclude<EntryKind, 'insert'>, origin: string, fields: Partial<Pick<LogEntry, 'database' | 'table' | 'blockId' | 'partition' | 'member' | 'leaseSize' | 'closesLeases' | 'usedLsns'>> = {}): EntryDraft['entry'] {
   return {
     kind,
     database: '',

@@ -52,8 +52,10 @@ export class LocalLog {
   private appliedWatermark = 0;
   /** Like appliedWatermark, but stepping over LSNs reserved by a lease and not used (yet). */
   private readableWatermark = 0;
-  /** Lease ranges the readable watermark may still have to step over. */
-  private leaseRanges: Array<{ first: number; last: number }> = [];
+  /** Leases the watermarks may still have to step over, by first LSN. */
+  private leaseRanges: Array<Lease> = [];
+  /** Leases (by their entry's LSN) closed by a later lease entry of `origin`, with the LSNs it says they used. */
+  private closedLeases = new Map<number, { origin: string; used: Set<number> }>();
   /** Called after an entry became applied or voided here (quorum and read-after-LSN waits). */
   private readonly settledListeners = new Set<() => void>();
 
@@ -136,7 +138,7 @@ export class LocalLog {
     const columns = this.sql('PRAGMA table_info(entries)').all() as Array<{ name: string }>;
     if (!columns.some((c) => c.name === 'kind')) this.db.exec("ALTER TABLE entries ADD COLUMN kind TEXT NOT NULL DEFAULT 'insert'");
     if (!columns.some((c) => c.name === 'attach_done')) this.db.exec('ALTER TABLE entries ADD COLUMN attach_done INTEGER NOT NULL DEFAULT 0');
-    this.leaseRanges = this.leases().map((l) => ({ first: l.first, last: l.last }));
+    for (const row of this.sql("SELECT body FROM entries WHERE kind = 'lease' ORDER BY lsn").all() as Array<{ body: string }>) this.noteLease(JSON.parse(row.body) as LogEntry);
     this.advanceWatermarks();
   }
 
@@ -175,7 +177,7 @@ export class LocalLog {
       if (r.changes > 0) {
         added.push(e);
         if (e.kind === 'insert') this.noteLeaseDuplicates(e);
-        if (e.kind === 'lease') this.leaseRanges.push({ first: e.lsn + 1, last: e.lsn + (e.leaseSize ?? 0) });
+        if (e.kind === 'lease') this.noteLease(e);
       } else {
         const conflict = this.checkSame(e, source);
         if (conflict) conflicts.push(conflict);
@@ -219,13 +221,33 @@ export class LocalLog {
     });
   }
 
-  /** The lease entries known here from `fromLsn` on, oldest first. */
+  /** The leases known here from `fromLsn` on (entries that reserve LSNs), oldest first. */
   leases(fromLsn = 0): Lease[] {
     const rows = this.sql("SELECT lsn, body FROM entries WHERE kind = 'lease' AND lsn >= ? ORDER BY lsn").all(fromLsn) as EntryRow[];
-    return rows.map((r) => {
+    return rows.flatMap((r) => {
       const e = JSON.parse(r.body) as LogEntry;
-      return { lsn: r.lsn, origin: e.origin, first: r.lsn + 1, last: r.lsn + (e.leaseSize ?? 0) };
+      return e.leaseSize ? [{ lsn: r.lsn, origin: e.origin, first: r.lsn + 1, last: r.lsn + e.leaseSize }] : [];
     });
+  }
+
+  /** LSNs of first..last that hold an entry here. */
+  recordedIn(first: number, last: number): number[] {
+    return (this.sql('SELECT lsn FROM entries WHERE lsn BETWEEN ? AND ? ORDER BY lsn').all(first, last) as Array<{ lsn: number }>).map((r) => r.lsn);
+  }
+
+  /**
+   * What `origin`'s leases leave unsettled here: every unrecorded LSN of a lease it did not close,
+   * and the LSNs a closing said it used that have not arrived. A decommission voids them.
+   */
+  leaseOrphans(origin: string): number[] {
+    const orphans: number[] = [];
+    for (const lease of this.leases()) {
+      if (lease.origin !== origin) continue;
+      const closed = this.closedLeases.get(lease.lsn);
+      const unrecorded = this.unrecordedIn(lease.first, lease.last);
+      orphans.push(...(closed?.origin === origin ? unrecorded.filter((lsn) => closed.used.has(lsn)) : this.leaseClosed(lease) ? [] : unrecorded));
+    }
+    return orphans;
   }
 
   /** LSNs of first..last that hold no entry here. */
@@ -283,7 +305,8 @@ export class LocalLog {
   recordIntent(nonce: string, drafts: EntryDraft[]): void {
     // Every peer validates the entry it receives: one it would refuse (a table name that cannot be
     // a path, say) is refused here, before an LSN is allocated for it.
-    for (const d of drafts) validateEntry({ ...d.entry, lsn: 1, allocatedAtMs: 0, barrier: 0 }, { members: new Set([d.entry.origin, d.entry.member ?? d.entry.origin]) });
+    // Its LSN is not known yet: the highest possible one stands in, above every LSN it may name.
+    for (const d of drafts) validateEntry({ ...d.entry, lsn: Number.MAX_SAFE_INTEGER, allocatedAtMs: 0, barrier: 0 }, { members: new Set([d.entry.origin, d.entry.member ?? d.entry.origin]) });
     this.sql('INSERT INTO intents (nonce, body, created_at) VALUES (?, ?, ?)').run(nonce, JSON.stringify(drafts), Date.now());
   }
 
@@ -536,67 +559,72 @@ export class LocalLog {
   }
 
   private advanceWatermarks(): void {
-    const known = this.sql('SELECT lsn FROM entries WHERE lsn > ? ORDER BY lsn LIMIT 10000');
-    let w = this.knownWatermark;
-    for (;;) {
-      const rows = known.all(w) as Array<{ lsn: number }>;
-      let advanced = false;
-      for (const { lsn } of rows) {
-        if (lsn !== w + 1) break;
-        w = lsn;
-        advanced = true;
-      }
-      if (!advanced || rows.length < 10000) break;
+    const settled = (state: EntryState) => state === 'applied' || state === 'voided';
+    this.knownWatermark = this.advance(this.knownWatermark, () => true, 'closed');
+    this.appliedWatermark = this.advance(this.appliedWatermark, settled, 'closed');
+    // A read that waits for an LSN needs every entry below it applied, not the LSNs a lease keeps
+    // in reserve: one used later is a later write.
+    this.readableWatermark = this.advance(Math.max(this.readableWatermark, this.appliedWatermark), settled, 'reserved');
+    const low = Math.min(this.knownWatermark, this.appliedWatermark);
+    if (this.leaseRanges.length && this.leaseRanges[0]!.last <= low) {
+      for (const l of this.leaseRanges) if (l.last <= low) this.closedLeases.delete(l.lsn);
+      this.leaseRanges = this.leaseRanges.filter((l) => l.last > low);
     }
-    this.knownWatermark = w;
-    const applied = this.sql(
-      "SELECT lsn, state FROM entries WHERE lsn > ? ORDER BY lsn LIMIT 10000",
-    );
-    let a = this.appliedWatermark;
-    for (;;) {
-      const rows = applied.all(a) as Array<{ lsn: number; state: EntryState }>;
-      let advanced = false;
-      for (const { lsn, state } of rows) {
-        if (lsn !== a + 1 || (state !== 'applied' && state !== 'voided')) break;
-        a = lsn;
-        advanced = true;
-      }
-      if (!advanced || rows.length < 10000) break;
-    }
-    this.appliedWatermark = a;
-    this.advanceReadable();
   }
 
   /**
-   * A read that waits for an LSN needs every entry below it applied, not the LSNs a lease keeps
-   * in reserve: one used later is a later write.
+   * From `start`, over the rows that `counts` takes and the LSNs without a row that a lease
+   * settles: 'closed', those its owner closed unused; 'reserved', any its lease reserves.
    */
-  private advanceReadable(): void {
-    let r = Math.max(this.readableWatermark, this.appliedWatermark);
-    this.leaseRanges = this.leaseRanges.filter((l) => l.last > r);
+  private advance(start: number, counts: (state: EntryState) => boolean, skip: 'closed' | 'reserved'): number {
     const rows = this.sql('SELECT lsn, state FROM entries WHERE lsn > ? ORDER BY lsn LIMIT 10000');
-    const reserved = (lsn: number) => this.leaseRanges.find((l) => lsn >= l.first && lsn <= l.last);
+    let w = start;
     for (;;) {
-      const batch = rows.all(r) as Array<{ lsn: number; state: EntryState }>;
-      let blocked = false;
+      const batch = rows.all(w) as Array<{ lsn: number; state: EntryState }>;
       for (const { lsn, state } of batch) {
-        for (let expected = r + 1; expected < lsn; ) {
-          const lease = reserved(expected);
-          if (!lease) {
-            blocked = true;
-            break;
-          }
-          expected = Math.min(lsn, lease.last + 1);
+        if (lsn > w + 1) {
+          w = this.settledByLeases(w + 1, lsn - 1, skip);
+          if (w < lsn - 1) return w;
         }
-        if (blocked || (state !== 'applied' && state !== 'voided')) {
-          blocked = true;
-          break;
-        }
-        r = lsn;
+        if (!counts(state)) return w;
+        w = lsn;
       }
-      if (blocked || batch.length < 10000) break;
+      if (batch.length < 10000) return w;
     }
-    this.readableWatermark = r;
+  }
+
+  /** The last LSN of from..to up to which every LSN without a row is settled by a lease (from - 1: not even `from`). */
+  private settledByLeases(from: number, to: number, skip: 'closed' | 'reserved'): number {
+    let at = from;
+    while (at <= to) {
+      const lease = this.leaseRanges.find((l) => at >= l.first && at <= l.last);
+      if (!lease) break;
+      const end = Math.min(to, lease.last);
+      if (skip === 'reserved') {
+        at = end + 1;
+        continue;
+      }
+      const closed = this.closedLeases.get(lease.lsn);
+      if (!closed || closed.origin !== lease.origin) break;
+      while (at <= end && !closed.used.has(at)) at++;
+      if (at <= end) break;
+    }
+    return at - 1;
+  }
+
+  /** Keeps what a lease entry says for the watermarks: the LSNs it reserves, the leases it closes. */
+  private noteLease(e: LogEntry): void {
+    if (e.leaseSize) {
+      this.leaseRanges.push({ lsn: e.lsn, origin: e.origin, first: e.lsn + 1, last: e.lsn + e.leaseSize });
+      this.leaseRanges.sort((a, b) => a.first - b.first);
+    }
+    const used = new Set(e.usedLsns ?? []);
+    for (const lease of e.closesLeases ?? []) this.closedLeases.set(lease, { origin: e.origin, used });
+  }
+
+  /** Whether a later lease entry of the same origin closed the lease whose entry is at `lsn`. */
+  leaseClosed(lease: Lease): boolean {
+    return this.closedLeases.get(lease.lsn)?.origin === lease.origin || lease.last < Math.min(this.knownWatermark, this.appliedWatermark);
   }
 
   watermarks(): { known: number; applied: number; readable: number } {

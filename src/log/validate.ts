@@ -48,6 +48,22 @@ function count(raw: Record<string, unknown>, field: string, max: number): number
   return n;
 }
 
+/** Leases one lease entry may close (a replica closes its older leases with its next one). */
+export const MAX_CLOSED_LEASES = 64;
+
+/** A list of distinct LSNs below `below`, sorted; absent is empty. */
+function lsnList(raw: Record<string, unknown>, field: string, max: number, below: number): number[] {
+  const v = raw[field] ?? [];
+  if (!Array.isArray(v)) refuse(`${field} is not a list`);
+  if (v.length > max) refuse(`${field} lists ${v.length} LSNs (at most ${max})`);
+  const lsns = v.map((x: unknown) => {
+    const n = typeof x === 'string' && /^\d{1,16}$/.test(x) ? Number(x) : x;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 1 || n >= below) refuse(`${field} lists ${JSON.stringify(x)}, not an LSN below this entry's (${below})`);
+    return n;
+  });
+  return [...new Set(lsns)].sort((a, b) => a - b);
+}
+
 function safe(kind: string, name: string): void {
   try {
     assertSafeName(kind, name);
@@ -93,6 +109,10 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
   if (member) entry.member = member;
   const leaseSize = count(raw, 'leaseSize', MAX_LEASE_SIZE);
   if (leaseSize) entry.leaseSize = leaseSize;
+  const closesLeases = lsnList(raw, 'closesLeases', MAX_CLOSED_LEASES, lsn);
+  if (closesLeases.length) entry.closesLeases = closesLeases;
+  const usedLsns = lsnList(raw, 'usedLsns', MAX_CLOSED_LEASES * MAX_LEASE_SIZE, lsn);
+  if (usedLsns.length) entry.usedLsns = usedLsns;
   if (raw.leased !== undefined && typeof raw.leased !== 'boolean') refuse('leased is not a boolean');
   if (raw.leased === true) entry.leased = true;
   const files = raw.files ?? [];
@@ -127,11 +147,11 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
     if (entry.table) safe('table', entry.table);
     return entry;
   }
-  if (kind !== 'lease') empty('leaseSize');
+  if (kind !== 'lease') empty('leaseSize', 'closesLeases', 'usedLsns');
   if (kind !== 'insert') empty('leased');
   if (kind === 'lease') {
     empty('database', 'table', 'partitionId', 'blockId', 'partName', 'checksumsSha256', 'files', 'rows', 'bytes', 'partition', 'barrier', 'member');
-    if (!entry.leaseSize) refuse('a lease entry reserves no LSNs');
+    if (!entry.leaseSize && !entry.closesLeases) refuse('a lease entry that neither reserves LSNs nor closes a lease');
     return entry;
   }
   if (kind === 'decommission') {
@@ -194,6 +214,8 @@ export function sameEntry(a: LogEntry, b: LogEntry): boolean {
       e.member ?? '',
       e.leaseSize ?? 0,
       e.leased ?? false,
+      e.closesLeases ?? [],
+      e.usedLsns ?? [],
       e.kind === 'insert' ? [...e.files].sort((x, y) => (x.name < y.name ? -1 : 1)).map((f) => [f.name, f.size, f.sha256]) : [],
     ]);
   return applied(a) === applied(b);

@@ -192,8 +192,9 @@ export class Sidecar implements AdminBackend {
       {
         log: this.log,
         allocate: (request) => this.gossip.allocate(request),
-        takeLease: async (size) => {
-          const entry = await this.pipeline.recordPartless(partlessEntry('lease', config.replica, { leaseSize: size }), { what: 'this lease' });
+        takeLease: async (size, closes, used) => {
+          const fields = { ...(size ? { leaseSize: size } : {}), ...(closes.length ? { closesLeases: closes } : {}), ...(used.length ? { usedLsns: used } : {}) };
+          const entry = await this.pipeline.recordPartless(partlessEntry('lease', config.replica, fields), { what: 'this lease' });
           this.gossip.broadcast([entry]);
           return entry;
         },
@@ -382,14 +383,9 @@ export class Sidecar implements AdminBackend {
       backpressure: readiness.backpressure ?? [],
       allocatingMember: this.gossip.allocatingMember(),
       clone: this.cloner.progress,
-      alarms: [
-        ...this.log.conflicts().map(
-          (c) => `LSN ${c.lsn}: ${c.source === 'local' ? 'this replica allocated it, but it' : `${c.source} sent an entry (${c.received.kind} from ${c.received.origin}) that differs from the one stored here, which`} holds ${c.stored.kind} from ${c.stored.origin} (${new Date(c.at).toISOString()})`,
-        ),
-        ...(duplicates.length
-          ? [`${duplicates.length} block(s) stored twice: a retry reached another replica while ZooKeeper was away and both took it on their leases (see the lease duplicates)`]
-          : []),
-      ],
+      alarms: this.log.conflicts().map(
+        (c) => `LSN ${c.lsn}: ${c.source === 'local' ? 'this replica allocated it, but it' : `${c.source} sent an entry (${c.received.kind} from ${c.received.origin}) that differs from the one stored here, which`} holds ${c.stored.kind} from ${c.stored.origin} (${new Date(c.at).toISOString()})`,
+      ),
       lease: this.leases.status(),
       leaseDuplicates: duplicates.map(({ at: _at, ...d }) => d),
     };
@@ -473,8 +469,8 @@ export class Sidecar implements AdminBackend {
     }
     const window = windowEntries(await this.allocator.read());
     const orphans = window.filter((e) => e.origin === replica && !this.log.get(e.lsn)).map((e) => e.lsn);
-    // What its leases reserved and it never used (no one else may use or void those).
-    for (const lease of this.log.leases()) if (lease.origin === replica) orphans.push(...this.log.unrecordedIn(lease.first, lease.last));
+    // What its leases reserved and no one holds (no one else may use or void those).
+    orphans.push(...this.log.leaseOrphans(replica));
     const voided = await this.recovery.voidLsns(orphans, replica);
     this.logger.warn({ replica, voided }, 'member decommissioned');
     return voided;
