@@ -98,10 +98,6 @@ export class Allocator {
     return this.zk.isConnected;
   }
 
-  /** Whether this replica holds a ZooKeeper session, connected or trying to (only allocating members keep one). */
-  get sessionOpen(): boolean {
-    return this.zk.isOpen;
-  }
 
   /** The next LSN as last seen; only a hint (another replica may have allocated since). */
   get lastSeenNext(): number {
@@ -291,6 +287,11 @@ export class Allocator {
         // Connection loss or timeout: the write may or may not have landed. The next attempt
         // re-reads and recognises this batch's own entries by nonce.
         this.log.warn({ err, attempt }, 'allocation attempt failed, re-reading');
+        // Requests queued behind this batch were never sent: once ZooKeeper is away they go to
+        // their replica's lease instead of waiting for this batch's outcome.
+        if (this.away) {
+          for (const p of this.queue.splice(0)) p.reject(new ZooKeeperAwayError('ZooKeeper unavailable; nothing was allocated'));
+        }
         if (this.stopped) {
           batch.forEach((p) => p.reject(new ChorusError('SHUTTING_DOWN', 'allocator stopped during allocation')));
           return;

@@ -74,6 +74,8 @@ export class Leases {
   private readonly handedBlocks = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
   private ticking = false;
+  /** Set while a lease entry that closes leases is being allocated: nothing may be handed out of them meanwhile. */
+  private replacing = false;
   /** Lease duplicates up to this LSN have been logged. */
   private duplicatesLogged = 0;
   /** This replica's leases below this LSN are closed (a later lease of its own said so). */
@@ -175,6 +177,8 @@ export class Leases {
    * TRUNCATE of its table known here: an insert acknowledged after a drop must not order before it.
    */
   private fromLease(request: AllocationRequest, table: { database: string; table: string }): LeaseAllocation[] {
+    // The closing being written names the LSNs used so far: one handed out now would be void in it.
+    if (this.replacing) throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'this replica is replacing its lease as ZooKeeper comes back; nothing was stored, send it again');
     const lease = this.current();
     if (!lease) throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'ZooKeeper is away and this replica has no leased LSN left (its lease is used up, or it took none); nothing was stored, retry once ZooKeeper is back');
     const free = this.free(lease, this.deps.log.newestBarrier(table.database, table.table) + 1);
@@ -249,9 +253,13 @@ export class Leases {
         if (open.length) await this.take(0, open);
         return;
       }
+      // The lease in use is closed only once ZooKeeper is back: closing it while away would stop
+      // inserts on it for as long as each probe waits (see `replacing`).
+      let closing = open;
       if (this.away) {
         if (now - this.lastProbe < this.opts.probeMs) return;
         this.lastProbe = now;
+        closing = [];
       } else {
         // Only writes above count: other replicas' leases lie above every lease, and replacing
         // for them would never end.
@@ -260,14 +268,18 @@ export class Leases {
         else if (this.behindSince === 0) this.behindSince = now;
         const needed =
           !current ||
-          open.length > 1 ||
           this.free(current).length === 0 ||
           this.deps.log.newestTableOp() > current.last ||
           (behind && now - this.behindSince >= this.opts.renewMs);
-        if (!needed) return;
+        if (!needed) {
+          // Older leases (the one used while ZooKeeper was away, those from before a restart)
+          // are closed by an entry that reserves nothing.
+          if (open.length > 1) await this.take(0, open.slice(0, -1));
+          return;
+        }
       }
       try {
-        await this.take(this.opts.size, open);
+        await this.take(this.opts.size, closing);
       } catch (err) {
         if (err instanceof ZooKeeperAwayError) {
           if (this.current()) this.enterAway(err.message);
@@ -290,14 +302,23 @@ export class Leases {
 
   /** Takes a lease of `size` LSNs that closes `closing`: what they hold, or inserts still running hold, is used; the rest is void. */
   private async take(size: number, closing: Lease[]): Promise<void> {
+    this.replacing = closing.length > 0;
+    try {
+      await this.takeClosing(size, closing);
+    } finally {
+      this.replacing = false;
+    }
+  }
+
+  private async takeClosing(size: number, closing: Lease[]): Promise<void> {
     const used = closing.flatMap((l) => {
       const recorded = new Set(this.deps.log.recordedIn(l.first, l.last));
       for (const lsn of this.handed.keys()) if (lsn >= l.first && lsn <= l.last) recorded.add(lsn);
       return [...recorded];
     });
     const entry = await this.deps.takeLease(size, closing.map((l) => l.lsn), used.sort((a, b) => a - b));
-    // Every lease of this replica below the new one is closed now: later rounds need not read them.
-    this.closedBelow = Math.max(this.closedBelow, entry.lsn);
+    // This replica's leases below its oldest open one are all closed: later rounds need not read them.
+    this.closedBelow = this.open()[0]?.lsn ?? entry.lsn;
     if (closing.length) {
       this.deps.logger.info({ closed: closing.map((l) => `${l.first}-${l.last}`), used: used.length, lease: size ? `${entry.lsn + 1}-${entry.lsn + size}` : 'none' }, 'replaced the lease; its unused LSNs are void');
     }

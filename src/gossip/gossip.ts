@@ -234,8 +234,10 @@ export class Gossip {
    * allowance) answers without ZooKeeper; beyond it, one read of the znode decides.
    */
   private async lsnBound(highest: number): Promise<{ bound: number; verified: boolean }> {
-    // The allocator forgets its cache on a ZooKeeper error; what it saw before still holds.
-    this.verifiedNext = Math.max(this.verifiedNext, this.allocator.lastSeenNext);
+    // The allocator forgets its cache on a ZooKeeper error; what it saw before still holds, and so
+    // does every LSN this log holds (each was checked when stored): while ZooKeeper is away, a
+    // member that never read the allocator still takes what its peers insert on their leases.
+    this.verifiedNext = Math.max(this.verifiedNext, this.allocator.lastSeenNext, this.log.maxLsn() + 1);
     const cached = this.verifiedNext;
     if (highest < cached + this.opts.lsnAllowance) return { bound: cached + this.opts.lsnAllowance, verified: true };
     // At most one read per exchange interval, however many messages claim LSNs beyond: a peer
@@ -463,14 +465,10 @@ export class Gossip {
    */
   async allocate(request: AllocationRequest): Promise<Allocation[]> {
     let uncertain = false;
-    let away = 0;
     for (const member of this.members()) {
       if (!member.peer) {
-        // A member that does not allocate keeps no session; when the allocating members all say
-        // ZooKeeper is away, opening one here would only wait to learn the same.
-        if (away > 0 && !uncertain && !this.allocator.sessionOpen) {
-          throw new ZooKeeperAwayError(`ZooKeeper is away for ${away} member(s) asked; nothing was allocated`);
-        }
+        // Asked even when the members before said ZooKeeper is away: it may be away for them
+        // only (one cut from it), and this replica's allocator waits no longer than leaseAfterMs.
         try {
           return await this.allocator.allocate(request);
         } catch (err) {
@@ -483,8 +481,7 @@ export class Gossip {
         return await member.peer.allocate(request, this.opts.allocateTimeoutMs);
       } catch (err) {
         // ZooKeeper away is said once by the lease keeper, not at every insert of the outage.
-        if (err instanceof ZooKeeperAwayError) away++;
-        else uncertain = true;
+        if (!(err instanceof ZooKeeperAwayError)) uncertain = true;
         this.logger[err instanceof ZooKeeperAwayError ? 'debug' : 'warn']({ peer: member.name, err: (err as Error).message }, 'allocation via peer failed; trying the next member');
       }
     }

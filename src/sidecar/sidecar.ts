@@ -45,6 +45,9 @@ export interface ListeningPorts {
 }
 
 /** One replica's sidecar: every box of DESIGN.md, wired together and started in order. */
+/** With a lease held, how long start waits for ZooKeeper before it starts on the lease. */
+const START_ON_LEASE_AFTER_MS = 10_000;
+
 export class Sidecar implements AdminBackend {
   readonly metrics = new Metrics();
   readonly faults: Faults;
@@ -54,6 +57,7 @@ export class Sidecar implements AdminBackend {
   readonly zk: ZkSession;
   readonly allocator: Allocator;
   readonly leases: Leases;
+  private stopping = false;
   readonly catalog: TableCatalog;
   readonly peers: Peer[];
   private readonly backpressure: Backpressure;
@@ -509,10 +513,7 @@ export class Sidecar implements AdminBackend {
       if (table.remoteDisks.length > 0) throw remoteStorageError(table);
       await dataPathBeside(table, this.store.partsDir);
     }
-    await this.allocator.init(this.config.startupWaitMs);
-    await this.recovery.recover();
-    // Only the allocating member needs a session; the others open one if they ever must allocate.
-    if (this.gossip.allocatingMember() !== this.config.replica) this.zk.close();
+    await this.initAllocator();
     const grpcPort = await new Promise<number>((resolve, reject) =>
       this.grpcServer.bindAsync(`${this.config.grpc.host}:${this.config.grpc.port}`, this.transport.grpcServerCredentials(), (err, port) =>
         err ? reject(err) : resolve(port),
@@ -543,6 +544,46 @@ export class Sidecar implements AdminBackend {
    * A replica with an empty log and no data, in a shard whose peers have a history (a new pod, a
    * lost volume), copies a consistent snapshot from a live peer before it applies anything.
    */
+  /**
+   * Waits for ZooKeeper at start, then reads the allocator and finishes what a crash left.
+   * With a lease held, a replica that (re)starts during an outage does not wait longer than
+   * START_ON_LEASE_AFTER_MS: it takes inserts on its lease and serves reads, and the rest follows
+   * in the background once ZooKeeper is back (intents of a crash wait for it, as they must).
+   */
+  private async initAllocator(): Promise<void> {
+    const onLease = this.leases.enabled && this.leases.current() !== undefined;
+    const ready = async () => {
+      await this.recovery.recover();
+      // Only the allocating member needs a session; the others open one if they ever must allocate.
+      if (this.gossip.allocatingMember() !== this.config.replica) this.zk.close();
+    };
+    if (!onLease) {
+      await this.allocator.init(this.config.startupWaitMs);
+      return ready();
+    }
+    try {
+      await this.allocator.init(Math.min(this.config.startupWaitMs, START_ON_LEASE_AFTER_MS));
+    } catch (err) {
+      const lease = this.leases.status();
+      this.logger.warn({ err: (err as Error).message, lease: `${lease.first}-${lease.last}`, free: lease.free }, 'ZooKeeper is away: starting on the lease');
+      void (async () => {
+        while (!this.stopping) {
+          try {
+            await this.allocator.init(this.config.startupWaitMs);
+            await ready();
+            this.logger.info('ZooKeeper answered: the allocator is read and the recovery done');
+            return;
+          } catch (retryErr) {
+            this.logger.debug({ err: (retryErr as Error).message }, 'ZooKeeper still away at start; trying again');
+            await sleep(1000);
+          }
+        }
+      })();
+      return;
+    }
+    await ready();
+  }
+
   private async cloneIfNew(): Promise<void> {
     const previous = this.log.getMeta('clone');
     if (previous?.startsWith('in-progress')) {
@@ -588,6 +629,7 @@ export class Sidecar implements AdminBackend {
    */
   async stop(): Promise<void> {
     this.accepting = false;
+    this.stopping = true;
     const deadline = Date.now() + this.config.shutdownGraceMs;
     while (this.pipeline.inFlight > 0 && Date.now() < deadline) await sleep(20);
     this.gossip.stop();

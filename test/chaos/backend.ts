@@ -95,6 +95,8 @@ export interface ChaosBackend {
   healAll(): Promise<void>;
   /** True when every sidecar reports every member alive and no lag (its /readyz and status). */
   settled(): Promise<boolean>;
+  /** The pairs of LSNs the sidecars report holding one block (lease duplicates), per table, as "lsn:duplicateOf". */
+  reportedDuplicates(): Promise<Record<string, string[]>>;
   /** Stops everything the backend started and removes what it made (namespaces, rules, dirs). */
   close(): Promise<void>;
 }
@@ -110,4 +112,6 @@ export interface BackendStartOptions {
   log?: (line: string) => void;
   /** Leave the cluster's files (logs, data) in place when closed, and say where. */
   keep?: boolean;
+  /** The sidecars' zookeeper.leaseSize: LSNs each keeps to take inserts on while ZooKeeper is away (0: off). */
+  leaseSize?: number;
 }

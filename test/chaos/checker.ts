@@ -59,6 +59,11 @@ export interface TableReport {
   survivedDrop: Array<{ row: number; insert: number; replicas: string[] }>;
   /** Inserts not acknowledged whose rows are partly present: reported, allowed (a multi-part insert may land part by part). */
   partial: number[];
+  /**
+   * Inserts stored twice on every replica that the sidecars reported as such (a retry through a
+   * second replica while ZooKeeper was away, both on their leases): allowed, because reported.
+   */
+  reportedDuplicates: number[];
 }
 
 export interface CheckReport {
@@ -81,10 +86,16 @@ const firstStart = (attempts: Attempt[]) => Math.min(...attempts.map((a) => a.st
 // (a drop waiting for its LSN through a ZooKeeper fault): it may take effect at any later time.
 const lastEnd = (attempts: Attempt[]) => (attempts.some((a) => a.outcome === 'unknown') ? Infinity : Math.max(...attempts.map((a) => a.endedAt)));
 
-export function check(history: History, observed: Observed): CheckReport {
+/**
+ * `reported`: per table, how many blocks the sidecars say this run stored twice (lease
+ * duplicates). Rows stored twice are no violation when they are reported: no more inserts
+ * than reported (a drop may have removed some of those), each stored twice on every replica,
+ * each tried through more than one replica.
+ */
+export function check(history: History, observed: Observed, reported: Record<string, number> = {}): CheckReport {
   const replicas = Object.keys(observed).sort();
   const tables = [...new Set([...history.inserts.map((i) => i.table), ...history.drops.map((d) => d.table), ...replicas.flatMap((r) => Object.keys(observed[r]!))])].sort();
-  const reports = tables.map((table) => checkTable(table, history, observed, replicas));
+  const reports = tables.map((table) => acceptReported(checkTable(table, history, observed, replicas), history, replicas, reported[table] ?? 0));
   const sum = (key: keyof CheckReport['violations']) => reports.reduce((n, r) => n + r[key].length, 0);
   const violations = { lost: sum('lost'), unexpected: sum('unexpected'), duplicated: sum('duplicated'), divergent: sum('divergent'), survivedDrop: sum('survivedDrop') };
   return { tables: reports, ok: Object.values(violations).every((n) => n === 0), violations };
@@ -117,6 +128,7 @@ function checkTable(table: string, history: History, observed: Observed, replica
     divergent: [],
     survivedDrop: [],
     partial: [],
+    reportedDuplicates: [],
   };
 
   for (const insert of inserts) {
@@ -153,6 +165,28 @@ function checkTable(table: string, history: History, observed: Observed, replica
     if (on.length < replicas.length) report.divergent.push({ row, presentOn: on, missingOn: replicas.filter((r) => !on.includes(r)) });
   }
   return report;
+}
+
+/** Moves the duplicated rows the sidecars reported out of the violations, when the report covers them all. */
+function acceptReported(report: TableReport, history: History, replicas: string[], reported: number): TableReport {
+  if (reported === 0 || report.duplicated.length === 0) return report;
+  const inserts = new Map(history.inserts.filter((i) => i.table === report.table).map((i) => [i.id, i]));
+  const insertOfRow = new Map<number, number>();
+  for (const insert of inserts.values()) for (const row of insert.rows) insertOfRow.set(row, insert.id);
+  const twice = new Map<number, Set<string>>();
+  for (const d of report.duplicated) {
+    const id = insertOfRow.get(d.row);
+    if (id === undefined || d.copies !== 2) return report;
+    twice.set(id, (twice.get(id) ?? new Set()).add(`${d.row}@${d.replica}`));
+  }
+  for (const [id, seen] of twice) {
+    const insert = inserts.get(id)!;
+    const everywhere = insert.rows.length * replicas.length === seen.size;
+    const triedThroughTwo = new Set(insert.attempts.map((a) => a.replica)).size > 1;
+    if (!everywhere || !triedThroughTwo) return report;
+  }
+  if (twice.size > reported) return report;
+  return { ...report, duplicated: [], reportedDuplicates: [...twice.keys()].sort((a, b) => a - b) };
 }
 
 /** One line per table and a verdict, for the runner's text report. */

@@ -22,7 +22,7 @@ import {
 } from './kind-plan.js';
 import { describeFailure, kubectl, runCommand, runOrThrow, type Argv, type CommandResult, type KubeTarget } from './kubectl.js';
 import type { SlowOptions } from './network.js';
-import { sidecarSettled } from './settled.js';
+import { reportedDuplicates, sidecarSettled } from './settled.js';
 
 /*
  * The chaos scenarios on the kind overlay (k8s/overlays/kind: ZooKeeper and one shard of 3
@@ -227,6 +227,17 @@ export class KindBackend implements ChaosBackend {
       if (Date.now() > deadline) throw new Error(`pods not ready ${HEAL_TIMEOUT_MS / 1000}s after healing: ${notReady.join(', ')}`);
       await sleep(HEAL_POLL_MS);
     }
+  }
+
+  async reportedDuplicates(): Promise<Record<string, string[]>> {
+    const statuses = await Promise.all(
+      this.replicas.map(async (replica) => {
+        const outcome = parseHttpOutput(await this.run(podHttpArgv(this.settings.kube, replica, { method: 'GET', path: '/_chorus/status', timeoutMs: 10_000 }), { timeoutMs: 10_000 + EXEC_SLACK_MS }));
+        if (outcome.kind !== 'reply' || outcome.status !== 200) throw new Error(`${replica}'s status: ${outcome.kind === 'reply' ? outcome.status : outcome.error}`);
+        return JSON.parse(outcome.body) as Parameters<typeof reportedDuplicates>[0][number];
+      }),
+    );
+    return reportedDuplicates(statuses);
   }
 
   async settled(): Promise<boolean> {

@@ -6,7 +6,7 @@ import type { AdminStatus } from '../../src/api/admin.js';
 import { isAlive, signalGroup } from '../../src/dev/processes.js';
 import { FAULT_KINDS, type BackendStartOptions, type ChaosBackend, type Fault, type FaultKind, type HttpOutcome, type HttpRequest, type Injected } from './backend.js';
 import { ChaosNetwork, chaosNetworkUnavailable, run, tryRun } from './network.js';
-import { sidecarSettled } from './settled.js';
+import { reportedDuplicates, sidecarSettled } from './settled.js';
 
 /*
  * The local backend: the dev cluster of `npm start` (ZooKeeper, ClickHouse and a sidecar per
@@ -31,6 +31,7 @@ interface LocalSettings {
   diskBytes: number;
   zookeeperSessionTimeoutMs: number;
   keepDir: boolean;
+  leaseSize: number;
 }
 
 const PREFIX = 'chaos';
@@ -81,6 +82,7 @@ export class LocalBackend implements ChaosBackend {
       diskBytes: options.diskBytes ?? DEFAULT_DISK_BYTES,
       zookeeperSessionTimeoutMs: options.zookeeperSessionTimeoutMs ?? 10_000,
       keepDir: options.keepDir ?? options.keep ?? false,
+      leaseSize: options.leaseSize ?? 0,
     };
     const log = options.log ?? (() => undefined);
     sweepStaleRuns();
@@ -99,7 +101,14 @@ export class LocalBackend implements ChaosBackend {
           zookeeperHost: network.hostAddress,
           replicas: Object.fromEntries(names.map((n) => [n, { address: network.address(n), netns: network.namespace(n) }])),
         },
-        sidecarConfig: { testFaults: true, 'zookeeper.sessionTimeoutMs': settings.zookeeperSessionTimeoutMs, 'clickhouse.databases': [...settings.databases] },
+        sidecarConfig: {
+          testFaults: true,
+          'zookeeper.sessionTimeoutMs': settings.zookeeperSessionTimeoutMs,
+          'clickhouse.databases': [...settings.databases],
+          // A lease lying below newer writes is replaced after 2 s (30 s by default), so that the
+          // faults also hit replicas in the middle of replacing theirs.
+          ...(settings.leaseSize ? { 'zookeeper.leaseSize': settings.leaseSize, 'zookeeper.leaseRenewMs': 2_000 } : {}),
+        },
       });
       log(`local backend: ${settings.replicas} replicas (${settings.clickhouse}) in network namespaces on ${network.hostAddress}/24, data in ${dir}`);
     } catch (error) {
@@ -236,6 +245,17 @@ export class LocalBackend implements ChaosBackend {
       }),
     );
     return settled.every(Boolean);
+  }
+
+  async reportedDuplicates(): Promise<Record<string, string[]>> {
+    const statuses = await Promise.all(
+      this.info.replicas.map(async (r) => {
+        const res = await fetch(`${r.http}/_chorus/status`, { signal: AbortSignal.timeout(5_000) });
+        if (!res.ok) throw new Error(`${r.name}'s status: ${res.status} ${await res.text()}`);
+        return (await res.json()) as AdminStatus;
+      }),
+    );
+    return reportedDuplicates(statuses);
   }
 
   async close(): Promise<void> {

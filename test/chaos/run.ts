@@ -73,6 +73,8 @@ export interface ChaosOptions {
   runningBackend?: ChaosBackend;
   /** Leaves the backend's files (logs, data) in place after the run. */
   keep?: boolean;
+  /** The sidecars' zookeeper.leaseSize, for a backend the run starts (0: leases off). */
+  leaseSize?: number;
   workload?: Partial<Pick<WorkloadOptions, 'attemptTimeoutMs' | 'retryBudgetMs' | 'maxRowsPerInsert' | 'partitions' | 'droppedTableShare' | 'dropShare' | 'tokenShare'>>;
   nemesis?: Pick<ScheduleOptions, 'startDelayMs' | 'gapMs' | 'durations'>;
 }
@@ -126,7 +128,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   log(`seed ${seed} (repeat with --seed ${seed}), run ${runId}`);
   log(`starting the ${options.backend} backend (ClickHouse ${options.clickhouse}, ${REPLICAS} replicas)`);
   const backend =
-    options.runningBackend ?? (await (options.startBackend ?? createBackend)(options.backend, { clickhouse: options.clickhouse, replicas: REPLICAS, databases: ['default', DATABASE], keep: options.keep ?? false, log }));
+    options.runningBackend ??
+    (await (options.startBackend ?? createBackend)(options.backend, { clickhouse: options.clickhouse, replicas: REPLICAS, databases: ['default', DATABASE], keep: options.keep ?? false, leaseSize: options.leaseSize ?? 0, log }));
   try {
     interrupted();
     const faults = resolveFaults(options.faults, backend, notes);
@@ -138,6 +141,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     }
     log(`${plan.length} faults scheduled: ${plan.map((f) => f.kind).join(', ') || 'none'}`);
 
+    // The sidecars keep reporting earlier runs' duplicates: only the ones this run adds are its own.
+    const reportedBefore = await backend.reportedDuplicates();
     log('setting up the tables');
     await setUpWorkload({ backend, runId, ...(options.setUpTimeoutMs !== undefined ? { timeoutMs: options.setUpTimeoutMs } : {}), ...(signal ? { signal } : {}) });
     interrupted();
@@ -179,7 +184,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     interrupted();
     if (convergence.convergedAfterMs === null) notes.push(`the replicas did not agree within ${(convergenceTimeoutMs / 1000).toFixed(0)} s of the heal; checked as they were`);
 
-    const report = check(workload.history, convergence.observed);
+    const reported = Object.fromEntries(
+      Object.entries(await backend.reportedDuplicates()).flatMap(([table, pairs]) => {
+        const fresh = pairs.filter((p) => !(reportedBefore[table] ?? []).includes(p)).length;
+        return fresh ? [[table, fresh]] : [];
+      }),
+    );
+    const report = check(workload.history, convergence.observed, reported);
+    const stored = Object.entries(reported).map(([table, n]) => `${table} ${n}`);
+    if (stored.length) notes.push(`blocks the sidecars reported stored twice while ZooKeeper was away: ${stored.join(', ')}`);
     for (const exit of backend.unexpectedExits ?? []) notes.push(`unexpected exit: ${exit}`);
     return {
       ok: report.ok,
@@ -216,7 +229,10 @@ const USAGE = `usage: npm run chaos -- --duration SECONDS --faults LIST|all|none
   --backend     local (namespaces on this machine, the default) or kind
   --clients     concurrent clients (default 8)
   --json        the report as JSON on stdout (progress stays on stderr)
-  --keep        leave the cluster's files (every process's log) in place after the run`;
+  --keep        leave the cluster's files (every process's log) in place after the run
+  --lease-size  the sidecars' zookeeper.leaseSize (default 0: off); with it, inserts go on while ZooKeeper is away
+  --fault-seconds  every fault lasts exactly this long (ZooKeeper away for a minute:
+                --faults restart-zookeeper --fault-seconds 60 --duration 90 --lease-size 5000)`;
 
 function positiveInteger(name: string, text: string | undefined, fallback?: number): number {
   if (text === undefined) {
@@ -254,6 +270,8 @@ export function parseCli(argv: string[]): CliArguments | 'help' {
         clients: { type: 'string' },
         json: { type: 'boolean', default: false },
         keep: { type: 'boolean', default: false },
+        'lease-size': { type: 'string' },
+        'fault-seconds': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -282,9 +300,16 @@ export function parseCli(argv: string[]): CliArguments | 'help' {
       backend: oneOf('backend', values.backend!, BACKEND_NAMES),
       clients: positiveInteger('clients', values.clients, 8),
       keep: values.keep!,
+      ...(values['lease-size'] !== undefined ? { leaseSize: positiveInteger('lease-size', values['lease-size']) } : {}),
+      ...(values['fault-seconds'] !== undefined ? { nemesis: { durations: everyFaultLasting(positiveInteger('fault-seconds', values['fault-seconds']) * 1000) } } : {}),
     },
     json: values.json!,
   };
+}
+
+/** Every fault kind lasting exactly `ms` (`--fault-seconds`: ZooKeeper away for a minute is restart-zookeeper lasting 60). */
+function everyFaultLasting(ms: number): Partial<Record<FaultKind, { minMs: number; maxMs: number }>> {
+  return Object.fromEntries(FAULT_KINDS.map((kind) => [kind, { minMs: ms, maxMs: ms }]));
 }
 
 /** Writes `text` and exits once it is flushed (a piped JSON report cut short is worse than none). */

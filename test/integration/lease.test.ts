@@ -163,4 +163,28 @@ describe('inserts while ZooKeeper is away (leases)', () => {
     );
     expect((await cluster.waitConverged(TABLE, ROW_HASH, expected + 1, 30_000)).map((f) => f.count)).toEqual([expected + 1, expected + 1, expected + 1]);
   });
+
+  it('a sidecar killed while ZooKeeper is away starts again on its lease: it serves reads, takes inserts, and catches up once ZooKeeper is back', async () => {
+    const count = async (i: number) => Number((await cluster.clickhouse(i, `SELECT count() FROM ${TABLE}`)).trim());
+    const before = await count(0);
+    const { lease } = await status(2);
+    await devKill(cluster.info.dir, '', 'zookeeper', 'KILL');
+    await devKill(cluster.info.dir, cluster.replica(2).name, 'sidecar', 'KILL');
+    const bodies = [row(), row()];
+    expect((await insert(0, bodies[0]!)).status).toBe(200);
+    // Started again with ZooKeeper still away: devStart returns once /readyz answers ready.
+    await devStart(cluster.info.dir, cluster.replica(2).name, 'sidecar');
+    const onLease = await insert(2, bodies[1]!);
+    expect(onLease.status, onLease.text).toBe(200);
+    expect(onLease.lsn).toBeGreaterThanOrEqual(lease.first);
+    expect(onLease.lsn).toBeLessThanOrEqual(lease.last);
+    const read = await cluster.chorus(2, { query: `SELECT count() FROM ${TABLE} FORMAT TabSeparated` });
+    expect(read.status).toBe(200);
+    expect(Number((await read.text()).trim())).toBeGreaterThanOrEqual(before + 1);
+    await devStart(cluster.info.dir, '', 'zookeeper');
+    expect((await cluster.waitConverged(TABLE, ROW_HASH, before + 2, 60_000)).map((f) => f.count)).toEqual([before + 2, before + 2, before + 2]);
+    const last = await insert(2, row());
+    expect(last.status, last.text).toBe(200);
+    await waitFor('every replica to apply past the restarted replica\'s lease', async () => (await Promise.all([0, 1, 2].map(status))).every((s) => s.appliedWatermark >= last.lsn && !s.lease.zookeeperAway));
+  });
 });

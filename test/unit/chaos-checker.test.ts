@@ -57,6 +57,30 @@ describe('chaos checker', () => {
     );
   });
 
+  it('takes rows stored twice as reported duplicates only when the report covers them: no more inserts than reported, twice everywhere, tried through two replicas', () => {
+    const retried = insert(1, [attempt('unknown', 0, 5, 'r1'), attempt('ok', 6, 7, 'r2')]);
+    const once = insert(2, [attempt('ok', 0, 1, 'r3')]);
+    const history: History = { inserts: [retried, once], drops: [] };
+    const stored = everywhere([...retried.rows, ...retried.rows, ...once.rows]);
+    const accepted = check(history, stored, { t: 1 });
+    expect(accepted.ok).toBe(true);
+    expect(accepted.tables[0]!.reportedDuplicates).toEqual([1]);
+    // Not reported, reported for more blocks than found, or stored twice on one replica only: violations.
+    expect(check(history, stored).violations.duplicated).toBe(6);
+    // Reported twice, found once: the other may have been dropped since.
+    expect(check(history, stored, { t: 2 }).ok).toBe(true);
+    const twoStoredTwice = everywhere([...retried.rows, ...retried.rows, ...once.rows, ...once.rows]);
+    const bothRetried: History = { inserts: [retried, insert(2, [attempt('unknown', 0, 5, 'r3'), attempt('ok', 6, 7, 'r1')])], drops: [] };
+    expect(check(bothRetried, twoStoredTwice, { t: 1 }).ok).toBe(false);
+    expect(check(bothRetried, twoStoredTwice, { t: 2 }).ok).toBe(true);
+    const onOne = everywhere([...retried.rows, ...once.rows]);
+    onOne.r1!.t!.push(...retried.rows);
+    expect(check(history, onOne, { t: 1 }).ok).toBe(false);
+    // An insert tried through one replica only cannot be a cross-replica duplicate.
+    const sameReplica: History = { inserts: [insert(1, [attempt('unknown', 0, 5, 'r1'), attempt('ok', 6, 7, 'r1')]), once], drops: [] };
+    expect(check(sameReplica, stored, { t: 1 }).ok).toBe(false);
+  });
+
   it('finds a row stored twice, a row nobody inserted and a row of a failed insert', () => {
     const history: History = { inserts: [insert(1, [attempt('ok', 0)]), insert(2, [attempt('failed', 5)])], drops: [] };
     const twice = check(history, { r1: { t: [10, 11, 10] }, r2: { t: [10, 11] }, r3: { t: [10, 11] } });

@@ -104,6 +104,10 @@ class FakeCluster implements ChaosBackend {
 
   async healAll(): Promise<void> {}
 
+  async reportedDuplicates(): Promise<Record<string, string[]>> {
+    return {};
+  }
+
   async settled(): Promise<boolean> {
     return true;
   }

@@ -176,13 +176,19 @@ describe('the lease keeper', () => {
     expect(log.get(7)!.entry.closesLeases).toBeUndefined();
     // A block stored on the lease is still found when it comes again through ZooKeeper's path.
     expect(await insert('all_c')).toMatchObject({ lsn: 3, duplicate: true });
-    // Away again, one LSN used: the next lease closes this one, naming the LSN it used.
+    // Away again, one LSN used. Back: the probe takes a new lease, and the next round closes
+    // the one used while away with an entry that reserves nothing, naming the LSN it used.
     zookeeper = 'away';
     await expect(insert('all_g')).resolves.toMatchObject({ lsn: 8, leased: true });
     zookeeper = 'there';
     await leases.tick();
-    expect(log.get(12)!.entry).toMatchObject({ kind: 'lease', closesLeases: [7], usedLsns: [8] });
+    expect(leases.status()).toMatchObject({ zookeeperAway: false, first: 13, last: 16 });
+    expect(log.get(12)!.entry.closesLeases).toBeUndefined();
+    await leases.tick();
+    expect(log.get(17)!.entry).toMatchObject({ kind: 'lease', closesLeases: [7], usedLsns: [8] });
+    expect(log.get(17)!.entry.leaseSize).toBeUndefined();
     expect(log.watermarks().known).toBe(12);
+    expect(leases.current()!.lsn).toBe(12);
   });
 
   it('puts a leased insert above every drop of its table known here', async () => {
