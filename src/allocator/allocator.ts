@@ -98,7 +98,6 @@ export class Allocator {
     return this.zk.isConnected;
   }
 
-
   /** The next LSN as last seen; only a hint (another replica may have allocated since). */
   get lastSeenNext(): number {
     return this.cached?.state.next ?? 0;

@@ -78,8 +78,6 @@ export class Leases {
   private replacing = false;
   /** Lease duplicates up to this LSN have been logged. */
   private duplicatesLogged = 0;
-  /** This replica's leases below this LSN are closed (a later lease of its own said so). */
-  private closedBelow = 0;
 
   constructor(
     private readonly opts: LeaseOptions,
@@ -108,7 +106,7 @@ export class Leases {
 
   /** This replica's leases that no later lease of its own closed, oldest first. */
   private open(): Lease[] {
-    return this.deps.log.leases(this.closedBelow).filter((l) => l.origin === this.opts.self && !this.deps.log.leaseClosed(l));
+    return this.deps.log.openLeases(this.opts.self);
   }
 
   private free(lease: Lease, from = lease.first): number[] {
@@ -317,8 +315,6 @@ export class Leases {
       return [...recorded];
     });
     const entry = await this.deps.takeLease(size, closing.map((l) => l.lsn), used.sort((a, b) => a - b));
-    // This replica's leases below its oldest open one are all closed: later rounds need not read them.
-    this.closedBelow = this.open()[0]?.lsn ?? entry.lsn;
     if (closing.length) {
       this.deps.logger.info({ closed: closing.map((l) => `${l.first}-${l.last}`), used: used.length, lease: size ? `${entry.lsn + 1}-${entry.lsn + size}` : 'none' }, 'replaced the lease; its unused LSNs are void');
     }

@@ -92,8 +92,13 @@ export class Gossip {
   private timer: NodeJS.Timeout | null = null;
   /** The exchange running now, if any: a full pull waits for it rather than skipping. */
   private exchanging: Promise<unknown> | null = null;
-  /** The highest next LSN read from the allocator by this replica's checks. */
-  private verifiedNext = 0;
+  /**
+   * The highest next LSN read from the allocator by this replica's checks. It starts from the log
+   * as this process found it (every LSN there was checked when stored), so that a sidecar that
+   * starts while ZooKeeper is away, on its lease, still takes what its peers insert on theirs.
+   * Only reads of the allocator raise it afterwards, never what peers send.
+   */
+  private verifiedNext: number;
   private lastNextReadAt = 0;
   private readonly peerNames: ReadonlySet<string>;
   private readonly memberNames: ReadonlySet<string>;
@@ -111,6 +116,7 @@ export class Gossip {
     this.swim = new Swim(opts.self, peers, opts.swim, logger.child({ component: 'membership' }));
     this.peerNames = new Set(peers.map((p) => p.name).filter((n) => n !== opts.self));
     this.memberNames = new Set([...this.peerNames, opts.self]);
+    this.verifiedNext = log.maxLsn() + 1;
   }
 
   /**
@@ -234,10 +240,8 @@ export class Gossip {
    * allowance) answers without ZooKeeper; beyond it, one read of the znode decides.
    */
   private async lsnBound(highest: number): Promise<{ bound: number; verified: boolean }> {
-    // The allocator forgets its cache on a ZooKeeper error; what it saw before still holds, and so
-    // does every LSN this log holds (each was checked when stored): while ZooKeeper is away, a
-    // member that never read the allocator still takes what its peers insert on their leases.
-    this.verifiedNext = Math.max(this.verifiedNext, this.allocator.lastSeenNext, this.log.maxLsn() + 1);
+    // The allocator forgets its cache on a ZooKeeper error; what it saw before still holds.
+    this.verifiedNext = Math.max(this.verifiedNext, this.allocator.lastSeenNext);
     const cached = this.verifiedNext;
     if (highest < cached + this.opts.lsnAllowance) return { bound: cached + this.opts.lsnAllowance, verified: true };
     // At most one read per exchange interval, however many messages claim LSNs beyond: a peer

@@ -74,7 +74,14 @@ export class LocalLog {
     return statement;
   }
 
-  constructor(dir: string) {
+  /**
+   * `dedupWindowMs`: two entries of one block allocated further apart than this are no duplicate
+   * to report (the block was sent again after the dedup window forgot it, as it may be).
+   */
+  constructor(
+    dir: string,
+    private readonly opts: { dedupWindowMs?: number } = {},
+  ) {
     mkdirSync(dir, { recursive: true });
     this.db = new Database(join(dir, 'log.sqlite'));
     this.db.pragma('journal_mode = WAL');
@@ -192,8 +199,9 @@ export class LocalLog {
    * too. Every replica finds the same pairs once it holds both entries.
    */
   private noteLeaseDuplicates(e: LogEntry): void {
+    const window = this.opts.dedupWindowMs ?? Number.MAX_SAFE_INTEGER;
     for (const other of this.holdersOf(e.blockId)) {
-      if (other.lsn === e.lsn || !(e.leased || other.leased)) continue;
+      if (other.lsn === e.lsn || !(e.leased || other.leased) || Math.abs(other.allocatedAtMs - e.allocatedAtMs) > window) continue;
       this.sql('INSERT OR IGNORE INTO lease_duplicates (lsn, duplicate_of, at) VALUES (?, ?, ?)').run(Math.max(e.lsn, other.lsn), Math.min(e.lsn, other.lsn), Date.now());
     }
   }
@@ -620,6 +628,15 @@ export class LocalLog {
     }
     const used = new Set(e.usedLsns ?? []);
     for (const lease of e.closesLeases ?? []) this.closedLeases.set(lease, { origin: e.origin, used });
+  }
+
+  /**
+   * `origin`'s leases that no later lease entry of its own closed, oldest first, whenever their
+   * entries were recorded (one that recovery recorded after a crash included). Leases the
+   * watermarks have passed are settled, closed or not, and are not listed.
+   */
+  openLeases(origin: string): Lease[] {
+    return this.leaseRanges.filter((l) => l.origin === origin && !this.leaseClosed(l)).sort((a, b) => a.lsn - b.lsn);
   }
 
   /** Whether a later lease entry of the same origin closed the lease whose entry is at `lsn`. */

@@ -91,7 +91,8 @@ export class Sidecar implements AdminBackend {
       throw new ChorusError('CONFIG_INVALID', `tls.cert names ${JSON.stringify(certified)} (its CN), not this replica ${JSON.stringify(config.replica)}`);
     }
     this.ch = new ClickHouseHttp(config.clickhouse, (step) => this.metrics.clickhouseQueries.inc(step ?? { step: 'other', role: 'none' }));
-    this.log = new LocalLog(config.dataDir);
+    const dedupWindowMs = config.zookeeper.dedupWindowSeconds > 0 ? config.zookeeper.dedupWindowSeconds * 1000 : Number.MAX_SAFE_INTEGER;
+    this.log = new LocalLog(config.dataDir, { dedupWindowMs });
     this.store = new PartStore(config.dataDir);
     this.zk = new ZkSession(
       config.zookeeper.connect,
@@ -191,7 +192,7 @@ export class Sidecar implements AdminBackend {
         size: config.zookeeper.leaseSize,
         renewMs: config.zookeeper.leaseRenewMs,
         probeMs: config.zookeeper.leaseAfterMs,
-        dedupWindowMs: config.zookeeper.dedupWindowSeconds > 0 ? config.zookeeper.dedupWindowSeconds * 1000 : Number.MAX_SAFE_INTEGER,
+        dedupWindowMs,
       },
       {
         log: this.log,

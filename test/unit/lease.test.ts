@@ -54,7 +54,7 @@ describe('leases in the local log', () => {
 
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'chorus-lease-'));
-    log = new LocalLog(dir);
+    log = new LocalLog(dir, { dedupWindowMs: 3_600_000 });
   });
 
   afterEach(() => {
@@ -93,6 +93,8 @@ describe('leases in the local log', () => {
     log.addEntries([insertEntry(9, 1, { blockId: 'all_same', origin: 'r2', leased: true })], 'pending', 'r2');
     // Not leased: an old block sent again after the window forgot it, which is no duplicate to report.
     log.addEntries([insertEntry(10, 1, { blockId: 'all_other' }), insertEntry(11, 1, { blockId: 'all_other' })], 'pending', 'r2');
+    // Leased, but further apart than the dedup window (an hour here): no duplicate either.
+    log.addEntries([insertEntry(12, 1, { blockId: 'all_old', allocatedAtMs: 1 }), insertEntry(13, 1, { blockId: 'all_old', leased: true, allocatedAtMs: 2 + 3_600_000 })], 'pending', 'r2');
     expect(log.leaseDuplicates().map((d) => [d.lsn, d.duplicateOf, d.table, d.origins])).toEqual([[9, 3, 'default.t', ['r2', 'r1']]]);
     expect(log.holdersOf('all_same').map((h) => [h.lsn, h.leased])).toEqual([
       [3, true],
@@ -189,6 +191,23 @@ describe('the lease keeper', () => {
     expect(log.get(17)!.entry.leaseSize).toBeUndefined();
     expect(log.watermarks().known).toBe(12);
     expect(leases.current()!.lsn).toBe(12);
+  });
+
+  it('closes a lease that recovery recorded late (its allocation landed, its record failed), so it never stays a gap', async () => {
+    await leases.tick();
+    // The next lease's allocation lands (LSN 6, reserving 7-10) but its record fails, as on a full disk.
+    zookeeper = 'there';
+    const lost = lease(next, 'r1', 4, [1]);
+    next += 5;
+    record([{ ...partlessEntry('truncate', 'r2', { database: 'default', table: 't', blockId: '!barrier:default.t' }), lsn: next++, allocatedAtMs: 1, barrier: 0 }]);
+    await leases.tick();
+    expect(leases.current()!.lsn).toBe(12);
+    // Recovery records the lost one afterwards, below the lease in use: the next round closes it.
+    record([lost]);
+    expect(log.watermarks().known).toBe(6);
+    await leases.tick();
+    expect(log.get(17)!.entry).toMatchObject({ kind: 'lease', closesLeases: [6] });
+    expect(log.watermarks().known).toBe(12);
   });
 
   it('puts a leased insert above every drop of its table known here', async () => {
