@@ -136,8 +136,9 @@ export class Leases {
    */
   async allocateInsert(request: AllocationRequest, table: { database: string; table: string }): Promise<LeaseAllocation[]> {
     if (this.away && this.enabled) return this.fromLease(request, table);
-    // Blocks stored on a lease are not in ZooKeeper's window: a retry of one is found here.
-    const known = request.blockIds.map((blockId) => (blockId ? this.leasedHolder(blockId) : undefined));
+    // Blocks stored on a lease are not in ZooKeeper's window: a retry of one is found here, and
+    // so is one still being inserted on the lease (ZooKeeper came back meanwhile).
+    const known = request.blockIds.map((blockId) => (blockId ? (this.handedBlocks.get(blockId) ?? this.leasedHolder(blockId)) : undefined));
     const rest = request.blockIds.flatMap((blockId, i) => (known[i] === undefined ? [i] : []));
     try {
       const allocated = rest.length
@@ -188,10 +189,15 @@ export class Leases {
         results.push({ lsn: holder, duplicate: true, barrier: 0 });
         continue;
       }
+      // An earlier try of this block here still waits to learn whether ZooKeeper allocated it
+      // (or for recovery to): allocated on the lease now, it could be stored twice.
+      if (blockId && this.deps.log.intentHolds(blockId, request.nonce)) {
+        this.release(taken, request.blockIds);
+        throw new ChorusError('ALLOCATOR_UNAVAILABLE', 'an earlier try of this block on this replica still waits for ZooKeeper to say whether it was allocated; nothing was stored, send it again later');
+      }
       const lsn = free.shift();
       if (lsn === undefined) {
-        for (const t of taken) this.handed.delete(t);
-        for (const b of request.blockIds) if (b && taken.includes(this.handedBlocks.get(b) ?? 0)) this.handedBlocks.delete(b);
+        this.release(taken, request.blockIds);
         throw new ChorusError(
           'ALLOCATOR_UNAVAILABLE',
           `ZooKeeper has been away for ${Math.round((Date.now() - this.awaySince) / 1000)} s and this replica's lease (LSN ${lease.first}-${lease.last}) is used up; nothing was stored, retry once ZooKeeper is back`,
@@ -205,6 +211,12 @@ export class Leases {
     this.allocatedOnLease += taken.length;
     this.deps.metrics.leaseInserts.inc(taken.length);
     return results;
+  }
+
+  /** Hands back LSNs taken by a request that is refused before it used them. */
+  private release(taken: number[], blockIds: Array<string | null>): void {
+    for (const t of taken) this.handed.delete(t);
+    for (const b of blockIds) if (b && taken.includes(this.handedBlocks.get(b) ?? 0)) this.handedBlocks.delete(b);
   }
 
   /** The insert with this nonce is recorded or given up: its leased LSNs are no longer running. */

@@ -324,6 +324,15 @@ export class LocalLog {
   }
 
   /**
+   * Whether an intent other than `nonce` holds `blockId`: an insert of that block is waiting for
+   * its allocation (or for recovery), and may still get an LSN through ZooKeeper.
+   */
+  intentHolds(blockId: string, nonce: string): boolean {
+    const rows = this.sql('SELECT nonce, body FROM intents WHERE nonce != ? AND instr(body, ?) > 0').all(nonce, JSON.stringify(blockId)) as Array<{ nonce: string; body: string }>;
+    return rows.some((r) => (JSON.parse(r.body) as EntryDraft[]).some((d) => d.entry.blockId === blockId));
+  }
+
+  /**
    * The intent's allocated entries become log entries and the intent goes, in one transaction.
    * An LSN that already holds another entry (not this origin's own) is returned as a conflict:
    * the caller must not acknowledge that entry as stored.

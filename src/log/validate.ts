@@ -141,14 +141,14 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
       if (Array.isArray(v) ? v.length > 0 : v !== '' && v !== 0 && v !== undefined) refuse(`a ${kind} entry carries ${f}`);
     }
   };
+  if (kind !== 'lease') empty('leaseSize', 'closesLeases', 'usedLsns');
+  if (kind !== 'insert') empty('leased');
   if (kind === 'void') {
     empty('files', 'rows', 'bytes', 'partition', 'member', 'barrier');
     if (entry.database) safe('database', entry.database);
     if (entry.table) safe('table', entry.table);
     return entry;
   }
-  if (kind !== 'lease') empty('leaseSize', 'closesLeases', 'usedLsns');
-  if (kind !== 'insert') empty('leased');
   if (kind === 'lease') {
     empty('database', 'table', 'partitionId', 'blockId', 'partName', 'checksumsSha256', 'files', 'rows', 'bytes', 'partition', 'barrier', 'member');
     if (!entry.leaseSize && !entry.closesLeases) refuse('a lease entry that neither reserves LSNs nor closes a lease');

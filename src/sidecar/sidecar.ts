@@ -45,8 +45,8 @@ export interface ListeningPorts {
 }
 
 /** One replica's sidecar: every box of DESIGN.md, wired together and started in order. */
-/** With a lease held, how long start waits for ZooKeeper before it starts on the lease. */
-const START_ON_LEASE_AFTER_MS = 10_000;
+/** With a lease held, start waits this many times zookeeper.leaseAfterMs for ZooKeeper before it starts on the lease. */
+const START_ON_LEASE_AFTER = 10;
 
 export class Sidecar implements AdminBackend {
   readonly metrics = new Metrics();
@@ -547,8 +547,8 @@ export class Sidecar implements AdminBackend {
    */
   /**
    * Waits for ZooKeeper at start, then reads the allocator and finishes what a crash left.
-   * With a lease held, a replica that (re)starts during an outage does not wait longer than
-   * START_ON_LEASE_AFTER_MS: it takes inserts on its lease and serves reads, and the rest follows
+   * With a lease held, a replica that (re)starts during an outage waits START_ON_LEASE_AFTER times
+   * zookeeper.leaseAfterMs at most: it takes inserts on its lease and serves reads, and the rest follows
    * in the background once ZooKeeper is back (intents of a crash wait for it, as they must).
    */
   private async initAllocator(): Promise<void> {
@@ -563,7 +563,7 @@ export class Sidecar implements AdminBackend {
       return ready();
     }
     try {
-      await this.allocator.init(Math.min(this.config.startupWaitMs, START_ON_LEASE_AFTER_MS));
+      await this.allocator.init(Math.min(this.config.startupWaitMs, START_ON_LEASE_AFTER * this.config.zookeeper.leaseAfterMs));
     } catch (err) {
       const lease = this.leases.status();
       this.logger.warn({ err: (err as Error).message, lease: `${lease.first}-${lease.last}`, free: lease.free }, 'ZooKeeper is away: starting on the lease');

@@ -17,7 +17,7 @@ const unavailable = localBackendUnavailable();
 const CLICKHOUSE = (process.env.CHORUS_TEST_CLICKHOUSE ?? 'server') as 'server' | 'chdb';
 /** Short sessions, so that expire-zookeeper-session fits a short run. */
 const SESSION_TIMEOUT_MS = 4_000;
-const PER_FAULT_MS = 14_000;
+const PER_FAULT_MS = 12_000;
 const MIXED_MS = 60_000;
 /** Enough for a minute of the workload on one replica's lease (about 10 inserts a second each). */
 const LEASE_SIZE = 5_000;

@@ -53,6 +53,8 @@ export interface KindBackendOptions {
   clickhouse?: 'server' | 'chdb';
   /** The overlay's shard has 3 replicas (lib.sh's SHARD_PODS); another number is refused. */
   replicas?: number;
+  /** Leases are the overlay's config (CHORUS_ZOOKEEPER_LEASE_SIZE), not the run's: a size here is refused. */
+  leaseSize?: number;
   /** The kind cluster to create or reuse (lib.sh's KIND_CLUSTER_NAME). Default: $KIND_CLUSTER_NAME, else chorus. */
   clusterName?: string;
   /** Default kind-<clusterName>. Another context only with deploy false. */
@@ -128,6 +130,7 @@ export class KindBackend implements ChaosBackend {
     const env = options.env ?? process.env;
     const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
     if (options.clickhouse === 'chdb') throw new KindUnavailableError('the kind overlay runs clickhouse/clickhouse-server; chdb is for the local backend');
+    if (options.leaseSize) throw new KindUnavailableError('the kind overlay sets the sidecars\' config: turn leases on there (CHORUS_ZOOKEEPER_LEASE_SIZE on the chorus container), not with --lease-size');
     const names = parseOverlayNames(await runLib('print_overlay_names', { env, timeoutMs: KUBECTL_TIMEOUT_MS }).then(expectSuccess));
     if (options.replicas !== undefined && options.replicas !== names.replicaPods.length) {
       throw new KindUnavailableError(`the kind overlay runs ${names.replicaPods.length} replicas (${names.replicaPods.join(', ')}), not ${options.replicas}`);

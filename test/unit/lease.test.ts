@@ -6,7 +6,7 @@ import { ZooKeeperAwayError } from '../../src/allocator/allocator.js';
 import { Leases } from '../../src/allocator/lease.js';
 import { applyBatch, EMPTY_STATE } from '../../src/allocator/window.js';
 import { silentLogger } from '../../src/core/logger.js';
-import { partlessEntry, type LogEntry } from '../../src/log/entry.js';
+import { partlessEntry, voidEntry, type LogEntry } from '../../src/log/entry.js';
 import { LocalLog } from '../../src/log/store.js';
 import { validateEntry } from '../../src/log/validate.js';
 import { Metrics } from '../../src/metrics/metrics.js';
@@ -45,6 +45,7 @@ describe('lease entries', () => {
     expect(() => validateEntry({ ...insertEntry(10), leaseSize: 3 }, ctx)).toThrow(/carries leaseSize/);
     expect(() => validateEntry({ ...lease(10, 'r1', 5), leased: true }, ctx)).toThrow(/carries leased/);
     expect(validateEntry({ ...insertEntry(10), leased: true }, ctx).leased).toBe(true);
+    expect(() => validateEntry({ ...voidEntry(10, 'r1'), closesLeases: [3] }, ctx)).toThrow(/carries closesLeases/);
   });
 });
 
@@ -208,6 +209,18 @@ describe('the lease keeper', () => {
     await leases.tick();
     expect(log.get(17)!.entry).toMatchObject({ kind: 'lease', closesLeases: [6] });
     expect(log.watermarks().known).toBe(12);
+  });
+
+  it('refuses to put on the lease a block whose earlier try here still waits to learn whether ZooKeeper allocated it', async () => {
+    await leases.tick();
+    const { lsn: _lsn, allocatedAtMs: _at, barrier: _barrier, ...draft } = insertEntry(0, 1, { blockId: 'all_x' });
+    log.recordIntent('first-try', [{ dir: '', entry: draft }]);
+    zookeeper = 'away';
+    await expect(insert('all_x')).rejects.toThrow(/still waits for ZooKeeper/);
+    expect(leases.status()).toMatchObject({ free: 4 });
+    // Once recovery resolved that try (nothing was allocated to it), the block goes on the lease.
+    log.dropIntent('first-try');
+    await expect(insert('all_x')).resolves.toMatchObject({ lsn: 2, leased: true });
   });
 
   it('puts a leased insert above every drop of its table known here', async () => {
