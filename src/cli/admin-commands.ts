@@ -18,7 +18,7 @@ const COMMON = {
 } as const;
 
 const HELP: Record<string, string> = {
-  status: 'chorus status --grpc HOST:PORT [--token T] [--json]\n  The whole shard as seen from one replica, each member asked for its own figures.\n  Exit 0 when every member is alive and ready, 3 when not, 1 when the replica cannot be asked.\n',
+  status: 'chorus status --grpc HOST:PORT [--token T] [--json]\n  The whole shard as seen from one replica, each member asked for its own figures.\n  Exit 0 when every member is alive and ready, 3 when not (or when one takes inserts on its lease\n  because ZooKeeper is away), 1 when the replica cannot be asked.\n',
   entries: 'chorus entries --grpc HOST:PORT [--from LSN] [--to LSN] [--table db.t] [--state pending|stored|applied|voided] [--limit N] [--json]\n',
   entry: 'chorus entry LSN --grpc HOST:PORT [--json]\n',
   resync: 'chorus resync --grpc HOST:PORT [--from LSN] [--to LSN] [--table db.t]\n  Fetches again what is not applied yet; an applied LSN is never attached twice.\n',
@@ -158,7 +158,8 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
   const leaseDuplicates = [...duplicates.values()].sort((a, b) => a.lsn - b.lsn);
   const alarms = [asked, ...own].flatMap((s) => (s ? (s.alarms ?? []).map((a) => `${s.replica}: ${a}`) : []));
   const unique = [...new Set(alarms)];
-  const healthy = unique.length === 0 && members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready));
+  // Inserts going on on leases while ZooKeeper is away is a degraded shard too: the leases run out.
+  const healthy = unique.length === 0 && members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready && !m.lease?.zookeeperAway));
   if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members, alarms: unique, leaseDuplicates }, null, 2) + '\n');
   else {
     out(`shard ${asked.shard} (cluster ${asked.cluster}): asked ${asked.replica}, highest LSN ${asked.maxLsn}, allocating member ${asked.allocatingMember}, ZooKeeper ${asked.zookeeperSession}\n\n`);

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { devKill, devStart } from '../../src/dev/cluster.js';
 import { sleep } from '../../src/core/async.js';
-import { TestCluster } from '../support/cluster.js';
+import { runCli } from '../support/built-cli.js';
+import { cliEnv, TestCluster } from '../support/cluster.js';
 
 /**
  * Issue 13's inserts through a ZooKeeper outage, against real ZooKeeper and ClickHouse
@@ -86,6 +87,10 @@ describe('inserts while ZooKeeper is away (leases)', () => {
     const during = await Promise.all([0, 1, 2].map(status));
     expect(during.map((s) => s.lease.zookeeperAway)).toEqual([true, true, true]);
     expect(during.every((s) => s.ready)).toBe(true);
+    // `chorus status` says so, and exits 3 (degraded): the leases run out.
+    const shown = await runCli(['status', '--grpc', cluster.replica(0).grpc], { ...cliEnv(cluster.info), CHORUS_ADMIN_TOKEN: cluster.info.adminToken });
+    expect(shown.code, shown.stderr).toBe(3);
+    expect(shown.stdout).toMatch(/LEASES[^\n]*\n  r1: LSN \d+-\d+, \d+ free, \d+ used; ZooKeeper away since/);
 
     // Retries through the same replica: answered as duplicates of the first LSN, stored once.
     for (const a of answers.slice(0, 9)) {
