@@ -58,9 +58,10 @@ export interface LeaseStatus {
  * replica allocates its inserts from the lease, deduplicating against the block IDs its own log
  * holds (its own inserts and what gossip brought); a retry that reached another replica before
  * gossip did is stored twice, and every replica reports the pair once it holds both (LocalLog's
- * lease duplicates). While ZooKeeper is there, the lease is replaced once newer LSNs have lain
- * above it for `renewMs`, and its owner voids what it did not use: only the owner may void an
- * LSN, and an unused leased LSN would otherwise be a gap that waits forever.
+ * lease duplicates). While ZooKeeper is there, the lease is replaced once newer writes have lain
+ * above it for `renewMs`; the owner's next lease entry closes it, naming the LSNs it used, and
+ * every other one is void. Only the owner may void an LSN, and an unused leased LSN would
+ * otherwise be a gap that waits forever.
  */
 export class Leases {
   private away = false;
