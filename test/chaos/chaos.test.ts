@@ -21,7 +21,11 @@ const PER_FAULT_MS = 12_000;
 const MIXED_MS = 60_000;
 /** Enough for a minute of the workload on one replica's lease (about 10 inserts a second each). */
 const LEASE_SIZE = 5_000;
-const ZOOKEEPER_AWAY_MS = 60_000;
+/**
+ * ZooKeeper away for a minute with `npm run chaos:suite` (CHORUS_CHAOS_FULL=1); 20 s within
+ * `npm test`, so that the whole suite stays under 20 minutes. Both pass the same checks.
+ */
+const ZOOKEEPER_AWAY_MS = process.env.CHORUS_CHAOS_FULL === '1' ? 60_000 : 20_000;
 
 describe.skipIf(unavailable)('chaos: the invariants under faults, checked Jepsen-style (local backend)', () => {
   let backend: LocalBackend;
@@ -194,7 +198,7 @@ describe.skipIf(unavailable)('chaos: the invariants under faults, checked Jepsen
       await run('all', MIXED_MS, 42);
     }, 300_000);
 
-    it('ZooKeeper away for a minute (seed 4242): inserts go on on the leases, nothing lost or divergent, and only reported duplicates', async () => {
+    it(`ZooKeeper away for ${ZOOKEEPER_AWAY_MS / 1000} s (seed 4242): inserts go on on the leases, nothing lost or divergent, and only reported duplicates`, async () => {
       const away = { minMs: ZOOKEEPER_AWAY_MS, maxMs: ZOOKEEPER_AWAY_MS };
       // No drops: they cannot be placed without ZooKeeper, and clients retrying them for their
       // whole retry budget would stop inserting (the lease test checks the refusal).
@@ -207,7 +211,7 @@ describe.skipIf(unavailable)('chaos: the invariants under faults, checked Jepsen
       const seconds = result.workload.perSecond.slice(second(outage.injectedAt) + 5, second(outage.healedAt!));
       const acknowledging = seconds.filter((s) => s && s.ok > 0).length;
       expect(acknowledging, JSON.stringify(seconds)).toBeGreaterThanOrEqual(Math.floor(seconds.length * 0.8));
-      expect(outage.outcomes.ok).toBeGreaterThan(100);
+      expect(outage.outcomes.ok).toBeGreaterThan(ZOOKEEPER_AWAY_MS / 600);
     }, 300_000);
   });
 });
