@@ -139,7 +139,7 @@ export class Leases {
     if (this.away && this.enabled) return this.fromLease(request, table);
     // Blocks stored on a lease are not in ZooKeeper's window: a retry of one is found here, and
     // so is one still being inserted on the lease (ZooKeeper came back meanwhile).
-    const known = request.blockIds.map((blockId) => (blockId ? (this.handedBlocks.get(blockId) ?? this.leasedHolder(blockId)) : undefined));
+    const known = request.blockIds.map((blockId) => (blockId ? this.holderOf(blockId, true) : undefined));
     const rest = request.blockIds.flatMap((blockId, i) => (known[i] === undefined ? [i] : []));
     try {
       const allocated = rest.length
@@ -155,19 +155,15 @@ export class Leases {
     }
   }
 
-  /** The LSN of a block stored on a lease (here or by another replica), within the dedup window. */
-  private leasedHolder(blockId: string): number | undefined {
-    const since = Date.now() - this.opts.dedupWindowMs;
-    const holders = this.deps.log.holdersOf(blockId).filter((h) => h.leased && h.allocatedAtMs >= since);
-    return holders.length ? Math.min(...holders.map((h) => h.lsn)) : undefined;
-  }
-
-  /** The first holder of a block among the entries known here within the window, or an insert running here. */
-  private anyHolder(blockId: string): number | undefined {
+  /**
+   * The first LSN that holds a block among the entries known here within the dedup window (only
+   * lease-allocated ones with `leasedOnly`), or that an insert running here took on the lease.
+   */
+  private holderOf(blockId: string, leasedOnly: boolean): number | undefined {
     const running = this.handedBlocks.get(blockId);
     if (running !== undefined) return running;
     const since = Date.now() - this.opts.dedupWindowMs;
-    const holders = this.deps.log.holdersOf(blockId).filter((h) => h.allocatedAtMs >= since);
+    const holders = this.deps.log.holdersOf(blockId).filter((h) => (h.leased || !leasedOnly) && h.allocatedAtMs >= since);
     return holders.length ? Math.min(...holders.map((h) => h.lsn)) : undefined;
   }
 
@@ -185,7 +181,7 @@ export class Leases {
     const results: LeaseAllocation[] = [];
     const taken: number[] = [];
     for (const blockId of request.blockIds) {
-      const holder = blockId ? this.anyHolder(blockId) : undefined;
+      const holder = blockId ? this.holderOf(blockId, false) : undefined;
       if (holder !== undefined) {
         results.push({ lsn: holder, duplicate: true, barrier: 0 });
         continue;

@@ -229,15 +229,6 @@ export class LocalLog {
     });
   }
 
-  /** The leases known here from `fromLsn` on (entries that reserve LSNs), oldest first. */
-  leases(fromLsn = 0): Lease[] {
-    const rows = this.sql("SELECT lsn, body FROM entries WHERE kind = 'lease' AND lsn >= ? ORDER BY lsn").all(fromLsn) as EntryRow[];
-    return rows.flatMap((r) => {
-      const e = JSON.parse(r.body) as LogEntry;
-      return e.leaseSize ? [{ lsn: r.lsn, origin: e.origin, first: r.lsn + 1, last: r.lsn + e.leaseSize }] : [];
-    });
-  }
-
   /** LSNs of first..last that hold an entry here. */
   recordedIn(first: number, last: number): number[] {
     return (this.sql('SELECT lsn FROM entries WHERE lsn BETWEEN ? AND ? ORDER BY lsn').all(first, last) as Array<{ lsn: number }>).map((r) => r.lsn);
@@ -249,7 +240,8 @@ export class LocalLog {
    */
   leaseOrphans(origin: string): number[] {
     const orphans: number[] = [];
-    for (const lease of this.leases()) {
+    // Leases the watermarks have passed (no longer listed) leave nothing unsettled.
+    for (const lease of this.leaseRanges) {
       if (lease.origin !== origin) continue;
       const closed = this.closedLeases.get(lease.lsn);
       const unrecorded = this.unrecordedIn(lease.first, lease.last);
@@ -260,7 +252,7 @@ export class LocalLog {
 
   /** LSNs of first..last that hold no entry here. */
   unrecordedIn(first: number, last: number): number[] {
-    const held = new Set((this.sql('SELECT lsn FROM entries WHERE lsn BETWEEN ? AND ?').all(first, last) as Array<{ lsn: number }>).map((r) => r.lsn));
+    const held = new Set(this.recordedIn(first, last));
     const free: number[] = [];
     for (let lsn = first; lsn <= last; lsn++) if (!held.has(lsn)) free.push(lsn);
     return free;
