@@ -37,6 +37,30 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
 }
 
+interface EntryFields {
+  lsn: number;
+  kind: string;
+  database: string;
+  table: string;
+  rows: number;
+  bytes: number;
+  origin: string;
+  partition?: string;
+  member?: string;
+  leaseSize?: number;
+  statement?: string;
+}
+
+/** What an entry does beyond adding a part, in a line: the statement of a mutation (cut short; --json has it whole), the partition of a drop... */
+function what(e: EntryFields): string {
+  const cut = (text: string) => (text.length > 80 ? `${text.slice(0, 77)}...` : text);
+  if (e.kind === 'mutation') return cut(e.statement ?? '');
+  if (e.kind === 'drop_partition') return cut(`PARTITION ${e.partition ?? ''}`);
+  if (e.kind === 'decommission') return e.member ?? '';
+  if (e.kind === 'lease' && e.leaseSize) return `${e.leaseSize} LSNs`;
+  return '';
+}
+
 export async function runAdminCommand(command: string, args: string[], out: (s: string) => void): Promise<number> {
   const extra = {
     from: { type: 'string' },
@@ -74,9 +98,9 @@ export async function runAdminCommand(command: string, args: string[], out: (s: 
         });
         if (values.json) out(JSON.stringify(reply.entries, null, 2) + '\n');
         else {
-          const rows = [['LSN', 'KIND', 'TABLE', 'STATE', 'ROWS', 'BYTES', 'ORIGIN', 'LAST ERROR']];
-          for (const e of reply.entries as Array<{ entry: { lsn: number; kind: string; database: string; table: string; rows: number; bytes: number; origin: string }; state: string; lastError: string }>) {
-            rows.push([String(e.entry.lsn), e.entry.kind, e.entry.table ? `${e.entry.database}.${e.entry.table}` : '-', e.state, String(e.entry.rows), bytes(Number(e.entry.bytes)), e.entry.origin, e.lastError]);
+          const rows = [['LSN', 'KIND', 'TABLE', 'STATE', 'ROWS', 'BYTES', 'ORIGIN', 'WHAT', 'LAST ERROR']];
+          for (const e of reply.entries as Array<{ entry: EntryFields; state: string; lastError: string }>) {
+            rows.push([String(e.entry.lsn), e.entry.kind, e.entry.table ? `${e.entry.database}.${e.entry.table}` : '-', e.state, String(e.entry.rows), bytes(Number(e.entry.bytes)), e.entry.origin, what(e.entry), e.lastError]);
           }
           out(table(rows));
         }

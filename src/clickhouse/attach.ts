@@ -16,6 +16,7 @@ import type { TableCatalog, TableInfo } from './catalog.js';
 import { parsePartName } from './dialect.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
 import { canonicalPartition } from './partition.js';
+import { mutationStatement, parseMutation } from '../insert/parse.js';
 
 /**
  * Origin and followers attach the same way: hardlink the part from the part store into the
@@ -224,6 +225,64 @@ export class Attacher {
       else throw new ChorusError('INTERNAL', `LSN ${entry.lsn} is not a table operation`);
       if (cleanUp) await this.removeUncoveredLeftovers(where, before);
     });
+  }
+
+  /**
+   * Submits a mutation entry's statement under the table's lock: no attach runs meanwhile, so
+   * every part attached here before it holds LSNs below it, and ClickHouse gives every part
+   * attached after it a higher block number, which the mutation leaves alone. Submitted once:
+   * the table's highest block or mutation number is recorded first, and a retry (after a
+   * crash, or a lost answer) takes a mutation above it in system.mutations for this one.
+   */
+  submitMutation(entry: LogEntry): Promise<void> {
+    return this.perTable.run(`${entry.database}.${entry.table}`, async () => {
+      if (this.log.attachDone(entry.lsn)) return;
+      const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
+      let floor = this.log.attachFloor(entry.lsn);
+      if (floor !== null && (await this.mutationAbove(where, floor))) {
+        this.log.markAttachDone(entry.lsn);
+        return;
+      }
+      if (floor === null) {
+        const [parts] = await this.ch.rows<{ max: number }>(`SELECT max(max_block_number) AS max FROM system.parts WHERE ${where}`);
+        const mutations = await this.mutations(where, 0);
+        floor = Math.max(Number(parts?.max ?? 0), ...mutations.map((m) => m.version));
+        this.log.markAttaching(entry.lsn, floor);
+      }
+      // Re-read and re-written: whatever the entry carries, only a canonical mutation of its table reaches ClickHouse.
+      const op = parseMutation(entry.statement ?? '');
+      if (!op || op.refusal || op.database !== entry.database || op.table !== entry.table) throw new ChorusError('INTERNAL', `LSN ${entry.lsn} does not carry a mutation of its table`);
+      await this.ch.request(mutationStatement(op, `${quoteIdent(entry.database)}.${quoteIdent(entry.table)}`), { params: this.ch.dialect.submitMutationSettings });
+      this.faults.crashPoint('mutation.after-submit');
+      this.log.markAttachDone(entry.lsn);
+    });
+  }
+
+  /**
+   * Whether ClickHouse has finished the entry's (submitted) mutation, and why not when it says
+   * so. A mutation no longer listed finished long enough ago to be cleaned up
+   * (finished_mutations_to_keep), or was killed by an operator.
+   */
+  async mutationProgress(entry: LogEntry): Promise<{ done: boolean; failure?: string }> {
+    const where = `database = ${quoteString(entry.database)} AND table = ${quoteString(entry.table)}`;
+    const [ours] = await this.mutations(where, this.log.attachFloor(entry.lsn) ?? 0);
+    if (!ours) return { done: true };
+    return { done: ours.done, ...(ours.failure ? { failure: ours.failure } : {}) };
+  }
+
+  private async mutationAbove(where: string, floor: number): Promise<boolean> {
+    return (await this.mutations(where, floor)).length > 0;
+  }
+
+  /** The table's mutations numbered above `floor`, oldest first. */
+  private async mutations(where: string, floor: number): Promise<Array<{ version: number; done: boolean; failure: string }>> {
+    const rows = await this.ch.rows<{ id: string; done: number; failure: string }>(
+      `SELECT mutation_id AS id, is_done AS done, ${this.ch.dialect.mutationFailReason} AS failure FROM system.mutations WHERE ${where}`,
+    );
+    return rows
+      .map((r) => ({ version: Number(/(\d+)/.exec(r.id)?.[1] ?? 0), done: Number(r.done) === 1, failure: r.failure }))
+      .filter((m) => m.version > floor)
+      .sort((a, b) => a.version - b.version);
   }
 
   /**

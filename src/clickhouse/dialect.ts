@@ -6,6 +6,19 @@ import { ChorusError } from '../core/errors.js';
  * Measured on 18.16 (Debian) and 26.7 (chdb); releases between are placed by the changelog
  * entries of the features named below.
  */
+/** What a client asks Chorus to do to a replicated table, and the grant ClickHouse asks for it. */
+const GRANTS = {
+  insert: 'INSERT',
+  drop_partition: 'ALTER DELETE',
+  truncate: 'TRUNCATE',
+  alter_delete: 'ALTER DELETE',
+  alter_update: 'ALTER UPDATE',
+  alter_clear_column: 'ALTER CLEAR COLUMN',
+} as const;
+export type GrantAction = keyof typeof GRANTS;
+/** The grant action of each grant a mutation asks for (MutationOp.grants). */
+export const MUTATION_GRANTS: Record<string, GrantAction> = { 'ALTER DELETE': 'alter_delete', 'ALTER UPDATE': 'alter_update', 'ALTER CLEAR COLUMN': 'alter_clear_column' };
+
 export class Dialect {
   readonly major: number;
   readonly minor: number;
@@ -92,9 +105,9 @@ export class Dialect {
    *   Releases between 20.1 and 24.6 (RBAC without CHECK GRANT) are untested: the drop probe
    *   checks ALTER DELETE there, not TRUNCATE.
    */
-  grantProbes(action: 'insert' | 'drop_partition' | 'truncate', qualified: string, user: string): GrantProbe[] {
+  grantProbes(action: GrantAction, qualified: string, user: string): GrantProbe[] {
     if (this.atLeast(24, 7)) {
-      const grant = action === 'insert' ? 'INSERT' : action === 'truncate' ? 'TRUNCATE' : 'ALTER DELETE';
+      const grant = GRANTS[action];
       return [
         {
           sql: `CHECK GRANT ${grant} ON ${qualified}`,
@@ -114,6 +127,28 @@ export class Dialect {
     }
     if (action === 'insert') return [{ sql: `INSERT INTO ${qualified} FORMAT TabSeparated` }];
     return [{ sql: `ALTER TABLE ${qualified} DROP PARTITION ID 'chorusgrantprobe'` }];
+  }
+
+  /** Lightweight `DELETE FROM t WHERE ...` (23.3+, where it is on by default). */
+  get hasLightweightDelete(): boolean {
+    return this.atLeast(23, 3);
+  }
+
+  /**
+   * Settings that make a mutation's ALTER (or lightweight DELETE) return once submitted, whatever
+   * the user's profile says: chdb, for one, defaults to `mutations_sync=1`. Chorus waits for
+   * the mutation itself (system.mutations). 18.16 has neither setting and never waits.
+   */
+  get submitMutationSettings(): Record<string, string> {
+    const settings: Record<string, string> = {};
+    if (this.atLeast(19, 11)) settings.mutations_sync = '0';
+    if (this.atLeast(24, 4)) settings.lightweight_deletes_sync = '0';
+    return settings;
+  }
+
+  /** `system.mutations.latest_fail_reason` (19.14+): why a mutation has not finished yet. */
+  get mutationFailReason(): string {
+    return this.atLeast(19, 14) ? 'latest_fail_reason' : "''";
   }
 
   /** `EXPLAIN` (20.6+): how a client's SELECT is checked against its rights without running it. */

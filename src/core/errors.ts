@@ -49,6 +49,26 @@ export const ErrorCodes = {
   CLICKHOUSE_REFUSED: 403,
   /** A statement that would change a replicated table on this replica only. */
   NOT_REPLICATED_STATEMENT: 400,
+  /**
+   * A mutation whose result could differ between replicas (a non-deterministic function such as
+   * now() or rand(), a subquery): every replica runs it on its own rows, so it is refused.
+   */
+  NONDETERMINISTIC_MUTATION: 400,
+  /** The local ClickHouse release cannot run this statement (lightweight DELETE on 18.16): nothing was done. */
+  UNSUPPORTED_BY_CLICKHOUSE: 400,
+  /**
+   * A mutation the client waited for (mutations_sync) failed on this replica's ClickHouse. It
+   * stays in the log: ClickHouse retries it, and every replica runs it.
+   */
+  MUTATION_FAILED: 500,
+  /**
+   * The mutation's allocation failed in a way that leaves unknown whether it landed: if it did,
+   * recovery records it and every replica runs it. Not retryable: look at `chorus entries` first,
+   * since a mutation sent twice runs twice.
+   */
+  MUTATION_OUTCOME_UNKNOWN: 500,
+  /** mutations_sync=2: not every live replica finished the mutation in time; it stays in the log and runs on every replica. */
+  MUTATION_TIMEOUT: 504,
   /** An INSERT sets in its own text a setting Chorus decides for staging (async_insert, insert_deduplicate, ...). */
   UNSUPPORTED_SETTING: 400,
   /** A setting with a value Chorus cannot take (insert_quorum=abc); nothing was done. */

@@ -18,6 +18,8 @@ export const CRASH_POINTS = [
   'attach.after-attach',
   /** Part of a part's files fetched from a peer, the rest not. */
   'fetch.mid-transfer',
+  /** A mutation's ALTER answered by ClickHouse, not yet recorded as submitted in the local log. */
+  'mutation.after-submit',
 ] as const;
 
 export type CrashPoint = (typeof CRASH_POINTS)[number];
@@ -40,10 +42,16 @@ export interface FaultSettings {
    * reach the peers by exchange once it is lifted.
    */
   isolateGossip: boolean;
+  /**
+   * Entries are applied here as they come, without the order that barriers give a table's
+   * inserts, drops and mutations: what tests switch on to show that order is what keeps the
+   * replicas identical.
+   */
+  ignoreOrdering: boolean;
 }
 
 export class Faults {
-  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null, unreadableParts: 0, emptyAttachedColumns: 0, isolateGossip: false };
+  private settings: FaultSettings = { corruptServedFiles: 0, crashAt: null, unreadableParts: 0, emptyAttachedColumns: 0, isolateGossip: false, ignoreOrdering: false };
 
   constructor(readonly enabled: boolean) {}
 
@@ -53,6 +61,7 @@ export class Faults {
     if (update.unreadableParts !== undefined) this.settings.unreadableParts = Math.max(0, Math.floor(update.unreadableParts));
     if (update.emptyAttachedColumns !== undefined) this.settings.emptyAttachedColumns = Math.max(0, Math.floor(update.emptyAttachedColumns));
     if (update.isolateGossip !== undefined) this.settings.isolateGossip = update.isolateGossip === true;
+    if (update.ignoreOrdering !== undefined) this.settings.ignoreOrdering = update.ignoreOrdering === true;
     if (update.crashAt !== undefined) {
       if (update.crashAt !== null && !CRASH_POINTS.includes(update.crashAt)) {
         throw new ChorusError('BAD_QUERY', `unknown crash point ${String(update.crashAt)}; known: ${CRASH_POINTS.join(', ')}`);
@@ -71,6 +80,10 @@ export class Faults {
 
   get gossipIsolated(): boolean {
     return this.enabled && this.settings.isolateGossip;
+  }
+
+  get orderingIgnored(): boolean {
+    return this.enabled && this.settings.ignoreOrdering;
   }
 
   /** True when this read of an attached part should fail; consumes one. */

@@ -33,7 +33,8 @@ export class ClickHouseRefusal extends ChorusError {
   }
 }
 
-export type GrantAction = 'insert' | 'drop_partition' | 'truncate';
+import type { GrantAction } from '../clickhouse/dialect.js';
+export type { GrantAction };
 
 /**
  * Whether a client's ClickHouse user may do an action to a table, asked of ClickHouse as that

@@ -205,17 +205,18 @@ function tableRef(s: Scanner): { database: string | undefined; table: string } |
   return { database: undefined, table: name };
 }
 
-type Token = { kind: 'word' | 'quoted' | 'punct' | 'string' | 'number'; text: string };
+type Token = { kind: 'word' | 'quoted' | 'punct' | 'string' | 'number'; text: string; start: number; end: number };
 
 /**
  * The tokens of a statement as ClickHouse's lexer reads them: comments dropped (`--`, `#`,
  * block comments, nested when `nestComments`), strings and quoted identifiers read with their escapes.
  * Stops at the first `;` that ends a statement (the HTTP interface runs one).
  */
-function tokens(text: string, nestComments: boolean): Token[] {
+function tokens(text: string, nestComments: boolean, rest?: { after: number }): Token[] {
   const out: Token[] = [];
   let i = 0;
   const n = text.length;
+  if (rest) rest.after = n;
   while (i < n) {
     const c = text[i]!;
     if (/\s/.test(c)) i++;
@@ -247,23 +248,26 @@ function tokens(text: string, nestComments: boolean): Token[] {
           } else break;
         } else value += d;
       }
-      out.push({ kind: c === "'" ? 'string' : 'quoted', text: value });
+      out.push({ kind: c === "'" ? 'string' : 'quoted', text: value, start: i, end: j + 1 });
       i = j + 1;
     } else if (/[A-Za-z_]/.test(c)) {
       const m = /[A-Za-z_][A-Za-z0-9_$]*/y;
       m.lastIndex = i;
       const w = m.exec(text)![0];
-      out.push({ kind: 'word', text: w });
+      out.push({ kind: 'word', text: w, start: i, end: i + w.length });
       i += w.length;
     } else if (/[0-9]/.test(c)) {
       const m = /[0-9][A-Za-z0-9_.]*/y;
       m.lastIndex = i;
       const w = m.exec(text)![0];
-      out.push({ kind: 'number', text: w });
+      out.push({ kind: 'number', text: w, start: i, end: i + w.length });
       i += w.length;
     } else {
-      if (c === ';') break;
-      out.push({ kind: 'punct', text: c });
+      if (c === ';') {
+        if (rest) rest.after = i + 1;
+        break;
+      }
+      out.push({ kind: 'punct', text: c, start: i, end: i + 1 });
       i++;
     }
   }
@@ -460,4 +464,127 @@ export function insertSettings(text: string, from: number, final: boolean): stri
     if (text[s.pos] !== ',') return names;
     s.pos++;
   }
+}
+
+/** An `ALTER TABLE ... UPDATE/DELETE/CLEAR COLUMN` or lightweight `DELETE FROM`, read for replication. */
+export interface MutationOp {
+  kind: 'mutation';
+  database: string | undefined;
+  table: string;
+  /** `DELETE FROM t WHERE ...` (a lightweight delete, 23.x and later) rather than `ALTER TABLE t ...`. */
+  lightweight: boolean;
+  /** What follows the table reference, in canonical form: comments dropped, every literal as written. */
+  commands: string;
+  /** The grants ClickHouse asks of the statement's user (ALTER DELETE, ALTER UPDATE, ALTER CLEAR COLUMN). */
+  grants: string[];
+  /** Why it cannot be replicated as written; thrown only when the table is one Chorus replicates. */
+  refusal?: ChorusError;
+}
+
+/** The statement of `op` on `qualified` (a quoted `db`.`t`): what a replica runs, or what the origin checks on a staging table. */
+export function mutationStatement(op: Pick<MutationOp, 'lightweight' | 'commands'>, qualified: string): string {
+  return op.lightweight ? `DELETE FROM ${qualified} ${op.commands}` : `ALTER TABLE ${qualified} ${op.commands}`;
+}
+
+/**
+ * Functions whose value differs between replicas or between runs: a mutation using one would
+ * change different rows (or write different values) on each replica. ReplicatedMergeTree refuses
+ * them too (`allow_nondeterministic_mutations`).
+ */
+const NONDETERMINISTIC =
+  /^(rand\w*|random\w*|generateUUID\w*|generateULID|generateSnowflakeID|now|now64|nowInBlock|today|yesterday|rowNumberIn\w*|blockNumber|blockSize|runningDifference\w*|runningAccumulate|neighbor|hostName|fqdn|uptime|serverUUID|dictGet\w*|joinGet\w*|getMacro|getSetting|file|url|s3\w*|remote\w*|timezone)$/i;
+
+/**
+ * Reads a mutation: `ALTER TABLE [db.]t` followed only by `UPDATE c = e[, ...] [IN PARTITION p]
+ * WHERE ...`, `DELETE [IN PARTITION p] WHERE ...` and `CLEAR COLUMN c [IN PARTITION p]`
+ * commands, or `DELETE FROM [db.]t [IN PARTITION p] WHERE ...`. Undefined for anything else
+ * (another ALTER command among them, ON CLUSTER): the statement guard decides about those.
+ * `refusal` says, with a stable code, why a mutation cannot be replicated as written: a setting
+ * in the text, a query parameter, a subquery or a non-deterministic function, comments that
+ * releases read differently, a second statement.
+ */
+export function parseMutation(text: string): MutationOp | undefined {
+  const flatRest = { after: 0 };
+  const flat = readMutation(text, tokens(text, false, flatRest));
+  const nested = readMutation(text, tokens(text, true));
+  const op = flat ?? nested;
+  if (!op) return undefined;
+  if (!flat || !nested || flat.commands !== nested.commands || flat.table !== nested.table || flat.database !== nested.database) {
+    op.refusal ??= new ChorusError('BAD_QUERY', 'the mutation reads differently depending on how its comments nest: remove the comments');
+  }
+  if (tokens(text.slice(flatRest.after), false).length > 0) op.refusal ??= new ChorusError('BAD_QUERY', 'one statement at a time: text follows the mutation after ;');
+  return op;
+}
+
+function readMutation(text: string, toks: Token[]): MutationOp | undefined {
+  let i = 0;
+  const kw = (k = i) => (toks[k]?.kind === 'word' ? toks[k]!.text.toUpperCase() : undefined);
+  const isName = (k: number) => toks[k]?.kind === 'word' || toks[k]?.kind === 'quoted';
+  const first = kw(0);
+  let lightweight: boolean;
+  if (first === 'ALTER' && kw(1) === 'TABLE') lightweight = false;
+  else if (first === 'DELETE' && kw(1) === 'FROM') lightweight = true;
+  else return undefined;
+  i = 2;
+  if (!isName(i)) return undefined;
+  let database: string | undefined;
+  let table = toks[i]!.text;
+  i++;
+  if (toks[i]?.kind === 'punct' && toks[i]!.text === '.' && isName(i + 1)) {
+    database = table;
+    table = toks[i + 1]!.text;
+    i += 2;
+  }
+  const body = toks.slice(i);
+  if (body.length === 0) return undefined;
+  const grants = new Set<string>();
+  let depth = 0;
+  let command: 'delete' | 'update' | 'clear' | undefined;
+  let whereSeen = false;
+  let segmentStart = true;
+  let refusal: ChorusError | undefined;
+  for (const [k, t] of body.entries()) {
+    const word = t.kind === 'word' ? t.text.toUpperCase() : undefined;
+    if (t.kind === 'punct' && (t.text === '{' || t.text === '$')) {
+      refusal ??= new ChorusError('BAD_QUERY', `a replicated mutation cannot hold ${t.text === '{' ? 'query parameters or map literals ({...})' : 'heredoc strings ($$...$$)'}: write the values as literals`);
+    }
+    if (word === 'SELECT') refusal ??= new ChorusError('NONDETERMINISTIC_MUTATION', 'a mutation with a subquery is not replicated: each replica would run it against its own state at its own time; write the values it selects as literals');
+    if (t.kind === 'word' && body[k + 1]?.kind === 'punct' && body[k + 1]!.text === '(' && NONDETERMINISTIC.test(t.text)) {
+      refusal ??= new ChorusError('NONDETERMINISTIC_MUTATION', `${t.text}() gives each replica another value: a mutation using it would change different rows on each; compute the value first and write it as a literal`);
+    }
+    if (segmentStart) {
+      segmentStart = false;
+      if (lightweight) {
+        if (k !== 0) return undefined;
+      } else if (word === 'DELETE') {
+        command = 'delete';
+        grants.add('ALTER DELETE');
+      } else if (word === 'UPDATE') {
+        command = 'update';
+        whereSeen = false;
+        grants.add('ALTER UPDATE');
+      } else if (word === 'CLEAR' && kw(i + k + 1) === 'COLUMN') {
+        command = 'clear';
+        grants.add('ALTER CLEAR COLUMN');
+      } else if (command === 'update' && !whereSeen && (t.kind === 'word' || t.kind === 'quoted')) {
+        // the next assignment of an UPDATE's list
+      } else return undefined;
+    }
+    if (t.kind === 'punct' && (t.text === '(' || t.text === '[')) depth++;
+    else if (t.kind === 'punct' && (t.text === ')' || t.text === ']')) depth--;
+    else if (depth === 0 && word === 'WHERE') whereSeen = true;
+    else if (depth === 0 && word === 'SETTINGS') {
+      refusal ??= new ChorusError('UNSUPPORTED_SETTING', 'a SETTINGS clause inside a replicated mutation is not taken: pass settings such as mutations_sync as URL parameters');
+    } else if (depth === 0 && t.kind === 'punct' && t.text === ',') {
+      if (lightweight) return undefined;
+      segmentStart = true;
+    }
+  }
+  if (lightweight) grants.add('ALTER DELETE');
+  let commands = '';
+  for (const [k, t] of body.entries()) {
+    if (k > 0 && body[k - 1]!.end !== t.start) commands += ' ';
+    commands += text.slice(t.start, t.end);
+  }
+  return { kind: 'mutation', database, table, lightweight, commands, grants: [...grants], ...(refusal ? { refusal } : {}) };
 }

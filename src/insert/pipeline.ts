@@ -18,6 +18,9 @@ import { blockIdOf, type StagingPool, type StagingTable } from './staging.js';
 import { canonicalPartition } from '../clickhouse/partition.js';
 import type { LogConflict } from '../log/store.js';
 import type { LeaseAllocation, Leases } from '../allocator/lease.js';
+import { ZooKeeperAwayError } from '../allocator/allocator.js';
+import { quoteIdent } from '../clickhouse/http.js';
+import { mutationStatement, type MutationOp } from './parse.js';
 
 /**
  * The origin records only its own entries: an LSN it was allocated that already holds another
@@ -44,6 +47,17 @@ export interface InsertRequest {
   /** Set by the HTTP layer when the client's body ended early: nothing may be committed then. */
   bodyFailure(): ChorusError | undefined;
   /** Aborted when the client went away: stops its staging insert (never anything after the intent). */
+  signal?: AbortSignal;
+}
+
+export interface MutationRequest {
+  op: MutationOp;
+  /** The database of the table (the statement's own, or the request's default). */
+  database: string;
+  /** mutations_sync: 0 answers once recorded, 1 once done here, 2 once done on every live replica. */
+  sync: 0 | 1 | 2;
+  /** mutations_sync=2: waits until every live replica has finished the mutation at `lsn`. */
+  waitEverywhere: (lsn: number) => Promise<void>;
   signal?: AbortSignal;
 }
 
@@ -285,6 +299,7 @@ export class InsertPipeline {
 
   /** Waits (bounded) until nothing orders before `entry`: a drop of its table with a lower LSN. */
   private async awaitUnblocked(entry: LogEntry): Promise<void> {
+    if (this.deps.faults.orderingIgnored) return;
     const deadline = Date.now() + this.deps.duplicateWaitMs;
     for (let reason = this.deps.log.blockedBy(entry); reason; reason = this.deps.log.blockedBy(entry)) {
       if (Date.now() > deadline) throw new ChorusError('ORDERING_PENDING', reason);
@@ -335,6 +350,68 @@ export class InsertPipeline {
       }
       await sleep(10);
     }
+    return entry.lsn;
+  }
+
+  /**
+   * A mutation becomes a log entry: checked on an empty staging table of the table's structure
+   * (a statement ClickHouse refuses allocates nothing), allocated with a barrier, recorded, and
+   * run by every replica after the table's entries below it. Answered once recorded
+   * (`mutations_sync=0`, ClickHouse's own default), once done here (1), or once done on every
+   * live replica (2, waited for through `waitEverywhere`).
+   */
+  mutation(req: MutationRequest): Promise<number> {
+    return this.counted(() => this.mutationCounted(req));
+  }
+
+  private async mutationCounted(req: MutationRequest): Promise<number> {
+    const { catalog, staging, log, ch } = this.deps;
+    const table = await catalog.resolve(req.database, req.op.table);
+    const label = `${table.database}.${table.name}`;
+    if (req.op.lightweight && !ch.dialect.hasLightweightDelete) {
+      throw new ChorusError('UNSUPPORTED_BY_CLICKHOUSE', `ClickHouse ${ch.dialect.version} has no lightweight DELETE FROM (23.3 and later have it): use ALTER TABLE ${label} DELETE WHERE ...`);
+    }
+    const stage = await this.acquireStage(table, label);
+    try {
+      await ch.request(mutationStatement(req.op, stage.qualified), { params: ch.dialect.submitMutationSettings });
+    } catch (err) {
+      if (!(err instanceof ClickHouseQueryError)) throw err;
+      throw cannotStoreNow(err, label, `check the mutation on a staging table of ${label}`) ?? new ChorusError('BAD_QUERY', `ClickHouse refused the mutation of ${label}: ${err.message}`, err);
+    } finally {
+      void staging.release(table, stage).catch(() => undefined);
+    }
+    const statement = mutationStatement(req.op, `${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
+    let entry: LogEntry;
+    try {
+      entry = await this.recordPartless(partlessEntry('mutation', this.deps.self, { database: table.database, table: table.name, blockId: barrierMarker(label), statement }), {
+        table: label,
+        state: 'pending',
+        what: 'this mutation',
+      });
+    } catch (err) {
+      // A refusal that proves nothing was allocated may be sent again; any other failure may have allocated it.
+      const e = ChorusError.from(err);
+      if (err instanceof ZooKeeperAwayError || e.code === 'LOG_CONFLICT') throw err;
+      throw new ChorusError(
+        'MUTATION_OUTCOME_UNKNOWN',
+        `whether the mutation of ${label} was recorded is unknown (${e.message}); if it was, every replica runs it. Look for it with chorus entries --table ${label} before sending it again: a mutation sent twice runs twice`,
+        err,
+      );
+    }
+    this.deps.announce([entry]);
+    this.deps.notifyApplier();
+    if (req.sync === 0) return entry.lsn;
+    for (;;) {
+      const state = log.get(entry.lsn)?.state;
+      if (state === 'applied') break;
+      const failure = log.lastError(entry.lsn);
+      if (failure?.startsWith('MUTATION_FAILED')) {
+        throw new ChorusError('MUTATION_FAILED', `the mutation is recorded as LSN ${entry.lsn} and runs on every replica, but ClickHouse reports here: ${failure.replace(/^MUTATION_FAILED: /, '')}; do not send it again`);
+      }
+      if (req.signal?.aborted) throw ChorusError.from(req.signal.reason);
+      await sleep(50);
+    }
+    if (req.sync === 2) await req.waitEverywhere(entry.lsn);
     return entry.lsn;
   }
 

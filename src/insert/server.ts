@@ -7,7 +7,8 @@ import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { ClickHouseRefusal, clientCredentials, type GrantChecker } from './clients.js';
-import { findUnreplicatedWrite, insertClause, insertSelect, insertSettings, parseInsert, parseTableOp, type InsertTarget } from './parse.js';
+import { findUnreplicatedWrite, insertClause, insertSelect, insertSettings, parseInsert, parseMutation, parseTableOp, type InsertTarget, type MutationOp } from './parse.js';
+import { MUTATION_GRANTS } from '../clickhouse/dialect.js';
 import { checkStatementSettings, stagingParams } from './settings.js';
 import type { InsertPipeline } from './pipeline.js';
 import { quorumSettings, type Quorum } from '../replication/quorum.js';
@@ -216,8 +217,36 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     return sendError(reply, e);
   });
 
-  /** DROP PARTITION / TRUNCATE of a replicated table become log entries; true when handled. */
+  /** A mutation of a replicated table becomes a log entry; true when handled. */
+  const mutation = async (req: FastifyRequest, reply: FastifyReply, op: MutationOp): Promise<boolean> => {
+    const params = new URL(req.url, 'http://x').searchParams;
+    const database = op.database ?? sessionDatabase(req, params);
+    if (!(await deps.pipeline.replicates(database, op.table))) return false;
+    if (op.refusal) throw op.refusal;
+    const sync = mutationsSync(params);
+    const waitTimeoutMs = inactiveReplicaTimeoutMs(params);
+    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned); send it to another replica');
+    const signal = abortOnDisconnect(req, reply);
+    const client = clientCredentials(req.headers, params);
+    for (const grant of op.grants) await deps.grants.check(client, MUTATION_GRANTS[grant]!, database, op.table, signal);
+    const waitEverywhere = async (lsn: number) => {
+      reply.header('X-Chorus-LSN', String(lsn));
+      try {
+        await deps.quorum.wait([lsn], deps.quorum.liveMembers(), waitTimeoutMs, signal);
+      } catch (err) {
+        if (ChorusError.from(err).code !== 'QUORUM_TIMEOUT') throw err;
+        throw new ChorusError('MUTATION_TIMEOUT', `the mutation is recorded as LSN ${lsn} and done here, but not on every live replica within ${waitTimeoutMs} ms; it keeps running on every replica: do not send it again`, err);
+      }
+    };
+    const lsn = await deps.pipeline.mutation({ op, database, sync, waitEverywhere, signal });
+    await reply.header('X-Chorus-LSN', String(lsn)).send('');
+    return true;
+  };
+
+  /** DROP PARTITION / TRUNCATE / mutations of a replicated table become log entries; true when handled. */
   const tableOp = async (req: FastifyRequest, reply: FastifyReply, statement: string): Promise<boolean> => {
+    const mutationOp = parseMutation(statement);
+    if (mutationOp) return mutation(req, reply, mutationOp);
     const op = parseTableOp(statement);
     if (!op) return false;
     const params = new URL(req.url, 'http://x').searchParams;
@@ -241,7 +270,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
       if (await deps.pipeline.replicates(database, t.table)) {
         throw new ChorusError(
           'NOT_REPLICATED_STATEMENT',
-          `${write.statement} on ${database}.${t.table}: Chorus replicates this table and does not replicate this statement, which would change one replica only; Chorus replicates INSERT, ALTER TABLE ... DROP PARTITION <literal> and TRUNCATE TABLE <table>. Stop writes and run it on every replica's ClickHouse directly (port 8123) if you must`,
+          `${write.statement} on ${database}.${t.table}: Chorus replicates this table and does not replicate this statement, which would change one replica only; Chorus replicates INSERT, ALTER TABLE ... DROP PARTITION <literal>, TRUNCATE TABLE <table>, ALTER TABLE ... UPDATE/DELETE/CLEAR COLUMN and DELETE FROM (each alone, without ON CLUSTER). Stop writes and run it on every replica's ClickHouse directly (port 8123) if you must`,
         );
       }
     }
@@ -381,6 +410,25 @@ function drain(stream: http.IncomingMessage, maxBytes: number, timeoutMs: number
     stream.once('close', done);
     stream.resume();
   });
+}
+
+/** `mutations_sync` from the URL, with ClickHouse's meaning (0: answer once recorded, 1: once done here, 2: once done on every live replica). */
+function mutationsSync(params: URLSearchParams): 0 | 1 | 2 {
+  const raw = params.get('mutations_sync');
+  if (raw === null) return 0;
+  const value = raw.trim().toLowerCase();
+  if (value === '0' || value === 'false') return 0;
+  if (value === '1' || value === 'true') return 1;
+  if (value === '2') return 2;
+  throw new ChorusError('BAD_SETTING', `mutations_sync=${JSON.stringify(raw.slice(0, 40))}: expected 0, 1 or 2`);
+}
+
+/** How long mutations_sync=2 waits for the other replicas: ClickHouse's `replication_wait_for_inactive_replica_timeout` (seconds, 120 by default). */
+function inactiveReplicaTimeoutMs(params: URLSearchParams): number {
+  const raw = params.get('replication_wait_for_inactive_replica_timeout');
+  if (raw === null) return 120_000;
+  if (!/^\d{1,7}$/.test(raw.trim())) throw new ChorusError('BAD_SETTING', `replication_wait_for_inactive_replica_timeout=${JSON.stringify(raw.slice(0, 40))}: expected a whole number of seconds`);
+  return Number(raw.trim()) * 1000;
 }
 
 /** The database an unqualified table name is in, as ClickHouse decides it for the request. */

@@ -10,10 +10,14 @@ export interface FileInfo {
  * 'decommission': `member` leaves the shard for good (durable, so a replica that was away learns
  * it as it learns any entry; never a gossip rumour). 'lease': the `leaseSize` LSNs after it are
  * reserved for its origin, to insert on while ZooKeeper is away; each is later used or voided
- * by that origin.
+ * by that origin. 'mutation': an `ALTER TABLE ... UPDATE/DELETE/CLEAR COLUMN` or lightweight
+ * `DELETE FROM` (`statement`), run by every replica after the table's entries below it and
+ * before those above it, so that it changes the same rows everywhere.
  */
-export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void' | 'decommission' | 'lease';
-export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void', 'decommission', 'lease'];
+export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void' | 'decommission' | 'lease' | 'mutation';
+export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void', 'decommission', 'lease', 'mutation'];
+/** Entries that order a table's inserts: nothing of the table above one is applied before it, nothing below after it. */
+export const TABLE_OP_KINDS: EntryKind[] = ['drop_partition', 'truncate', 'mutation'];
 
 /** A replication log entry: what every replica must apply. Immutable once allocated. */
 export interface LogEntry {
@@ -47,6 +51,11 @@ export interface LogEntry {
    */
   closesLeases?: number[];
   usedLsns?: number[];
+  /**
+   * mutation: the statement every replica runs, in canonical form (parseMutation): the table
+   * named as `database`.`table`, no comment, no second statement, no setting.
+   */
+  statement?: string;
   /** insert: allocated on its origin's lease while ZooKeeper was away (deduplicated only against what its origin knew). */
   leased?: boolean;
 }
@@ -55,7 +64,7 @@ export interface LogEntry {
  * An entry that carries no part (a void, a drop, a truncate, a decommission) before its LSN is
  * known: every part field empty, the rest from `fields`.
  */
-export function partlessEntry(kind: Exclude<EntryKind, 'insert'>, origin: string, fields: Partial<Pick<LogEntry, 'database' | 'table' | 'blockId' | 'partition' | 'member' | 'leaseSize' | 'closesLeases' | 'usedLsns'>> = {}): EntryDraft['entry'] {
+export function partlessEntry(kind: Exclude<EntryKind, 'insert'>, origin: string, fields: Partial<Pick<LogEntry, 'database' | 'table' | 'blockId' | 'partition' | 'member' | 'leaseSize' | 'closesLeases' | 'usedLsns' | 'statement'>> = {}): EntryDraft['entry'] {
   return {
     kind,
     database: '',

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { inRanges, toRanges, voidEntry, type Digest, type EntryDraft, type EntryState, type LogEntry, type Range } from './entry.js';
+import { inRanges, TABLE_OP_KINDS, toRanges, voidEntry, type Digest, type EntryDraft, type EntryState, type LogEntry, type Range } from './entry.js';
 import { sameEntry, validateEntry } from './validate.js';
 
 /** Two different entries for one LSN: the one stored here and the one that arrived. */
@@ -46,6 +46,11 @@ interface EntryRow {
  * not fsync them). FULL cost an fsync per commit: most of the sidecar's CPU per insert. The
  * README's "Durability" section says the same to users.
  */
+/** The kinds of TABLE_OP_KINDS, as an SQL list. */
+const TABLE_OPS = TABLE_OP_KINDS.map((k) => `'${k}'`).join(', ');
+/** An entry that still holds back what orders after it: not applied, and not a mutation already submitted. */
+const UNPASSED = "state IN ('pending', 'stored') AND NOT (kind = 'mutation' AND attach_done = 1)";
+
 export class LocalLog {
   private db: Database.Database;
   private knownWatermark = 0;
@@ -260,18 +265,18 @@ export class LocalLog {
 
   /** The newest entry that is not a lease or a void (0: none): what a lease below it holds back. */
   maxWrittenLsn(): number {
-    return (this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN ('insert', 'drop_partition', 'truncate', 'decommission')").get() as { m: number }).m;
+    return (this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN ('insert', 'drop_partition', 'truncate', 'mutation', 'decommission')").get() as { m: number }).m;
   }
 
-  /** The newest DROP PARTITION or TRUNCATE of any table known here (0: none). */
+  /** The newest DROP PARTITION, TRUNCATE or mutation of any table known here (0: none). */
   newestTableOp(): number {
-    return (this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN ('drop_partition', 'truncate')").get() as { m: number }).m;
+    return (this.sql(`SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN (${TABLE_OPS})`).get() as { m: number }).m;
   }
 
-  /** The newest DROP PARTITION or TRUNCATE of a table known here, below `below` (0: none). */
+  /** The newest DROP PARTITION, TRUNCATE or mutation of a table known here, below `below` (0: none). */
   newestBarrier(database: string, table: string, below = Number.MAX_SAFE_INTEGER): number {
     return (
-      this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE database = ? AND tbl = ? AND kind IN ('drop_partition', 'truncate') AND lsn < ?").get(database, table, below) as {
+      this.sql(`SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE database = ? AND tbl = ? AND kind IN (${TABLE_OPS}) AND lsn < ?`).get(database, table, below) as {
         m: number;
       }
     ).m;
@@ -461,36 +466,44 @@ export class LocalLog {
   }
 
   /**
-   * Why `entry` may not be applied yet, in LSN order relative to the table's drops:
-   * an insert waits for its barrier and for every known drop of its table below it; a drop
-   * waits until every LSN below it is known and every entry of its table below it is applied.
+   * Why `entry` may not be applied yet, in LSN order relative to the table's operations (drops,
+   * truncates, mutations): an insert waits for its barrier and for every known operation of its
+   * table below it; an operation waits until every LSN below it is known and every entry of its
+   * table below it is applied. A mutation counts as passed once submitted to ClickHouse (which
+   * orders every part attached later after it), though it is applied only once done.
    * Undefined when it may be applied now.
    */
   blockedBy(entry: LogEntry): string | undefined {
     const unappliedBelow = (kinds: string) =>
-      (this.sql(`SELECT MIN(lsn) AS lsn FROM entries WHERE database = ? AND tbl = ? AND lsn < ? AND state IN ('pending', 'stored') AND kind IN (${kinds})`)
+      (this.sql(`SELECT MIN(lsn) AS lsn FROM entries WHERE database = ? AND tbl = ? AND lsn < ? AND ${UNPASSED} AND kind IN (${kinds})`)
         .get(entry.database, entry.table, entry.lsn) as { lsn: number | null }).lsn;
     if (entry.kind === 'insert') {
       if (entry.barrier > 0) {
         const state = this.get(entry.barrier)?.state;
-        if (state !== 'applied' && state !== 'voided') return `waits for LSN ${entry.barrier} (a drop of its table) to be applied`;
+        if (state !== 'applied' && state !== 'voided' && !this.attachDone(entry.barrier)) return `waits for LSN ${entry.barrier} (an operation on its table) to be applied`;
       }
-      const drop = unappliedBelow("'drop_partition', 'truncate'");
-      return drop === null ? undefined : `waits for LSN ${drop} (a drop of its table) to be applied`;
+      const op = unappliedBelow(TABLE_OPS);
+      return op === null ? undefined : `waits for LSN ${op} (an operation on its table) to be applied`;
     }
-    if (entry.kind === 'drop_partition' || entry.kind === 'truncate') {
+    if (TABLE_OP_KINDS.includes(entry.kind)) {
+      if (entry.kind === 'mutation' && this.attachDone(entry.lsn)) return undefined;
       if (this.knownWatermark < entry.lsn - 1) return `waits for LSN ${this.knownWatermark + 1} to be known (it may write to this table)`;
-      const before = unappliedBelow("'insert', 'drop_partition', 'truncate'");
+      const before = unappliedBelow(`'insert', ${TABLE_OPS}`);
       return before === null ? undefined : `waits for LSN ${before} of the same table to be applied`;
     }
     return undefined;
   }
 
-  /** Tables ("db.t") with a DROP PARTITION or TRUNCATE not yet applied here. */
+  /** Tables ("db.t") with a DROP PARTITION, TRUNCATE or mutation not yet applied (or submitted) here. */
   tablesWithPendingOps(): Set<string> {
-    const rows = this.sql("SELECT DISTINCT database, tbl FROM entries WHERE state IN ('pending', 'stored') AND kind IN ('drop_partition', 'truncate')")
-      .all() as Array<{ database: string; tbl: string }>;
+    const rows = this.sql(`SELECT DISTINCT database, tbl FROM entries WHERE ${UNPASSED} AND kind IN (${TABLE_OPS})`).all() as Array<{ database: string; tbl: string }>;
     return new Set(rows.map((r) => `${r.database}.${r.tbl}`));
+  }
+
+  /** Mutations submitted to ClickHouse here and not yet done: a snapshot waits for them. */
+  runningMutations(): LogEntry[] {
+    const rows = this.sql("SELECT body FROM entries WHERE kind = 'mutation' AND state IN ('pending', 'stored') AND attach_done = 1 ORDER BY lsn").all() as Array<{ body: string }>;
+    return rows.map((r) => JSON.parse(r.body) as LogEntry);
   }
 
   isBlockMapped(database: string, table: string, block: number): boolean {
@@ -531,6 +544,11 @@ export class LocalLog {
       const row = this.get(lsn);
       return row ? row.state === 'applied' : lsn <= this.appliedWatermark;
     });
+  }
+
+  /** The last failure recorded for `lsn` here (null: none). */
+  lastError(lsn: number): string | null {
+    return (this.sql('SELECT last_error AS e FROM entries WHERE lsn = ?').get(lsn) as { e: string | null } | undefined)?.e ?? null;
   }
 
   recordFailure(lsn: number, error: string): void {

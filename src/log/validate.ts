@@ -2,6 +2,8 @@ import { canonicalPartition, MAX_PARTITION_TEXT } from '../clickhouse/partition.
 import { ChorusError } from '../core/errors.js';
 import { assertSafeFileName, assertSafeName } from '../parts/files.js';
 import { MAX_LEASE_SIZE } from '../allocator/window.js';
+import { quoteIdent } from '../clickhouse/http.js';
+import { mutationStatement, parseMutation } from '../insert/parse.js';
 import { ENTRY_KINDS, type EntryKind, type FileInfo, type LogEntry } from './entry.js';
 
 /**
@@ -113,6 +115,8 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
   if (closesLeases.length) entry.closesLeases = closesLeases;
   const usedLsns = lsnList(raw, 'usedLsns', MAX_CLOSED_LEASES * MAX_LEASE_SIZE, lsn);
   if (usedLsns.length) entry.usedLsns = usedLsns;
+  const statement = text(raw, 'statement');
+  if (statement) entry.statement = statement;
   if (raw.leased !== undefined && typeof raw.leased !== 'boolean') refuse('leased is not a boolean');
   if (raw.leased === true) entry.leased = true;
   const files = raw.files ?? [];
@@ -143,6 +147,7 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
   };
   if (kind !== 'lease') empty('leaseSize', 'closesLeases', 'usedLsns');
   if (kind !== 'insert') empty('leased');
+  if (kind !== 'mutation') empty('statement');
   if (kind === 'void') {
     empty('files', 'rows', 'bytes', 'partition', 'member', 'barrier');
     if (entry.database) safe('database', entry.database);
@@ -162,9 +167,14 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
   safe('database', entry.database);
   safe('table', entry.table);
   empty('member');
-  if (kind === 'drop_partition' || kind === 'truncate') {
+  if (kind === 'drop_partition' || kind === 'truncate' || kind === 'mutation') {
     empty('partitionId', 'partName', 'checksumsSha256', 'files', 'rows', 'bytes', 'barrier');
     if (entry.blockId !== `${BARRIER_PREFIX}${entry.database}.${entry.table}`) refuse(`a ${kind} entry's block ID is not its table's barrier`);
+    if (kind === 'mutation') {
+      empty('partition');
+      checkMutationStatement(entry);
+      return entry;
+    }
     if (kind === 'truncate') {
       empty('partition');
       return entry;
@@ -195,6 +205,26 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
 }
 
 /**
+ * A mutation's statement is run as it is on every replica: it must read as one mutation of the
+ * entry's own table, already in the canonical form the origin writes (no comment, no setting,
+ * no second statement, nothing non-deterministic).
+ */
+function checkMutationStatement(entry: LogEntry): void {
+  const statement = entry.statement ?? '';
+  if (!statement) refuse('a mutation entry without its statement');
+  let op;
+  try {
+    op = parseMutation(statement);
+  } catch (err) {
+    refuse(`mutation statement: ${(err as Error).message}`);
+  }
+  if (!op) refuse(`mutation statement ${JSON.stringify(statement.slice(0, 200))} is not an UPDATE, DELETE or CLEAR COLUMN of one table`);
+  if (op.refusal) refuse(`mutation statement: ${op.refusal.message}`);
+  if (op.database !== entry.database || op.table !== entry.table) refuse(`the mutation statement names another table than the entry's ${entry.database}.${entry.table}`);
+  if (mutationStatement(op, `${quoteIdent(entry.database)}.${quoteIdent(entry.table)}`) !== statement) refuse('the mutation statement is not in canonical form');
+}
+
+/**
  * Whether two entries for the same LSN say the same thing. The allocation time is the origin's
  * clock at recording and may differ between a first record and recovery's; everything that is
  * applied must agree.
@@ -216,6 +246,7 @@ export function sameEntry(a: LogEntry, b: LogEntry): boolean {
       e.leased ?? false,
       e.closesLeases ?? [],
       e.usedLsns ?? [],
+      e.statement ?? '',
       e.kind === 'insert' ? [...e.files].sort((x, y) => (x.name < y.name ? -1 : 1)).map((f) => [f.name, f.size, f.sha256]) : [],
     ]);
   return applied(a) === applied(b);

@@ -146,6 +146,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly mutations = new Gauge({
+    name: 'chorus_mutations',
+    help: 'Mutation entries submitted to ClickHouse here and not finished yet, by state (running; failing: ClickHouse reports a failure and retries it)',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
+
   readonly lagSeconds = new Gauge({
     name: 'chorus_lag_seconds',
     help: 'Age of the oldest entry not yet applied on this replica (0 when caught up)',

@@ -121,7 +121,7 @@ export class Applier {
         // Inserts commute with each other but not with drops of their table: order is only
         // checked where a drop is involved.
         const ordered = entry.kind !== 'insert' || entry.barrier > 0 || withOps.has(`${entry.database}.${entry.table}`);
-        if (ordered && this.log.blockedBy(entry)) continue;
+        if (ordered && !this.faults?.orderingIgnored && this.log.blockedBy(entry)) continue;
         this.inFlight.add(lsn);
         const queuedAt = performance.now();
         void this.slots
@@ -145,9 +145,47 @@ export class Applier {
     }
   }
 
+  /** Mutations submitted here and not finished, with why ClickHouse has not finished them (empty: running). */
+  private readonly unfinished = new Map<number, string>();
+
+  private countMutations(): void {
+    const failing = [...this.unfinished.values()].filter(Boolean).length;
+    this.metrics.mutations.set({ state: 'failing' }, failing);
+    this.metrics.mutations.set({ state: 'running' }, this.unfinished.size - failing);
+  }
+
+  /**
+   * A mutation is submitted once (its order against the table's parts is then fixed) and applied
+   * once ClickHouse has finished it: until then it is asked again every retry delay, without
+   * backoff, and a failure ClickHouse reports is recorded on the entry (ClickHouse retries it).
+   */
+  private async applyMutation(entry: LogEntry): Promise<boolean> {
+    await this.attacher.submitMutation(entry);
+    const progress = await this.attacher.mutationProgress(entry);
+    if (progress.done) {
+      this.unfinished.delete(entry.lsn);
+      this.countMutations();
+      this.log.setState(entry.lsn, 'applied');
+      return true;
+    }
+    this.unfinished.set(entry.lsn, progress.failure ?? '');
+    this.countMutations();
+    if (progress.failure) this.log.recordFailure(entry.lsn, `MUTATION_FAILED: ClickHouse has not finished the mutation: ${progress.failure}`);
+    this.retryAt.set(entry.lsn, Date.now() + this.opts.retryDelayMs);
+    return false;
+  }
+
   private async applyOne(entry: LogEntry): Promise<void> {
     const log = this.logger.child({ lsn: entry.lsn });
     try {
+      if (entry.kind === 'mutation') {
+        if (await this.applyMutation(entry)) {
+          this.retryAt.delete(entry.lsn);
+          this.attempts.delete(entry.lsn);
+          log.info({ table: `${entry.database}.${entry.table}`, kind: entry.kind }, 'applied');
+        }
+        return;
+      }
       if (entry.kind === 'drop_partition' || entry.kind === 'truncate') {
         await this.attacher.applyTableOp(entry);
         this.log.setState(entry.lsn, 'applied');

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import type { Attacher } from '../clickhouse/attach.js';
 import { isReplicableEngine, type TableCatalog } from '../clickhouse/catalog.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
-import { Semaphore } from '../core/async.js';
+import { Semaphore, sleep } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { FileInfo, LogEntry, Range } from '../log/entry.js';
@@ -74,7 +74,7 @@ export class Snapshots {
   }
 
   private async createOne(): Promise<SnapshotManifest> {
-    const { ch, log } = this.deps;
+    const { ch } = this.deps;
     const id = randomUUID();
     const root = join(this.dir, id);
     const dbs = this.deps.databases.map(quoteString).join(', ');
@@ -87,42 +87,25 @@ export class Snapshots {
     // Attaches and drops wait while the tables are locked: only what makes the snapshot
     // consistent (the parts listed and hardlinked, the log's position) happens inside; hashing
     // every file, which takes as long as reading the data, happens after.
-    await this.deps.attacher.withTablesLocked(
-      replicated.map((t) => `${t.database}.${t.name}`),
-      async () => {
-        manifest.applied = log.appliedRanges();
-        manifest.maxLsn = log.maxLsn();
-        for (const t of replicated) {
-          const parts = await ch.rows<{ name: string; partitionId: string; minBlock: number; maxBlock: number; path: string; rows: number }>(
-            `SELECT name, partition_id AS partitionId, min_block_number AS minBlock, max_block_number AS maxBlock, path, rows FROM system.parts
-             WHERE database = ${quoteString(t.database)} AND table = ${quoteString(t.name)} AND active ORDER BY name`,
-          );
-          const blockMap = log.blockMap(t.database, t.name);
-          const entry: SnapshotTable = { database: t.database, table: t.name, createQuery: t.create_table_query, parts: [] };
-          for (const p of parts) {
-            const mapped = blockMap.filter((b) => b.partitionId === p.partitionId && b.blockNumber >= p.minBlock && b.blockNumber <= p.maxBlock);
-            if (mapped.length === 0) {
-              manifest.unreplicated.push({ database: t.database, table: t.name, part: p.name, rows: Number(p.rows) });
-              continue;
-            }
-            const target = join(root, t.database, t.name, p.name);
-            linkPart(p.path, target);
-            linked.push({
-              table: entry,
-              dir: target,
-              part: {
-                name: p.name,
-                partitionId: p.partitionId,
-                minBlock: p.minBlock,
-                maxBlock: p.maxBlock,
-                lsns: [...new Set(mapped.map((b) => b.lsn))].sort((a, b) => a - b),
-              },
-            });
-          }
-          manifest.tables.push(entry);
-        }
-      },
-    );
+    // A mutation submitted and not finished has changed some parts and not others, and a clone
+    // could neither skip it nor run it again: the snapshot waits until none runs (none is
+    // submitted while the tables are locked).
+    const names = replicated.map((t) => `${t.database}.${t.name}`);
+    const deadline = Date.now() + MUTATION_WAIT_MS;
+    for (;;) {
+      const running = this.runningMutations(names);
+      if (running.length === 0) {
+        const taken = await this.deps.attacher.withTablesLocked(names, async () => {
+          if (this.runningMutations(names).length > 0) return false;
+          await this.listAndLink(manifest, replicated, root, linked);
+          return true;
+        });
+        if (taken) break;
+      } else if (Date.now() > deadline) {
+        throw new ChorusError('FAILED_PRECONDITION', `mutations still running here after ${MUTATION_WAIT_MS / 1000} s (LSN ${running.join(', ')}): a snapshot waits for them to finish; try again later, or clone from another peer`);
+      }
+      await sleep(200);
+    }
     for (const { table, part, dir } of linked) {
       const files = await manifestOf(dir);
       table.parts.push({ ...part, files, checksumsSha256: files.find((f) => f.name === 'checksums.txt')!.sha256 });
@@ -138,6 +121,53 @@ export class Snapshots {
       this.deps.logger.warn({ unreplicated: manifest.unreplicated }, 'parts written to ClickHouse around Chorus are not part of the snapshot');
     }
     return manifest;
+  }
+
+  /** Every LSN's position and every active part of `replicated`, hardlinked under `root` (the tables locked). */
+  private async listAndLink(
+    manifest: SnapshotManifest,
+    replicated: Array<{ database: string; name: string; create_table_query: string }>,
+    root: string,
+    linked: Array<{ table: SnapshotTable; part: Omit<SnapshotPart, 'files' | 'checksumsSha256'>; dir: string }>,
+  ): Promise<void> {
+    const { ch, log } = this.deps;
+    manifest.applied = log.appliedRanges();
+    manifest.maxLsn = log.maxLsn();
+    for (const t of replicated) {
+      const parts = await ch.rows<{ name: string; partitionId: string; minBlock: number; maxBlock: number; path: string; rows: number }>(
+        `SELECT name, partition_id AS partitionId, min_block_number AS minBlock, max_block_number AS maxBlock, path, rows FROM system.parts
+         WHERE database = ${quoteString(t.database)} AND table = ${quoteString(t.name)} AND active ORDER BY name`,
+      );
+      const blockMap = log.blockMap(t.database, t.name);
+      const entry: SnapshotTable = { database: t.database, table: t.name, createQuery: t.create_table_query, parts: [] };
+      for (const p of parts) {
+        const mapped = blockMap.filter((b) => b.partitionId === p.partitionId && b.blockNumber >= p.minBlock && b.blockNumber <= p.maxBlock);
+        if (mapped.length === 0) {
+          manifest.unreplicated.push({ database: t.database, table: t.name, part: p.name, rows: Number(p.rows) });
+          continue;
+        }
+        const target = join(root, t.database, t.name, p.name);
+        linkPart(p.path, target);
+        linked.push({
+          table: entry,
+          dir: target,
+          part: {
+            name: p.name,
+            partitionId: p.partitionId,
+            minBlock: p.minBlock,
+            maxBlock: p.maxBlock,
+            lsns: [...new Set(mapped.map((b) => b.lsn))].sort((a, b) => a - b),
+          },
+        });
+      }
+      manifest.tables.push(entry);
+    }
+  }
+
+  /** LSNs of mutations of `tables` submitted here and not finished. */
+  private runningMutations(tables: string[]): number[] {
+    const names = new Set(tables);
+    return this.deps.log.runningMutations().filter((e) => names.has(`${e.database}.${e.table}`)).map((e) => e.lsn);
   }
 
   private remove(id: string): void {
@@ -165,6 +195,9 @@ export class Snapshots {
     }
   }
 }
+
+/** How long a snapshot waits for the mutations running on the source to finish. */
+export const MUTATION_WAIT_MS = 600_000;
 
 /** How many snapshots a source keeps for clones at once; the oldest goes first. */
 export const MAX_HELD_SNAPSHOTS = 4;

@@ -129,6 +129,11 @@ export class Quorum {
     return request.replicas;
   }
 
+  /** The members (this one included) that failure detection holds alive now. */
+  liveMembers(): number {
+    return this.opts.liveMembers();
+  }
+
   /**
    * Resolves once `needed` replicas (this one and peers) have applied every LSN of `lsns`;
    * throws QUORUM_TIMEOUT after `timeoutMs`, or the client's abort.
