@@ -77,7 +77,7 @@ describe('the snapshots a source holds for clones', () => {
       ch: { rows: async () => [] } as never,
       catalog: {} as never,
       attacher: { withTablesLocked: (_t: string[], fn: () => Promise<unknown>) => fn() } as never,
-      log: { appliedRanges: () => [], maxLsn: () => 0, blockMap: () => [] } as never,
+      log: { appliedRanges: () => [], maxLsn: () => 0, blockMap: () => [], runningMutations: () => [] } as never,
       databases: ['default'],
       logger: silentLogger(),
     });
