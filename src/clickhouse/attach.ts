@@ -16,7 +16,7 @@ import type { TableCatalog, TableInfo } from './catalog.js';
 import { parsePartName } from './dialect.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
 import { canonicalPartition } from './partition.js';
-import { mutationStatement, parseMutation } from '../insert/parse.js';
+import { mutationStatement, parseMutation, parseSchema, schemaStatement, type SchemaOp } from '../insert/parse.js';
 
 /**
  * Origin and followers attach the same way: hardlink the part from the part store into the
@@ -256,6 +256,43 @@ export class Attacher {
       this.faults.crashPoint('mutation.after-submit');
       this.log.markAttachDone(entry.lsn);
     });
+  }
+
+  /**
+   * Runs a schema entry's statement while no attach, drop or mutation runs on the tables it
+   * names (for a database's own CREATE or DROP, every replicated table of it), so it falls between
+   * the same parts on every replica. Run once: the definitions of those tables (or their absence)
+   * are recorded as a hash first, and a retry that finds them changed takes the statement as run.
+   */
+  async applySchema(entry: LogEntry): Promise<void> {
+    const op = parseSchema(entry.statement ?? '');
+    if (!op || op.refusal || op.database !== entry.database || op.table !== entry.table) throw new ChorusError('INTERNAL', `LSN ${entry.lsn} does not carry a schema change of its table`);
+    const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
+    const statement = schemaStatement(op, quote);
+    const names = entry.table ? [`${entry.database}.${entry.table}`, ...(op.to ? [`${op.to.database}.${op.to.table}`] : [])] : (await this.catalog.replicated()).filter((t) => t.database === entry.database).map((t) => `${t.database}.${t.name}`);
+    await this.withTablesLocked(names, async () => {
+      if (this.log.attachDone(entry.lsn)) return;
+      const before = await this.schemaState(op);
+      const floor = this.log.attachFloor(entry.lsn);
+      if (floor === null || floor === before) {
+        if (floor === null) this.log.markAttaching(entry.lsn, before);
+        await this.ch.exec(statement);
+      }
+      this.log.markAttachDone(entry.lsn);
+      this.catalog.invalidate();
+      for (const name of names) this.blockFloor.delete(name);
+    });
+  }
+
+  /** A hash (48 bits, an SQLite-safe integer) of the definitions of the tables `op` names, or of its database's tables. */
+  private async schemaState(op: SchemaOp): Promise<number> {
+    const pairs = [[op.database!, op.table], ...(op.to ? [[op.to.database!, op.to.table]] : [])];
+    const where = op.table
+      ? pairs.map(([d, t]) => `(database = ${quoteString(d!)} AND name = ${quoteString(t!)})`).join(' OR ')
+      : `database = ${quoteString(op.database!)}`;
+    const tables = await this.ch.rows<{ database: string; name: string; query: string }>(`SELECT database, name, create_table_query AS query FROM system.tables WHERE ${where} ORDER BY database, name`);
+    const databases = await this.ch.rows<{ name: string }>(`SELECT name FROM system.databases WHERE name = ${quoteString(op.database!)}`);
+    return parseInt(createHash('sha256').update(JSON.stringify([databases, tables])).digest('hex').slice(0, 12), 16);
   }
 
   /**

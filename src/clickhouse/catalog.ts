@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { ChorusError } from '../core/errors.js';
-import { quoteString, type ClickHouseHttp } from './http.js';
+import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
 
 export interface TableInfo {
   database: string;
@@ -40,6 +40,8 @@ export function remoteStorageError(table: Pick<TableInfo, 'database' | 'name' | 
 export class TableCatalog {
   private cache = new Map<string, TableInfo>();
   private loadedAt = 0;
+  /** Bumped by invalidate(): a reload that began before a schema change does not fill the cache after it. */
+  private generation = 0;
 
   constructor(
     private readonly ch: ClickHouseHttp,
@@ -47,7 +49,20 @@ export class TableCatalog {
     private readonly ttlMs = 2000,
   ) {}
 
+  /** Forgets every table: the next lookup asks ClickHouse again (a schema change was just applied here). */
+  invalidate(): void {
+    this.generation++;
+    this.cache = new Map();
+    this.loadedAt = 0;
+  }
+
+  /** Whether `database` is one Chorus replicates (configured), whether it exists or not. */
+  coversDatabase(database: string): boolean {
+    return this.databases.includes(database);
+  }
+
   private async reload(): Promise<void> {
+    const generation = this.generation;
     const dialect = this.ch.dialect;
     const list = this.databases.map(quoteString).join(', ');
     const rows = await this.ch.rows<{ database: string; name: string; engine: string; paths: string[]; create_table_query: string; policy: string }>(
@@ -66,6 +81,8 @@ export class TableCatalog {
         remoteByPolicy.set(d.policy, remote);
       }
     }
+    // A schema change applied while this ran may be missing from what was read: read again.
+    if (generation !== this.generation) return this.reload();
     this.cache = new Map(
       rows.map((r) => [
         `${r.database}.${r.name}`,
@@ -110,4 +127,24 @@ export class TableCatalog {
     }
     throw new ChorusError('UNKNOWN_TABLE', `table ${key} does not exist`);
   }
+}
+
+/**
+ * The statement a clone runs to create a table is the source's `create_table_query`, so it is
+ * held to what that column holds for a table Chorus replicates: a CREATE TABLE of exactly that
+ * table with a plain MergeTree-family engine, not a table function, a SELECT or another engine.
+ */
+export function checkCreateQuery(t: { database: string; table: string; createQuery: string }): void {
+  const refuse = (why: string) => new ChorusError('PEER_UNAVAILABLE', `refusing to create ${t.database}.${t.table} from a peer's statement: ${why}`);
+  const name = (n: string) => `(?:${escapeRegExp(n)}|${escapeRegExp(quoteIdent(n))}|\x60${escapeRegExp(n)}\x60)`;
+  if (!new RegExp(`^CREATE TABLE ${name(t.database)}\\.${name(t.table)}\\s*\\(`).test(t.createQuery)) throw refuse('it does not create this table');
+  // Literals and quoted names cannot hide a clause: look at the statement without them.
+  const bare = t.createQuery.replace(/'(?:[^'\\]|\\.)*'/g, "''").replace(/\x60(?:[^\x60\\]|\\.)*\x60/g, '``');
+  const engines = [...bare.matchAll(/\bENGINE\s*=\s*(\w+)/gi)].map((m) => m[1]!);
+  if (engines.length !== 1 || !isReplicableEngine(engines[0]!)) throw refuse(`engine ${engines.join(', ') || '(none)'}`);
+  if (/;|\bAS\s+SELECT\b|\bON\s+CLUSTER\b|\bPOPULATE\b/i.test(bare)) throw refuse('it holds more than a table definition');
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

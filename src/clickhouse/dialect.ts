@@ -15,7 +15,8 @@ const GRANTS = {
   alter_update: 'ALTER UPDATE',
   alter_clear_column: 'ALTER CLEAR COLUMN',
 } as const;
-export type GrantAction = keyof typeof GRANTS;
+/** A named action, or any other grant ClickHouse knows (`ALTER ADD COLUMN`, `CREATE TABLE`...) for a schema change. */
+export type GrantAction = keyof typeof GRANTS | { grant: string };
 /** The grant action of each grant a mutation asks for (MutationOp.grants). */
 export const MUTATION_GRANTS: Record<string, GrantAction> = { 'ALTER DELETE': 'alter_delete', 'ALTER UPDATE': 'alter_update', 'ALTER CLEAR COLUMN': 'alter_clear_column' };
 
@@ -106,8 +107,13 @@ export class Dialect {
    *   checks ALTER DELETE there, not TRUNCATE.
    */
   grantProbes(action: GrantAction, qualified: string, user: string): GrantProbe[] {
+    const readonlyProbe: GrantProbe = {
+      sql: "SELECT getSetting('readonly')",
+      granted: '0',
+      refusal: { status: 403, code: 164, text: `Code: 164. DB::Exception: ${user}: Cannot execute query in readonly mode. (READONLY)` },
+    };
     if (this.atLeast(24, 7)) {
-      const grant = GRANTS[action];
+      const grant = typeof action === 'string' ? GRANTS[action] : action.grant;
       return [
         {
           sql: `CHECK GRANT ${grant} ON ${qualified}`,
@@ -118,14 +124,13 @@ export class Dialect {
             text: `Code: 497. DB::Exception: ${user}: Not enough privileges. To execute this query, it's necessary to have the grant ${grant} ON ${qualified.replace(/`/g, '')}. (ACCESS_DENIED)`,
           },
         },
-        {
-          sql: "SELECT getSetting('readonly')",
-          granted: '0',
-          refusal: { status: 403, code: 164, text: `Code: 164. DB::Exception: ${user}: Cannot execute query in readonly mode. (READONLY)` },
-        },
+        readonlyProbe,
       ];
     }
     if (action === 'insert') return [{ sql: `INSERT INTO ${qualified} FORMAT TabSeparated` }];
+    // A whole database (a table to create): only a readonly profile is refused before ClickHouse
+    // itself runs the statement on every replica. 18.16 names the setting in system.settings.
+    if (qualified.endsWith('.*')) return [{ ...readonlyProbe, sql: "SELECT value FROM system.settings WHERE name = 'readonly'" }];
     return [{ sql: `ALTER TABLE ${qualified} DROP PARTITION ID 'chorusgrantprobe'` }];
   }
 

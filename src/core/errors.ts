@@ -62,11 +62,20 @@ export const ErrorCodes = {
    */
   MUTATION_FAILED: 500,
   /**
-   * The mutation's allocation failed in a way that leaves unknown whether it landed: if it did,
-   * recovery records it and every replica runs it. Not retryable: look at `chorus entries` first,
-   * since a mutation sent twice runs twice.
+   * A mutation's or schema change's allocation failed in a way that leaves unknown whether it
+   * landed: if it did, recovery records it and every replica runs it. Not retryable: look at
+   * `chorus entries` first, since a mutation or an ALTER sent twice runs twice.
    */
-  MUTATION_OUTCOME_UNKNOWN: 500,
+  STATEMENT_OUTCOME_UNKNOWN: 500,
+  /** A schema change is recorded and applied in LSN order on every replica, but failed on this one (retried; see chorus entries). */
+  SCHEMA_FAILED: 500,
+  /** A schema change is recorded but not applied on every live replica within distributed_ddl_task_timeout; it keeps being applied. */
+  SCHEMA_TIMEOUT: 504,
+  /**
+   * The table's definition changed between the moment this insert's rows were staged and its
+   * LSN: its part would not fit the table. Nothing was stored; sending it again is safe.
+   */
+  SCHEMA_CHANGED: 503,
   /** mutations_sync=2: not every live replica finished the mutation in time; it stays in the log and runs on every replica. */
   MUTATION_TIMEOUT: 504,
   /** An INSERT sets in its own text a setting Chorus decides for staging (async_insert, insert_deduplicate, ...). */

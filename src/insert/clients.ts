@@ -74,11 +74,13 @@ export class GrantChecker {
   }
 
   async check(client: ClickHouseCredentials, action: GrantAction, database: string, table: string, signal?: AbortSignal): Promise<void> {
-    const key = [client.user, createHash('sha256').update(client.password).digest('hex'), database, table, action].join('\0');
+    const key = [client.user, createHash('sha256').update(client.password).digest('hex'), database, table, typeof action === 'string' ? action : action.grant].join('\0');
     const until = this.granted.get(key);
     if (until !== undefined && until > Date.now()) return;
     this.granted.delete(key);
-    for (const probe of this.ch.dialect.grantProbes(action, `${quoteIdent(database)}.${quoteIdent(table)}`, client.user)) {
+    // table '*': the whole database (a table to create, the database itself).
+    const qualified = table === '*' ? `${quoteIdent(database)}.*` : `${quoteIdent(database)}.${quoteIdent(table)}`;
+    for (const probe of this.ch.dialect.grantProbes(action, qualified, client.user)) {
       let answer: string;
       try {
         answer = await this.ch.request(probe.sql, { as: client, body: '', signal, step: { step: 'grants', role: 'origin' } });

@@ -588,3 +588,229 @@ function readMutation(text: string, toks: Token[]): MutationOp | undefined {
   }
   return { kind: 'mutation', database, table, lightweight, commands, grants: [...grants], ...(refusal ? { refusal } : {}) };
 }
+
+export type SchemaAction = 'create_table' | 'drop_table' | 'rename_table' | 'alter_table' | 'create_database' | 'drop_database';
+
+/** A schema change read for replication: CREATE / DROP / RENAME / ALTER TABLE, CREATE / DROP DATABASE. */
+export interface SchemaOp {
+  kind: 'schema';
+  action: SchemaAction;
+  database: string | undefined;
+  /** '' for a database's own CREATE / DROP. */
+  table: string;
+  /** IF [NOT] EXISTS was given. */
+  ifExists: boolean;
+  /** rename_table: the new name. */
+  to?: { database: string | undefined; table: string };
+  /**
+   * What follows the name, canonical: create_table, its definition (after `AS [db.]t` when it
+   * copies another table's); alter_table, its commands; create_database, its ENGINE clause.
+   */
+  rest: string;
+  /** create_table: the engine it names (undefined: none, the copied table's or the server's default). */
+  engine?: string;
+  /** create_table: the table whose structure `CREATE TABLE t AS [db.]src` copies. */
+  asTable?: { database: string | undefined; table: string };
+  /** The grants ClickHouse asks of the statement's user. */
+  grants: string[];
+  /** Why it cannot be replicated as written; thrown only where Chorus replicates the database or table. */
+  refusal?: ChorusError;
+}
+
+/** ALTER TABLE commands that change a table's definition only; each with the grant ClickHouse asks for it. */
+const SCHEMA_COMMANDS: Record<string, string> = {
+  'ADD COLUMN': 'ALTER ADD COLUMN',
+  'DROP COLUMN': 'ALTER DROP COLUMN',
+  'MODIFY COLUMN': 'ALTER MODIFY COLUMN',
+  'RENAME COLUMN': 'ALTER RENAME COLUMN',
+  'COMMENT COLUMN': 'ALTER COMMENT COLUMN',
+  'MODIFY SETTING': 'ALTER SETTINGS',
+  'RESET SETTING': 'ALTER SETTINGS',
+  'MODIFY TTL': 'ALTER TTL',
+  'REMOVE TTL': 'ALTER TTL',
+  'ADD INDEX': 'ALTER ADD INDEX',
+  'DROP INDEX': 'ALTER DROP INDEX',
+  'MODIFY COMMENT': 'ALTER MODIFY COMMENT',
+};
+
+/** The statement a replica runs for `op` (names quoted by `quote`): always idempotent where ClickHouse allows it, since a replica may run it again after a crash. */
+export function schemaStatement(op: SchemaOp, quote: (database: string | undefined, table: string) => string): string {
+  switch (op.action) {
+    case 'create_table':
+      return `CREATE TABLE IF NOT EXISTS ${quote(op.database, op.table)}${op.asTable ? ` AS ${quote(op.asTable.database, op.asTable.table)}` : ''}${op.rest ? ` ${op.rest}` : ''}`;
+    case 'drop_table':
+      return `DROP TABLE IF EXISTS ${quote(op.database, op.table)}`;
+    case 'rename_table':
+      return `RENAME TABLE ${quote(op.database, op.table)} TO ${quote(op.to!.database, op.to!.table)}`;
+    case 'alter_table':
+      return `ALTER TABLE ${quote(op.database, op.table)} ${op.rest}`;
+    case 'create_database':
+      return `CREATE DATABASE IF NOT EXISTS ${quote(undefined, op.database!)}${op.rest ? ` ${op.rest}` : ''}`;
+    case 'drop_database':
+      return `DROP DATABASE IF EXISTS ${quote(undefined, op.database!)}`;
+  }
+}
+
+/**
+ * Reads a schema change Chorus replicates; undefined for any other statement (and for a CREATE
+ * of something other than a plain table: views, dictionaries, temporary tables). Like
+ * parseMutation, `refusal` says why one cannot be replicated as written.
+ */
+export function parseSchema(text: string): SchemaOp | undefined {
+  const flatRest = { after: 0 };
+  const flat = readSchema(text, tokens(text, false, flatRest));
+  const nested = readSchema(text, tokens(text, true));
+  const op = flat ?? nested;
+  if (!op) return undefined;
+  if (!flat || !nested || JSON.stringify({ ...flat, refusal: undefined }) !== JSON.stringify({ ...nested, refusal: undefined })) {
+    op.refusal ??= new ChorusError('BAD_QUERY', 'the statement reads differently depending on how its comments nest: remove the comments');
+  }
+  if (tokens(text.slice(flatRest.after), false).length > 0) op.refusal ??= new ChorusError('BAD_QUERY', 'one statement at a time: text follows the statement after ;');
+  return op;
+}
+
+function readSchema(text: string, toks: Token[]): SchemaOp | undefined {
+  let i = 0;
+  const kw = (k = i) => (toks[k]?.kind === 'word' ? toks[k]!.text.toUpperCase() : undefined);
+  const isName = (k: number) => toks[k]?.kind === 'word' || toks[k]?.kind === 'quoted';
+  const punct = (k: number, p: string) => toks[k]?.kind === 'punct' && toks[k]!.text === p;
+  const ref = (): { database: string | undefined; table: string } | undefined => {
+    if (!isName(i)) return undefined;
+    const first = toks[i]!.text;
+    i++;
+    if (punct(i, '.') && isName(i + 1)) {
+      i += 2;
+      return { database: first, table: toks[i - 1]!.text };
+    }
+    return { database: undefined, table: first };
+  };
+  const ifClause = (words: string[]) => {
+    if (words.every((w, k) => kw(i + k) === w)) {
+      i += words.length;
+      return true;
+    }
+    return false;
+  };
+  const render = (from: number, to = toks.length) => {
+    let out = '';
+    for (let k = from; k < to; k++) {
+      const t = toks[k]!;
+      if (k > from && toks[k - 1]!.end !== t.start) out += ' ';
+      out += text.slice(t.start, t.end);
+    }
+    return out;
+  };
+  const base = (action: SchemaAction, database: string | undefined, table: string, ifExists: boolean, grants: string[]): SchemaOp => ({ kind: 'schema', action, database, table, ifExists, rest: '', grants });
+  const first = kw(0);
+  const second = kw(1);
+  i = 2;
+  if ((first === 'CREATE' || first === 'DROP') && second === 'DATABASE') {
+    const ifExists = first === 'CREATE' ? ifClause(['IF', 'NOT', 'EXISTS']) : ifClause(['IF', 'EXISTS']);
+    if (!isName(i) || punct(i + 1, '.')) return undefined;
+    const database = toks[i]!.text;
+    i++;
+    const op = base(first === 'CREATE' ? 'create_database' : 'drop_database', database, '', ifExists, [first === 'CREATE' ? 'CREATE DATABASE' : 'DROP DATABASE']);
+    if (kw() === 'ON' && kw(i + 1) === 'CLUSTER') op.refusal = onCluster();
+    else if (first === 'CREATE') {
+      // Only an engine without arguments: a database engine that reaches elsewhere (MySQL, ...) is no replicated database.
+      if (kw() === 'ENGINE' && punct(i + 1, '=') && toks[i + 2]?.kind === 'word' && i + 3 === toks.length) op.rest = render(i);
+      else if (i < toks.length) op.refusal = new ChorusError('NOT_REPLICATED_STATEMENT', 'CREATE DATABASE of a replicated database takes at most ENGINE = <engine> (Atomic or Ordinary)');
+    } else if (i < toks.length && !(kw() === 'SYNC' && i + 1 === toks.length)) return undefined;
+    return op;
+  }
+  if (first === 'CREATE' && second === 'TABLE') {
+    const ifExists = ifClause(['IF', 'NOT', 'EXISTS']);
+    const name = ref();
+    if (!name) return undefined;
+    const op = base('create_table', name.database, name.table, ifExists, ['CREATE TABLE']);
+    if (kw() === 'ON' && kw(i + 1) === 'CLUSTER') {
+      op.refusal = onCluster();
+      return op;
+    }
+    if (kw() === 'AS' && kw(i + 1) !== 'SELECT' && kw(i + 1) !== 'WITH' && !punct(i + 1, '(')) {
+      i++;
+      const source = ref();
+      if (!source) return undefined;
+      if (punct(i, '(')) {
+        // AS table_function(...): not a table's structure
+        op.refusal = new ChorusError('NOT_REPLICATED_STATEMENT', 'CREATE TABLE ... AS a table function is not replicated');
+        return op;
+      }
+      op.asTable = source;
+    }
+    let depth = 0;
+    for (let k = i; k < toks.length; k++) {
+      const t = toks[k]!;
+      if (t.kind === 'punct' && (t.text === '(' || t.text === '[')) depth++;
+      else if (t.kind === 'punct' && (t.text === ')' || t.text === ']')) depth--;
+      else if (depth === 0 && t.kind === 'word') {
+        const w = t.text.toUpperCase();
+        if (w === 'ENGINE' && punct(k + 1, '=') && toks[k + 2]?.kind === 'word') op.engine ??= toks[k + 2]!.text;
+        if ((w === 'AS' && (kw(k + 1) === 'SELECT' || kw(k + 1) === 'WITH' || punct(k + 1, '('))) || w === 'POPULATE' || w === 'EMPTY') {
+          op.refusal ??= new ChorusError('NOT_REPLICATED_STATEMENT', 'CREATE TABLE ... AS SELECT would fill the table on one replica: create it, then send INSERT ... SELECT through Chorus');
+        }
+      }
+      if (t.kind === 'punct' && (t.text === '{' || t.text === '$')) op.refusal ??= new ChorusError('BAD_QUERY', 'a replicated CREATE TABLE cannot hold query parameters or heredoc strings');
+    }
+    op.rest = render(i);
+    if (!op.rest && !op.asTable) return undefined;
+    return op;
+  }
+  if (first === 'DROP' && second === 'TABLE') {
+    const ifExists = ifClause(['IF', 'EXISTS']);
+    const name = ref();
+    if (!name) return undefined;
+    const op = base('drop_table', name.database, name.table, ifExists, ['DROP TABLE']);
+    if (kw() === 'ON' && kw(i + 1) === 'CLUSTER') op.refusal = onCluster();
+    else if (punct(i, ',')) op.refusal = new ChorusError('NOT_REPLICATED_STATEMENT', 'DROP TABLE of several tables at once is not replicated: drop them one by one');
+    else if (i < toks.length && !((kw() === 'SYNC' || (kw() === 'NO' && kw(i + 1) === 'DELAY')) && toks.length <= i + 2)) return undefined;
+    return op;
+  }
+  if (first === 'RENAME' && second === 'TABLE') {
+    const from = ref();
+    if (!from || kw() !== 'TO') return undefined;
+    i++;
+    const to = ref();
+    if (!to) return undefined;
+    const op = { ...base('rename_table', from.database, from.table, false, ['DROP TABLE', 'CREATE TABLE']), to };
+    if (kw() === 'ON' && kw(i + 1) === 'CLUSTER') op.refusal = onCluster();
+    else if (punct(i, ',')) op.refusal = new ChorusError('NOT_REPLICATED_STATEMENT', 'RENAME TABLE of several tables at once is not replicated: rename them one by one');
+    else if (i < toks.length) return undefined;
+    return op;
+  }
+  if (first === 'ALTER' && second === 'TABLE') {
+    const name = ref();
+    if (!name || i >= toks.length) return undefined;
+    if (kw() === 'ON' && kw(i + 1) === 'CLUSTER') return undefined;
+    const grants = new Set<string>();
+    let depth = 0;
+    let command = '';
+    let segmentStart = true;
+    let refusal: ChorusError | undefined;
+    for (let k = i; k < toks.length; k++) {
+      const t = toks[k]!;
+      const word = t.kind === 'word' ? t.text.toUpperCase() : undefined;
+      if (segmentStart) {
+        segmentStart = false;
+        const pair = `${word} ${kw(k + 1)}`;
+        if (SCHEMA_COMMANDS[pair]) {
+          command = pair;
+          grants.add(SCHEMA_COMMANDS[pair]);
+        } else if ((command === 'MODIFY SETTING' && (t.kind === 'word' || t.kind === 'quoted') && punct(k + 1, '=')) || (command === 'RESET SETTING' && t.kind === 'word')) {
+          // the next setting of the list
+        } else return undefined;
+      }
+      if (t.kind === 'punct' && (t.text === '(' || t.text === '[')) depth++;
+      else if (t.kind === 'punct' && (t.text === ')' || t.text === ']')) depth--;
+      else if (depth === 0 && t.kind === 'punct' && t.text === ',') segmentStart = true;
+      else if (depth === 0 && word === 'SETTINGS') refusal ??= new ChorusError('UNSUPPORTED_SETTING', 'a SETTINGS clause inside a replicated ALTER is not taken: pass settings as URL parameters');
+      if (t.kind === 'punct' && (t.text === '{' || t.text === '$')) refusal ??= new ChorusError('BAD_QUERY', 'a replicated ALTER cannot hold query parameters or heredoc strings');
+    }
+    return { ...base('alter_table', name.database, name.table, false, [...grants]), rest: render(i), ...(refusal ? { refusal } : {}) };
+  }
+  return undefined;
+}
+
+function onCluster(): ChorusError {
+  return new ChorusError('NOT_REPLICATED_STATEMENT', 'ON CLUSTER is not taken for a database or table Chorus replicates: send the statement without it, and Chorus runs it on every replica of the shard');
+}

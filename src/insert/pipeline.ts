@@ -20,7 +20,10 @@ import type { LogConflict } from '../log/store.js';
 import type { LeaseAllocation, Leases } from '../allocator/lease.js';
 import { ZooKeeperAwayError } from '../allocator/allocator.js';
 import { quoteIdent } from '../clickhouse/http.js';
-import { mutationStatement, type MutationOp } from './parse.js';
+import { mutationStatement, parseSchema, schemaStatement, type MutationOp, type SchemaOp } from './parse.js';
+import { checkCreateQuery } from '../clickhouse/catalog.js';
+import { quoteString } from '../clickhouse/http.js';
+import { STAGING_DATABASE } from './staging.js';
 
 /**
  * The origin records only its own entries: an LSN it was allocated that already holds another
@@ -61,6 +64,14 @@ export interface MutationRequest {
   signal?: AbortSignal;
 }
 
+export interface SchemaRequest {
+  /** Every name qualified with its database. */
+  op: SchemaOp;
+  /** Waits until every live replica has applied the entry at `lsn`. */
+  waitEverywhere: (lsn: number) => Promise<void>;
+  signal?: AbortSignal;
+}
+
 export interface InsertResult {
   lsns: number[];
   /** Blocks that were already in the dedup window (stored once, under their first LSN). */
@@ -94,6 +105,8 @@ export interface InsertDeps {
   logger: Logger;
   /** How long a duplicate waits for the entry of the LSN it duplicates to become known here. */
   duplicateWaitMs: number;
+  /** The databases Chorus replicates (clickhouse.databases). */
+  databases: string[];
 }
 
 /**
@@ -125,6 +138,8 @@ export class InsertPipeline {
     const { ch, catalog, staging, store, log, attacher, metrics, faults } = this.deps;
     /** Times one step of this insert (see chorus_insert_step_seconds). */
     const step = <T>(name: string, fn: () => T): T => metrics.timed('origin', name, fn);
+    // Read before the table's definition: every schema change at or below it is in what is staged.
+    const schemaSettled = log.schemaSettledThrough(req.database, req.table);
     const table = await step('catalog', () => catalog.resolve(req.database, req.table));
     const label = `${table.database}.${table.name}`;
     const stage = await step('staging.acquire', () => this.acquireStage(table, label));
@@ -226,6 +241,7 @@ export class InsertPipeline {
         }
       }
       try {
+        await this.assertStagedSchema(label, table.database, table.name, schemaSettled, fresh);
         for (const [i, d] of drafts.entries()) if (!allocations[i]!.duplicate) await step('commit', () => store.commit(d.dir, allocations[i]!.lsn));
         const { conflicts } = step('log.resolve', () => log.resolveIntent(nonce, fresh));
         intentOpen = false;
@@ -275,6 +291,28 @@ export class InsertPipeline {
       // Emptying the staging table need not delay the answer: the pool hands it out again
       // only once it is empty.
       void step('staging.release', () => staging.release(table, stage, { mayStillRun: stagingMayRun })).catch((err: unknown) => this.deps.logger.warn({ err }, 'could not empty a staging table'));
+    }
+  }
+
+  /**
+   * A part staged before a schema change of its table, with an LSN above that change, would not
+   * fit the table where every replica attaches it: the insert is refused before its entries are
+   * recorded (its LSNs are voided) as retryable. Only looked into when an operation on the table
+   * was allocated between what this replica had applied when staging and the insert's LSNs.
+   */
+  private async assertStagedSchema(label: string, database: string, table: string, settledThrough: number, fresh: LogEntry[]): Promise<void> {
+    const barrier = Math.max(0, ...fresh.map((e) => e.barrier));
+    if (fresh.length === 0 || barrier <= settledThrough) return;
+    const { log } = this.deps;
+    const deadline = Date.now() + this.deps.duplicateWaitMs;
+    while (log.knownThrough < barrier) {
+      if (Date.now() > deadline) throw new ChorusError('ORDERING_PENDING', `an operation on ${label} (LSN ${barrier}) came before this insert and has not reached this replica yet; nothing was stored: send it again`);
+      await sleep(10);
+    }
+    const changes = log.schemaChangesBetween(database, table, settledThrough, Math.max(...fresh.map((e) => e.lsn)));
+    if (changes.length > 0) {
+      this.deps.catalog.invalidate();
+      throw new ChorusError('SCHEMA_CHANGED', `${label} changed (LSN ${changes.join(', ')}) while this insert's rows were being staged; nothing was stored: send it again`);
     }
   }
 
@@ -381,23 +419,7 @@ export class InsertPipeline {
       void staging.release(table, stage).catch(() => undefined);
     }
     const statement = mutationStatement(req.op, `${quoteIdent(table.database)}.${quoteIdent(table.name)}`);
-    let entry: LogEntry;
-    try {
-      entry = await this.recordPartless(partlessEntry('mutation', this.deps.self, { database: table.database, table: table.name, blockId: barrierMarker(label), statement }), {
-        table: label,
-        state: 'pending',
-        what: 'this mutation',
-      });
-    } catch (err) {
-      // A refusal that proves nothing was allocated may be sent again; any other failure may have allocated it.
-      const e = ChorusError.from(err);
-      if (err instanceof ZooKeeperAwayError || e.code === 'LOG_CONFLICT') throw err;
-      throw new ChorusError(
-        'MUTATION_OUTCOME_UNKNOWN',
-        `whether the mutation of ${label} was recorded is unknown (${e.message}); if it was, every replica runs it. Look for it with chorus entries --table ${label} before sending it again: a mutation sent twice runs twice`,
-        err,
-      );
-    }
+    const entry = await this.recordStatement(partlessEntry('mutation', this.deps.self, { database: table.database, table: table.name, blockId: barrierMarker(label), statement }), label, 'mutation');
     this.deps.announce([entry]);
     this.deps.notifyApplier();
     if (req.sync === 0) return entry.lsn;
@@ -412,6 +434,133 @@ export class InsertPipeline {
       await sleep(50);
     }
     if (req.sync === 2) await req.waitEverywhere(entry.lsn);
+    return entry.lsn;
+  }
+
+  /**
+   * Records a mutation or schema change, which must not run twice: a failure that may have
+   * allocated it anyway (the ZooKeeper write's outcome is unknown) is not answered as retryable.
+   * If it landed, recovery records it and every replica runs it.
+   */
+  private async recordStatement(draft: EntryDraft['entry'], label: string, what: string): Promise<LogEntry> {
+    try {
+      return await this.recordPartless(draft, { table: draft.blockId ? label : undefined, state: 'pending', what: `this ${what}` });
+    } catch (err) {
+      // A refusal that proves nothing was allocated may be sent again.
+      const e = ChorusError.from(err);
+      if (err instanceof ZooKeeperAwayError || e.code === 'LOG_CONFLICT') throw err;
+      throw new ChorusError(
+        'STATEMENT_OUTCOME_UNKNOWN',
+        `whether the ${what} of ${label} was recorded is unknown (${e.message}); if it was, every replica runs it. Look for it with chorus entries before sending it again: sent twice, it runs twice`,
+        err,
+      );
+    }
+  }
+
+  /**
+   * A schema change becomes a log entry: checked first on a scratch table in Chorus's own
+   * database (a statement ClickHouse refuses allocates nothing), recorded with a barrier on its
+   * table, run by every replica in LSN order against the table's inserts, and answered once
+   * every live replica has run it (as ON CLUSTER answers). A CREATE TABLE is recorded as
+   * ClickHouse wrote the scratch table's definition, so every replica creates the same table.
+   * Returns 0 when there was nothing to do (IF [NOT] EXISTS).
+   */
+  schemaChange(req: SchemaRequest): Promise<number> {
+    return this.counted(() => this.schemaChangeCounted(req));
+  }
+
+  private async schemaChangeCounted(req: SchemaRequest): Promise<number> {
+    const { ch, catalog, log } = this.deps;
+    const op = req.op;
+    const db = op.database!;
+    const label = op.table ? `${db}.${op.table}` : db;
+    const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
+    const exists = async (database: string, table?: string) =>
+      table === undefined
+        ? (await ch.rows<{ n: number }>(`SELECT count() AS n FROM system.databases WHERE name = ${quoteString(database)}`))[0]!.n > 0
+        : (await ch.rows<{ n: number }>(`SELECT count() AS n FROM system.tables WHERE database = ${quoteString(database)} AND name = ${quoteString(table)}`))[0]!.n > 0;
+    /** ClickHouse's verdict on the statement run against a scratch table of the same definition. */
+    const onScratch = async (create: (qualified: string) => string, then?: (qualified: string) => string): Promise<string> => {
+      const qualified = `${quoteIdent(STAGING_DATABASE)}.${quoteIdent(`ddl_${newNonce().replace(/[^0-9a-f]/g, '').slice(0, 16)}`)}`;
+      try {
+        await ch.exec(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(STAGING_DATABASE)}`);
+        await ch.exec(create(qualified));
+        if (then) await ch.exec(then(qualified));
+        const [row] = await ch.rows<{ query: string }>(`SELECT create_table_query AS query FROM system.tables WHERE database = ${quoteString(STAGING_DATABASE)} AND name = ${quoteString(qualified.split('.')[1]!.replace(/`/g, ''))}`);
+        return row!.query;
+      } catch (err) {
+        if (!(err instanceof ClickHouseQueryError)) throw err;
+        throw cannotStoreNow(err, label, `check the statement on a scratch table of ${label}`) ?? new ChorusError('BAD_QUERY', `ClickHouse refused the statement for ${label}: ${err.message}`, err);
+      } finally {
+        await ch.exec(`DROP TABLE IF EXISTS ${qualified}`).catch(() => undefined);
+      }
+    };
+    let statement: string;
+    switch (op.action) {
+      case 'create_database':
+      case 'drop_database': {
+        const there = await exists(db);
+        if (there === (op.action === 'create_database')) {
+          if (op.ifExists) return 0;
+          throw new ChorusError(there ? 'BAD_QUERY' : 'UNKNOWN_TABLE', `database ${db} ${there ? 'already exists' : 'does not exist'}`);
+        }
+        statement = schemaStatement(op, quote);
+        break;
+      }
+      case 'create_table': {
+        if (await exists(db, op.table)) {
+          if (op.ifExists) return 0;
+          throw new ChorusError('BAD_QUERY', `table ${label} already exists`);
+        }
+        if (!(await exists(db))) throw new ChorusError('UNKNOWN_TABLE', `database ${db} does not exist`);
+        const created = await onScratch((q) => `CREATE TABLE ${q}${op.asTable ? ` AS ${quote(op.asTable.database, op.asTable.table)}` : ''}${op.rest ? ` ${op.rest}` : ''}`);
+        const written = parseSchema(created.replace(/^CREATE TABLE \S+/, `CREATE TABLE IF NOT EXISTS ${quote(db, op.table)}`));
+        if (!written || written.action !== 'create_table' || written.refusal) throw new ChorusError('INTERNAL', `could not read back the definition ClickHouse wrote for ${label}`);
+        statement = schemaStatement(written, quote);
+        try {
+          checkCreateQuery({ database: db, table: op.table, createQuery: statement.replace(/^CREATE TABLE IF NOT EXISTS /, 'CREATE TABLE ') });
+        } catch {
+          throw new ChorusError('NOT_REPLICATED_STATEMENT', `${label} would not be a plain MergeTree-family table, which is all Chorus replicates; create it on each replica's ClickHouse if it is meant to stay local`);
+        }
+        break;
+      }
+      case 'drop_table':
+        if (!(await this.replicates(db, op.table))) {
+          if (op.ifExists) return 0;
+          throw new ChorusError('UNKNOWN_TABLE', `table ${label} does not exist`);
+        }
+        statement = schemaStatement(op, quote);
+        break;
+      case 'rename_table': {
+        await catalog.resolve(db, op.table);
+        const to = op.to!;
+        if (!catalog.coversDatabase(to.database!)) throw new ChorusError('NOT_REPLICATED_STATEMENT', `${to.database} is not a database Chorus replicates: a replicated table is renamed within ${this.deps.databases.join(', ')} only`);
+        if (await exists(to.database!, to.table)) throw new ChorusError('BAD_QUERY', `table ${to.database}.${to.table} already exists`);
+        if (!(await exists(to.database!))) throw new ChorusError('UNKNOWN_TABLE', `database ${to.database} does not exist`);
+        statement = schemaStatement(op, quote);
+        break;
+      }
+      case 'alter_table':
+        await catalog.resolve(db, op.table);
+        await onScratch(
+          (q) => `CREATE TABLE ${q} AS ${quote(db, op.table)}`,
+          (q) => `ALTER TABLE ${q} ${op.rest}`,
+        );
+        statement = schemaStatement(op, quote);
+        break;
+    }
+    const entry = await this.recordStatement(partlessEntry('schema', this.deps.self, { database: db, table: op.table, blockId: op.table ? barrierMarker(label) : '', statement }), label, 'schema change');
+    this.deps.announce([entry]);
+    this.deps.notifyApplier();
+    // Here first, where a failure can be told; then on every other live replica.
+    for (;;) {
+      if (log.get(entry.lsn)?.state === 'applied') break;
+      const failure = log.lastError(entry.lsn);
+      if (failure) throw new ChorusError('SCHEMA_FAILED', `the schema change is recorded as LSN ${entry.lsn} and is applied on every replica in order, but failed here (it is retried): ${failure}; do not send it again`);
+      if (req.signal?.aborted) throw ChorusError.from(req.signal.reason);
+      await sleep(20);
+    }
+    await req.waitEverywhere(entry.lsn);
     return entry.lsn;
   }
 

@@ -7,12 +7,14 @@ import { ChorusError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { ClickHouseRefusal, clientCredentials, type GrantChecker } from './clients.js';
-import { findUnreplicatedWrite, insertClause, insertSelect, insertSettings, parseInsert, parseMutation, parseTableOp, type InsertTarget, type MutationOp } from './parse.js';
+import { findUnreplicatedWrite, insertClause, insertSelect, insertSettings, parseInsert, parseMutation, parseSchema, parseTableOp, type InsertTarget, type MutationOp, type SchemaOp } from './parse.js';
 import { MUTATION_GRANTS } from '../clickhouse/dialect.js';
+import { isReplicableEngine } from '../clickhouse/catalog.js';
 import { checkStatementSettings, stagingParams } from './settings.js';
 import type { InsertPipeline } from './pipeline.js';
 import { quorumSettings, type Quorum } from '../replication/quorum.js';
 import type { Backpressure } from './backpressure.js';
+import type { TableCatalog } from '../clickhouse/catalog.js';
 
 export interface HttpDeps {
   config: Config;
@@ -24,6 +26,8 @@ export interface HttpDeps {
   grants: GrantChecker;
   /** Refuses inserts (503, Retry-After) while this replica could not take them well. */
   backpressure: Backpressure;
+  /** Which databases and tables Chorus replicates. */
+  catalog: TableCatalog;
   /** insert_quorum: waits for peers to apply an insert's LSNs. */
   quorum: Quorum;
   /** X-Chorus-Wait-LSN: whether every LSN up to `lsn` is applied here, waiting up to `timeoutMs`. */
@@ -232,7 +236,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const waitEverywhere = async (lsn: number) => {
       reply.header('X-Chorus-LSN', String(lsn));
       try {
-        await deps.quorum.wait([lsn], deps.quorum.liveMembers(), waitTimeoutMs, signal);
+        await deps.quorum.waitEveryLive([lsn], waitTimeoutMs, signal);
       } catch (err) {
         if (ChorusError.from(err).code !== 'QUORUM_TIMEOUT') throw err;
         throw new ChorusError('MUTATION_TIMEOUT', `the mutation is recorded as LSN ${lsn} and done here, but not on every live replica within ${waitTimeoutMs} ms; it keeps running on every replica: do not send it again`, err);
@@ -243,10 +247,60 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     return true;
   };
 
-  /** DROP PARTITION / TRUNCATE / mutations of a replicated table become log entries; true when handled. */
+  /** Whether Chorus replicates what `op` changes (its names qualified): a replicated database's own CREATE/DROP, a MergeTree-family table in one. */
+  const governs = async (op: SchemaOp): Promise<boolean> => {
+    switch (op.action) {
+      case 'create_database':
+      case 'drop_database':
+        return deps.catalog.coversDatabase(op.database!);
+      case 'create_table':
+        if (!deps.catalog.coversDatabase(op.database!)) return false;
+        if (op.engine !== undefined) return isReplicableEngine(op.engine);
+        if (op.asTable) return deps.pipeline.replicates(op.asTable.database!, op.asTable.table);
+        op.refusal ??= new ChorusError('NOT_REPLICATED_STATEMENT', `CREATE TABLE ${op.database}.${op.table} names no ENGINE: name it, so that every replica creates the same table`);
+        return true;
+      default:
+        return deps.pipeline.replicates(op.database!, op.table);
+    }
+  };
+
+  /** A schema change of a replicated database or table becomes a log entry; true when handled. */
+  const schema = async (req: FastifyRequest, reply: FastifyReply, op: SchemaOp): Promise<boolean> => {
+    const params = new URL(req.url, 'http://x').searchParams;
+    const fallback = sessionDatabase(req, params);
+    op.database ??= fallback;
+    if (op.to) op.to.database ??= fallback;
+    if (op.asTable) op.asTable.database ??= fallback;
+    if (!(await governs(op))) return false;
+    if (op.refusal) throw op.refusal;
+    const timeoutMs = ddlTimeoutMs(params);
+    if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned); send it to another replica');
+    const signal = abortOnDisconnect(req, reply);
+    const client = clientCredentials(req.headers, params);
+    const onTable = op.action === 'drop_table' || op.action === 'alter_table' || op.action === 'rename_table';
+    for (const grant of op.grants) await deps.grants.check(client, { grant }, op.database!, onTable ? op.table : '*', signal);
+    if (op.to) await deps.grants.check(client, { grant: 'CREATE TABLE' }, op.to.database!, '*', signal);
+    const waitEverywhere = async (lsn: number) => {
+      reply.header('X-Chorus-LSN', String(lsn));
+      try {
+        await deps.quorum.waitEveryLive([lsn], timeoutMs, signal);
+      } catch (err) {
+        if (ChorusError.from(err).code !== 'QUORUM_TIMEOUT') throw err;
+        throw new ChorusError('SCHEMA_TIMEOUT', `the schema change is recorded as LSN ${lsn} and applied here, but not on every live replica within ${timeoutMs} ms; it keeps being applied on every replica: do not send it again`, err);
+      }
+    };
+    const lsn = await deps.pipeline.schemaChange({ op, waitEverywhere, signal });
+    if (lsn > 0) reply.header('X-Chorus-LSN', String(lsn));
+    await reply.send('');
+    return true;
+  };
+
+  /** DROP PARTITION / TRUNCATE / mutations / schema changes of a replicated table become log entries; true when handled. */
   const tableOp = async (req: FastifyRequest, reply: FastifyReply, statement: string): Promise<boolean> => {
     const mutationOp = parseMutation(statement);
     if (mutationOp) return mutation(req, reply, mutationOp);
+    const schemaOp = parseSchema(statement);
+    if (schemaOp) return schema(req, reply, schemaOp);
     const op = parseTableOp(statement);
     if (!op) return false;
     const params = new URL(req.url, 'http://x').searchParams;
@@ -270,7 +324,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
       if (await deps.pipeline.replicates(database, t.table)) {
         throw new ChorusError(
           'NOT_REPLICATED_STATEMENT',
-          `${write.statement} on ${database}.${t.table}: Chorus replicates this table and does not replicate this statement, which would change one replica only; Chorus replicates INSERT, ALTER TABLE ... DROP PARTITION <literal>, TRUNCATE TABLE <table>, ALTER TABLE ... UPDATE/DELETE/CLEAR COLUMN and DELETE FROM (each alone, without ON CLUSTER). Stop writes and run it on every replica's ClickHouse directly (port 8123) if you must`,
+          `${write.statement} on ${database}.${t.table}: Chorus replicates this table and does not replicate this statement, which would change one replica only; Chorus replicates INSERT, ALTER TABLE ... DROP PARTITION <literal>, TRUNCATE TABLE <table>, ALTER TABLE ... UPDATE/DELETE/CLEAR COLUMN, DELETE FROM, CREATE/DROP/RENAME TABLE and ALTER TABLE column, index, setting and TTL changes (each kind alone, without ON CLUSTER). Stop writes and run it on every replica's ClickHouse directly (port 8123) if you must`,
         );
       }
     }
@@ -421,6 +475,14 @@ function mutationsSync(params: URLSearchParams): 0 | 1 | 2 {
   if (value === '1' || value === 'true') return 1;
   if (value === '2') return 2;
   throw new ChorusError('BAD_SETTING', `mutations_sync=${JSON.stringify(raw.slice(0, 40))}: expected 0, 1 or 2`);
+}
+
+/** How long a schema change waits for every live replica: ClickHouse's `distributed_ddl_task_timeout` (seconds, 180 by default), as ON CLUSTER does. */
+function ddlTimeoutMs(params: URLSearchParams): number {
+  const raw = params.get('distributed_ddl_task_timeout');
+  if (raw === null) return 180_000;
+  if (!/^\d{1,7}$/.test(raw.trim())) throw new ChorusError('BAD_SETTING', `distributed_ddl_task_timeout=${JSON.stringify(raw.slice(0, 40))}: expected a whole number of seconds`);
+  return Number(raw.trim()) * 1000;
 }
 
 /** How long mutations_sync=2 waits for the other replicas: ClickHouse's `replication_wait_for_inactive_replica_timeout` (seconds, 120 by default). */

@@ -12,12 +12,14 @@ export interface FileInfo {
  * reserved for its origin, to insert on while ZooKeeper is away; each is later used or voided
  * by that origin. 'mutation': an `ALTER TABLE ... UPDATE/DELETE/CLEAR COLUMN` or lightweight
  * `DELETE FROM` (`statement`), run by every replica after the table's entries below it and
- * before those above it, so that it changes the same rows everywhere.
+ * before those above it, so that it changes the same rows everywhere. 'schema': a CREATE / DROP /
+ * RENAME / ALTER TABLE (its definition) or CREATE / DROP DATABASE (`statement`, `table` '' for a
+ * database's own), ordered the same way.
  */
-export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void' | 'decommission' | 'lease' | 'mutation';
-export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void', 'decommission', 'lease', 'mutation'];
+export type EntryKind = 'insert' | 'drop_partition' | 'truncate' | 'void' | 'decommission' | 'lease' | 'mutation' | 'schema';
+export const ENTRY_KINDS: EntryKind[] = ['insert', 'drop_partition', 'truncate', 'void', 'decommission', 'lease', 'mutation', 'schema'];
 /** Entries that order a table's inserts: nothing of the table above one is applied before it, nothing below after it. */
-export const TABLE_OP_KINDS: EntryKind[] = ['drop_partition', 'truncate', 'mutation'];
+export const TABLE_OP_KINDS: EntryKind[] = ['drop_partition', 'truncate', 'mutation', 'schema'];
 
 /** A replication log entry: what every replica must apply. Immutable once allocated. */
 export interface LogEntry {
@@ -52,8 +54,8 @@ export interface LogEntry {
   closesLeases?: number[];
   usedLsns?: number[];
   /**
-   * mutation: the statement every replica runs, in canonical form (parseMutation): the table
-   * named as `database`.`table`, no comment, no second statement, no setting.
+   * mutation and schema: the statement every replica runs, in canonical form (parseMutation,
+   * parseSchema): names quoted, no comment, no second statement, no setting.
    */
   statement?: string;
   /** insert: allocated on its origin's lease while ZooKeeper was away (deduplicated only against what its origin knew). */

@@ -265,15 +265,15 @@ export class LocalLog {
 
   /** The newest entry that is not a lease or a void (0: none): what a lease below it holds back. */
   maxWrittenLsn(): number {
-    return (this.sql("SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN ('insert', 'drop_partition', 'truncate', 'mutation', 'decommission')").get() as { m: number }).m;
+    return (this.sql(`SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN ('insert', 'decommission', ${TABLE_OPS})`).get() as { m: number }).m;
   }
 
-  /** The newest DROP PARTITION, TRUNCATE or mutation of any table known here (0: none). */
+  /** The newest operation (drop, truncate, mutation, schema change) of any table known here (0: none). */
   newestTableOp(): number {
     return (this.sql(`SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE kind IN (${TABLE_OPS})`).get() as { m: number }).m;
   }
 
-  /** The newest DROP PARTITION, TRUNCATE or mutation of a table known here, below `below` (0: none). */
+  /** The newest operation (drop, truncate, mutation, schema change) of a table known here, below `below` (0: none). */
   newestBarrier(database: string, table: string, below = Number.MAX_SAFE_INTEGER): number {
     return (
       this.sql(`SELECT COALESCE(MAX(lsn), 0) AS m FROM entries WHERE database = ? AND tbl = ? AND kind IN (${TABLE_OPS}) AND lsn < ?`).get(database, table, below) as {
@@ -474,9 +474,13 @@ export class LocalLog {
    * Undefined when it may be applied now.
    */
   blockedBy(entry: LogEntry): string | undefined {
+    // A database's own CREATE or DROP orders against every table of it; a table's entries against it.
     const unappliedBelow = (kinds: string) =>
-      (this.sql(`SELECT MIN(lsn) AS lsn FROM entries WHERE database = ? AND tbl = ? AND lsn < ? AND ${UNPASSED} AND kind IN (${kinds})`)
-        .get(entry.database, entry.table, entry.lsn) as { lsn: number | null }).lsn;
+      (entry.table === ''
+        ? (this.sql(`SELECT MIN(lsn) AS lsn FROM entries WHERE database = ? AND lsn < ? AND ${UNPASSED} AND kind IN (${kinds})`).get(entry.database, entry.lsn) as { lsn: number | null })
+        : (this.sql(`SELECT MIN(lsn) AS lsn FROM entries WHERE database = ? AND (tbl = ? OR (tbl = '' AND kind = 'schema')) AND lsn < ? AND ${UNPASSED} AND kind IN (${kinds})`)
+            .get(entry.database, entry.table, entry.lsn) as { lsn: number | null })
+      ).lsn;
     if (entry.kind === 'insert') {
       if (entry.barrier > 0) {
         const state = this.get(entry.barrier)?.state;
@@ -494,10 +498,30 @@ export class LocalLog {
     return undefined;
   }
 
-  /** Tables ("db.t") with a DROP PARTITION, TRUNCATE or mutation not yet applied (or submitted) here. */
+  /** Tables ("db.t"; "db." for a database's own CREATE or DROP) with a table operation not yet applied (or submitted) here. */
   tablesWithPendingOps(): Set<string> {
     const rows = this.sql(`SELECT DISTINCT database, tbl FROM entries WHERE ${UNPASSED} AND kind IN (${TABLE_OPS})`).all() as Array<{ database: string; tbl: string }>;
     return new Set(rows.map((r) => `${r.database}.${r.tbl}`));
+  }
+
+  /**
+   * Every schema change of the table (or of its database) applied here lies at or below the
+   * number returned, and every one at or below it is applied: the schema a part staged now has.
+   */
+  schemaSettledThrough(database: string, table: string): number {
+    const row = this.sql(`SELECT MIN(lsn) AS lsn FROM entries WHERE kind = 'schema' AND state IN ('pending', 'stored') AND database = ? AND (tbl = ? OR tbl = '')`).get(database, table) as { lsn: number | null };
+    return Math.min(this.knownWatermark, row.lsn === null ? Number.MAX_SAFE_INTEGER : row.lsn - 1);
+  }
+
+  /** Schema changes of the table (or of its database) known here with an LSN in (after, below). */
+  schemaChangesBetween(database: string, table: string, after: number, below: number): number[] {
+    const rows = this.sql(`SELECT lsn FROM entries WHERE kind = 'schema' AND database = ? AND (tbl = ? OR tbl = '') AND lsn > ? AND lsn < ? ORDER BY lsn`).all(database, table, after, below) as Array<{ lsn: number }>;
+    return rows.map((r) => r.lsn);
+  }
+
+  /** Every LSN up to this one is known here. */
+  get knownThrough(): number {
+    return this.knownWatermark;
   }
 
   /** Mutations submitted to ClickHouse here and not yet done: a snapshot waits for them. */

@@ -3,7 +3,8 @@ import { ChorusError } from '../core/errors.js';
 import { assertSafeFileName, assertSafeName } from '../parts/files.js';
 import { MAX_LEASE_SIZE } from '../allocator/window.js';
 import { quoteIdent } from '../clickhouse/http.js';
-import { mutationStatement, parseMutation } from '../insert/parse.js';
+import { mutationStatement, parseMutation, parseSchema, schemaStatement } from '../insert/parse.js';
+import { checkCreateQuery } from '../clickhouse/catalog.js';
 import { ENTRY_KINDS, type EntryKind, type FileInfo, type LogEntry } from './entry.js';
 
 /**
@@ -147,7 +148,12 @@ export function validateEntry(input: unknown, ctx: EntryContext): LogEntry {
   };
   if (kind !== 'lease') empty('leaseSize', 'closesLeases', 'usedLsns');
   if (kind !== 'insert') empty('leased');
-  if (kind !== 'mutation') empty('statement');
+  if (kind !== 'mutation' && kind !== 'schema') empty('statement');
+  if (kind === 'schema') {
+    empty('partitionId', 'partName', 'checksumsSha256', 'files', 'rows', 'bytes', 'barrier', 'partition', 'member');
+    checkSchemaStatement(entry);
+    return entry;
+  }
   if (kind === 'void') {
     empty('files', 'rows', 'bytes', 'partition', 'member', 'barrier');
     if (entry.database) safe('database', entry.database);
@@ -222,6 +228,39 @@ function checkMutationStatement(entry: LogEntry): void {
   if (op.refusal) refuse(`mutation statement: ${op.refusal.message}`);
   if (op.database !== entry.database || op.table !== entry.table) refuse(`the mutation statement names another table than the entry's ${entry.database}.${entry.table}`);
   if (mutationStatement(op, `${quoteIdent(entry.database)}.${quoteIdent(entry.table)}`) !== statement) refuse('the mutation statement is not in canonical form');
+}
+
+/**
+ * A schema entry's statement is run as it is on every replica: it must read back as one schema
+ * change of the entry's own database and table, in canonical form; a CREATE TABLE must create
+ * a plain MergeTree-family table and nothing else (as a clone's CREATE is held to).
+ */
+function checkSchemaStatement(entry: LogEntry): void {
+  const statement = entry.statement ?? '';
+  if (!statement) refuse('a schema entry without its statement');
+  safe('database', entry.database);
+  if (entry.table) safe('table', entry.table);
+  const op = parseSchema(statement);
+  if (!op) refuse(`schema statement ${JSON.stringify(statement.slice(0, 200))} is not a CREATE, DROP, RENAME or ALTER TABLE, or a CREATE or DROP DATABASE`);
+  if (op.refusal) refuse(`schema statement: ${op.refusal.message}`);
+  if (op.database !== entry.database || op.table !== entry.table) refuse(`the schema statement names another table than the entry's ${entry.database}.${entry.table}`);
+  const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
+  if (schemaStatement(op, quote) !== statement) refuse('the schema statement is not in canonical form');
+  if (op.to) {
+    if (op.to.database === undefined) refuse('a rename names its new table without its database');
+    safe('database', op.to.database);
+    safe('table', op.to.table);
+  }
+  const expectedBlock = entry.table ? `${BARRIER_PREFIX}${entry.database}.${entry.table}` : '';
+  if (entry.blockId !== expectedBlock) refuse("a schema entry's block ID is not its table's barrier");
+  if (op.action === 'create_table') {
+    if (op.asTable) refuse('a replicated CREATE TABLE carries its whole definition, not AS another table');
+    try {
+      checkCreateQuery({ database: entry.database, table: entry.table, createQuery: statement.replace(/^CREATE TABLE IF NOT EXISTS /, 'CREATE TABLE ') });
+    } catch (err) {
+      refuse((err as Error).message);
+    }
+  }
 }
 
 /**

@@ -146,6 +146,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly applyFailures = new Counter({
+    name: 'chorus_apply_failures_total',
+    help: 'Failed attempts to apply a log entry here, by entry kind (each is retried; chorus entries shows the last error)',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+
   readonly mutations = new Gauge({
     name: 'chorus_mutations',
     help: 'Mutation entries submitted to ClickHouse here and not finished yet, by state (running; failing: ClickHouse reports a failure and retries it)',

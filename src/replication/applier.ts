@@ -120,7 +120,7 @@ export class Applier {
         if (!entry) continue;
         // Inserts commute with each other but not with drops of their table: order is only
         // checked where a drop is involved.
-        const ordered = entry.kind !== 'insert' || entry.barrier > 0 || withOps.has(`${entry.database}.${entry.table}`);
+        const ordered = entry.kind !== 'insert' || entry.barrier > 0 || withOps.has(`${entry.database}.${entry.table}`) || withOps.has(`${entry.database}.`);
         if (ordered && !this.faults?.orderingIgnored && this.log.blockedBy(entry)) continue;
         this.inFlight.add(lsn);
         const queuedAt = performance.now();
@@ -186,8 +186,9 @@ export class Applier {
         }
         return;
       }
-      if (entry.kind === 'drop_partition' || entry.kind === 'truncate') {
-        await this.attacher.applyTableOp(entry);
+      if (entry.kind === 'drop_partition' || entry.kind === 'truncate' || entry.kind === 'schema') {
+        if (entry.kind === 'schema') await this.attacher.applySchema(entry);
+        else await this.attacher.applyTableOp(entry);
         this.log.setState(entry.lsn, 'applied');
         log.info({ table: `${entry.database}.${entry.table}`, kind: entry.kind }, 'applied');
         return;
@@ -206,6 +207,7 @@ export class Applier {
       log.debug({ block, table: `${entry.database}.${entry.table}` }, 'applied');
     } catch (err) {
       const e = ChorusError.from(err);
+      this.metrics.applyFailures.inc({ kind: entry.kind });
       const attempts = (this.attempts.get(entry.lsn) ?? 0) + 1;
       this.attempts.set(entry.lsn, attempts);
       try {

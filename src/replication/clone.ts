@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Attacher } from '../clickhouse/attach.js';
-import { isReplicableEngine, type TableCatalog } from '../clickhouse/catalog.js';
+import { checkCreateQuery, isReplicableEngine, type TableCatalog } from '../clickhouse/catalog.js';
 import { quoteIdent, quoteString, type ClickHouseHttp } from '../clickhouse/http.js';
 import { Semaphore, sleep } from '../core/async.js';
 import { ChorusError } from '../core/errors.js';
@@ -78,25 +78,31 @@ export class Snapshots {
     const id = randomUUID();
     const root = join(this.dir, id);
     const dbs = this.deps.databases.map(quoteString).join(', ');
-    const tables = await ch.rows<{ database: string; name: string; engine: string; create_table_query: string }>(
-      `SELECT database, name, engine, create_table_query FROM system.tables WHERE database IN (${dbs})`,
-    );
-    const replicated = tables.filter((t) => isReplicableEngine(t.engine));
+    const listTables = async () =>
+      (
+        await ch.rows<{ database: string; name: string; engine: string; create_table_query: string }>(
+          `SELECT database, name, engine, create_table_query FROM system.tables WHERE database IN (${dbs}) ORDER BY database, name`,
+        )
+      ).filter((t) => isReplicableEngine(t.engine));
     const manifest: SnapshotManifest = { id, source: this.deps.self, maxLsn: 0, applied: [], tables: [], unreplicated: [] };
     const linked: Array<{ table: SnapshotTable; part: Omit<SnapshotPart, 'files' | 'checksumsSha256'>; dir: string }> = [];
-    // Attaches and drops wait while the tables are locked: only what makes the snapshot
-    // consistent (the parts listed and hardlinked, the log's position) happens inside; hashing
-    // every file, which takes as long as reading the data, happens after.
+    // Attaches, drops, mutations and schema changes wait while the tables are locked: only what
+    // makes the snapshot consistent (the tables' definitions, the parts listed and hardlinked, the
+    // log's position) happens inside; hashing every file, which takes as long as reading the data,
+    // happens after. A table created, dropped or renamed between the listing and the locks makes
+    // the snapshot start again.
     // A mutation submitted and not finished has changed some parts and not others, and a clone
     // could neither skip it nor run it again: the snapshot waits until none runs (none is
     // submitted while the tables are locked).
-    const names = replicated.map((t) => `${t.database}.${t.name}`);
     const deadline = Date.now() + MUTATION_WAIT_MS;
     for (;;) {
+      const names = (await listTables()).map((t) => `${t.database}.${t.name}`);
       const running = this.runningMutations(names);
       if (running.length === 0) {
         const taken = await this.deps.attacher.withTablesLocked(names, async () => {
           if (this.runningMutations(names).length > 0) return false;
+          const replicated = await listTables();
+          if (replicated.map((t) => `${t.database}.${t.name}`).join('\n') !== names.join('\n')) return false;
           await this.listAndLink(manifest, replicated, root, linked);
           return true;
         });
@@ -426,22 +432,4 @@ export function parseManifest(raw: unknown, source: string): SnapshotManifest {
   return parsed.data;
 }
 
-/**
- * The statement a clone runs to create a table is the source's `create_table_query`, so it is
- * held to what that column holds for a table Chorus replicates: a CREATE TABLE of exactly that
- * table with a plain MergeTree-family engine, not a table function, a SELECT or another engine.
- */
-export function checkCreateQuery(t: Pick<SnapshotTable, 'database' | 'table' | 'createQuery'>): void {
-  const refuse = (why: string) => new ChorusError('PEER_UNAVAILABLE', `refusing to create ${t.database}.${t.table} from a peer's statement: ${why}`);
-  const name = (n: string) => `(?:${escapeRegExp(n)}|${escapeRegExp(quoteIdent(n))}|\x60${escapeRegExp(n)}\x60)`;
-  if (!new RegExp(`^CREATE TABLE ${name(t.database)}\\.${name(t.table)}\\s*\\(`).test(t.createQuery)) throw refuse('it does not create this table');
-  // Literals and quoted names cannot hide a clause: look at the statement without them.
-  const bare = t.createQuery.replace(/'(?:[^'\\]|\\.)*'/g, "''").replace(/\x60(?:[^\x60\\]|\\.)*\x60/g, '``');
-  const engines = [...bare.matchAll(/\bENGINE\s*=\s*(\w+)/gi)].map((m) => m[1]!);
-  if (engines.length !== 1 || !isReplicableEngine(engines[0]!)) throw refuse(`engine ${engines.join(', ') || '(none)'}`);
-  if (/;|\bAS\s+SELECT\b|\bON\s+CLUSTER\b|\bPOPULATE\b/i.test(bare)) throw refuse('it holds more than a table definition');
-}
-
-function escapeRegExp(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
+export { checkCreateQuery };

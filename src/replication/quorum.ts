@@ -102,6 +102,8 @@ export interface QuorumOptions {
   peers: () => QuorumPeer[];
   /** The members (this one included) that failure detection holds alive now, for `insert_quorum=auto`. */
   liveMembers: () => number;
+  /** Their names: what waitEveryLive waits for. */
+  liveNames: () => string[];
   /** Pause before asking a peer again after a failed call (it is away, or restarting). */
   retryMs: number;
   metrics: Metrics;
@@ -129,9 +131,39 @@ export class Quorum {
     return request.replicas;
   }
 
-  /** The members (this one included) that failure detection holds alive now. */
-  liveMembers(): number {
-    return this.opts.liveMembers();
+  /**
+   * Resolves once every member that failure detection holds alive has applied `lsns`, asked
+   * again as members die or come back: what `mutations_sync=2` and a schema change wait for, as
+   * ClickHouse waits for its active replicas. Throws QUORUM_TIMEOUT naming those missing.
+   */
+  async waitEveryLive(lsns: number[], timeoutMs: number, signal?: AbortSignal): Promise<{ replicas: string[] }> {
+    const holders = new Set<string>();
+    const deadline = Date.now() + timeoutMs;
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const missing = () => this.opts.liveNames().filter((name) => !holders.has(name));
+    const asking = [this.opts.local, ...this.opts.peers()].map(async (peer) => {
+      while (!stop.signal.aborted && Date.now() < deadline) {
+        try {
+          const applied = new Set(await peer.waitApplied(this.opts.local.name, lsns, Math.min(deadline - Date.now(), MAX_PEER_WAIT_MS), stop.signal));
+          if (lsns.every((lsn) => applied.has(lsn))) return void holders.add(peer.name);
+        } catch {
+          if (stop.signal.aborted) return;
+          await sleep(Math.min(this.opts.retryMs, Math.max(0, deadline - Date.now())));
+        }
+      }
+    });
+    try {
+      while (missing().length > 0 && Date.now() < deadline && !stop.signal.aborted) await sleep(Math.min(100, Math.max(1, deadline - Date.now())));
+    } finally {
+      stop.abort();
+      signal?.removeEventListener('abort', onAbort);
+      await Promise.allSettled(asking);
+    }
+    const left = missing();
+    if (left.length === 0) return { replicas: [...holders] };
+    throw new ChorusError('QUORUM_TIMEOUT', `LSN ${lsns.join(', ')} is not applied on ${left.join(', ')} after ${timeoutMs} ms`);
   }
 
   /**

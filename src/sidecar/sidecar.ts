@@ -227,6 +227,7 @@ export class Sidecar implements AdminBackend {
       metrics: this.metrics,
       logger: logger.child({ component: 'insert' }),
       duplicateWaitMs: config.gossip.allocateTimeoutMs,
+      databases: config.clickhouse.databases,
     }));
     this.recovery = new Recovery({
       self: config.replica,
@@ -244,6 +245,7 @@ export class Sidecar implements AdminBackend {
       local: { name: config.replica, waitApplied: (_from, lsns, timeoutMs, signal) => waitApplied(this.log, lsns, timeoutMs, signal) },
       peers: () => this.peers.filter((p) => members.get(p.name)?.state !== 'decommissioned'),
       liveMembers: () => members.list().filter((m) => m.state === 'alive').length,
+      liveNames: () => members.list().filter((m) => m.state === 'alive').map((m) => m.name),
       retryMs: QUORUM_PEER_RETRY_MS,
       metrics: this.metrics,
       logger: logger.child({ component: 'quorum' }),
@@ -259,6 +261,7 @@ export class Sidecar implements AdminBackend {
       config,
       backpressure: this.backpressure,
       pipeline,
+      catalog: this.catalog,
       metrics: this.metrics,
       logger,
       acceptingInserts: () => this.accepting && !this.decommissioned,

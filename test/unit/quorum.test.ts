@@ -88,8 +88,20 @@ describe('the origin waiting for its peers', () => {
       return delayMs !== null && delayMs <= timeoutMs ? lsns : [];
     },
   });
-  const quorumOf = (peers: QuorumPeer[], live = peers.length + 1, local: QuorumPeer = peer('r1', 0)) =>
-    new Quorum({ local, peers: () => peers, liveMembers: () => live, retryMs: 20, metrics: new Metrics(), logger: silentLogger() });
+  const quorumOf = (peers: QuorumPeer[], live = peers.length + 1, local: QuorumPeer = peer('r1', 0), liveNames = () => [local, ...peers].map((p) => p.name)) =>
+    new Quorum({ local, peers: () => peers, liveMembers: () => live, liveNames, retryMs: 20, metrics: new Metrics(), logger: silentLogger() });
+
+  it('waits for every live member, and stops waiting for one that dies meanwhile', async () => {
+    const alive = new Set(['r1', 'r2', 'r3']);
+    const q = quorumOf([peer('r2', 50), peer('r3', null)], 3, peer('r1', 0), () => [...alive]);
+    setTimeout(() => alive.delete('r3'), 300);
+    const started = Date.now();
+    expect((await q.waitEveryLive([5], 5000)).replicas.sort()).toEqual(['r1', 'r2']);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(280);
+    const err = (await quorumOf([peer('r2', 0), peer('r3', null)]).waitEveryLive([5], 200).catch((e: unknown) => e)) as ChorusError;
+    expect(err.code).toBe('QUORUM_TIMEOUT');
+    expect(err.message).toMatch(/not applied on r3/);
+  });
 
   it('is met by the first peers to answer, counting the origin', async () => {
     const result = await quorumOf([peer('r2', 400), peer('r3', 10)]).wait([5], 2, 5000);
