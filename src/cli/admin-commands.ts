@@ -51,10 +51,10 @@ interface EntryFields {
   statement?: string;
 }
 
-/** What an entry does beyond adding a part, in a line: the statement of a mutation (cut short; --json has it whole), the partition of a drop... */
+/** What an entry does beyond adding a part, in a line: the statement of a mutation or schema change (cut short; --json has it whole), the partition of a drop... */
 function what(e: EntryFields): string {
   const cut = (text: string) => (text.length > 80 ? `${text.slice(0, 77)}...` : text);
-  if (e.kind === 'mutation') return cut(e.statement ?? '');
+  if (e.kind === 'mutation' || e.kind === 'schema') return cut(e.statement ?? '');
   if (e.kind === 'drop_partition') return cut(`PARTITION ${e.partition ?? ''}`);
   if (e.kind === 'decommission') return e.member ?? '';
   if (e.kind === 'lease' && e.leaseSize) return `${e.leaseSize} LSNs`;

@@ -504,15 +504,22 @@ const NONDETERMINISTIC =
  * releases read differently, a second statement.
  */
 export function parseMutation(text: string): MutationOp | undefined {
+  return readBothWays(text, readMutation);
+}
+
+/**
+ * Reads a statement with comments taken as flat and as nested (releases differ), as `read` reads
+ * its tokens. Read differently, or followed by a second statement, it carries a refusal.
+ */
+function readBothWays<T extends { refusal?: ChorusError }>(text: string, read: (text: string, toks: Token[]) => T | undefined): T | undefined {
   const flatRest = { after: 0 };
-  const flat = readMutation(text, tokens(text, false, flatRest));
-  const nested = readMutation(text, tokens(text, true));
+  const flat = read(text, tokens(text, false, flatRest));
+  const nested = read(text, tokens(text, true));
   const op = flat ?? nested;
   if (!op) return undefined;
-  if (!flat || !nested || flat.commands !== nested.commands || flat.table !== nested.table || flat.database !== nested.database) {
-    op.refusal ??= new ChorusError('BAD_QUERY', 'the mutation reads differently depending on how its comments nest: remove the comments');
-  }
-  if (tokens(text.slice(flatRest.after), false).length > 0) op.refusal ??= new ChorusError('BAD_QUERY', 'one statement at a time: text follows the mutation after ;');
+  const bare = (x: T | undefined) => JSON.stringify(x === undefined ? null : { ...x, refusal: undefined });
+  if (bare(flat) !== bare(nested)) op.refusal ??= new ChorusError('BAD_QUERY', 'the statement reads differently depending on how its comments nest: remove the comments');
+  if (tokens(text.slice(flatRest.after), false).length > 0) op.refusal ??= new ChorusError('BAD_QUERY', 'one statement at a time: text follows the statement after ;');
   return op;
 }
 
@@ -657,16 +664,7 @@ export function schemaStatement(op: SchemaOp, quote: (database: string | undefin
  * parseMutation, `refusal` says why one cannot be replicated as written.
  */
 export function parseSchema(text: string): SchemaOp | undefined {
-  const flatRest = { after: 0 };
-  const flat = readSchema(text, tokens(text, false, flatRest));
-  const nested = readSchema(text, tokens(text, true));
-  const op = flat ?? nested;
-  if (!op) return undefined;
-  if (!flat || !nested || JSON.stringify({ ...flat, refusal: undefined }) !== JSON.stringify({ ...nested, refusal: undefined })) {
-    op.refusal ??= new ChorusError('BAD_QUERY', 'the statement reads differently depending on how its comments nest: remove the comments');
-  }
-  if (tokens(text.slice(flatRest.after), false).length > 0) op.refusal ??= new ChorusError('BAD_QUERY', 'one statement at a time: text follows the statement after ;');
-  return op;
+  return readBothWays(text, readSchema);
 }
 
 function readSchema(text: string, toks: Token[]): SchemaOp | undefined {

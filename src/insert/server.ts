@@ -221,6 +221,18 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     return sendError(reply, e);
   });
 
+  /** Waits until every live replica has applied an entry (its LSN already answered in X-Chorus-LSN); `timedOut` says what a timeout means. */
+  const everyLiveReplica = (reply: FastifyReply, signal: AbortSignal, timeoutMs: number, timedOut: (lsn: number) => ChorusError) => async (lsn: number) => {
+    reply.header('X-Chorus-LSN', String(lsn));
+    try {
+      await deps.quorum.waitEveryLive([lsn], timeoutMs, signal);
+    } catch (err) {
+      if (ChorusError.from(err).code !== 'QUORUM_TIMEOUT') throw err;
+      const e = timedOut(lsn);
+      throw new ChorusError(e.code, `${e.message} (${(err as Error).message})`, err);
+    }
+  };
+
   /** A mutation of a replicated table becomes a log entry; true when handled. */
   const mutation = async (req: FastifyRequest, reply: FastifyReply, op: MutationOp): Promise<boolean> => {
     const params = new URL(req.url, 'http://x').searchParams;
@@ -233,15 +245,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const signal = abortOnDisconnect(req, reply);
     const client = clientCredentials(req.headers, params);
     for (const grant of op.grants) await deps.grants.check(client, MUTATION_GRANTS[grant]!, database, op.table, signal);
-    const waitEverywhere = async (lsn: number) => {
-      reply.header('X-Chorus-LSN', String(lsn));
-      try {
-        await deps.quorum.waitEveryLive([lsn], waitTimeoutMs, signal);
-      } catch (err) {
-        if (ChorusError.from(err).code !== 'QUORUM_TIMEOUT') throw err;
-        throw new ChorusError('MUTATION_TIMEOUT', `the mutation is recorded as LSN ${lsn} and done here, but not on every live replica within ${waitTimeoutMs} ms; it keeps running on every replica: do not send it again`, err);
-      }
-    };
+    const waitEverywhere = everyLiveReplica(reply, signal, waitTimeoutMs, (lsn) => new ChorusError('MUTATION_TIMEOUT', `the mutation is recorded as LSN ${lsn} and done here, but not on every live replica within ${waitTimeoutMs} ms; it keeps running on every replica: do not send it again`));
     const lsn = await deps.pipeline.mutation({ op, database, sync, waitEverywhere, signal });
     await reply.header('X-Chorus-LSN', String(lsn)).send('');
     return true;
@@ -280,15 +284,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const onTable = op.action === 'drop_table' || op.action === 'alter_table' || op.action === 'rename_table';
     for (const grant of op.grants) await deps.grants.check(client, { grant }, op.database!, onTable ? op.table : '*', signal);
     if (op.to) await deps.grants.check(client, { grant: 'CREATE TABLE' }, op.to.database!, '*', signal);
-    const waitEverywhere = async (lsn: number) => {
-      reply.header('X-Chorus-LSN', String(lsn));
-      try {
-        await deps.quorum.waitEveryLive([lsn], timeoutMs, signal);
-      } catch (err) {
-        if (ChorusError.from(err).code !== 'QUORUM_TIMEOUT') throw err;
-        throw new ChorusError('SCHEMA_TIMEOUT', `the schema change is recorded as LSN ${lsn} and applied here, but not on every live replica within ${timeoutMs} ms; it keeps being applied on every replica: do not send it again`, err);
-      }
-    };
+    const waitEverywhere = everyLiveReplica(reply, signal, timeoutMs, (lsn) => new ChorusError('SCHEMA_TIMEOUT', `the schema change is recorded as LSN ${lsn} and applied here, but not on every live replica within ${timeoutMs} ms; it keeps being applied on every replica: do not send it again`));
     const lsn = await deps.pipeline.schemaChange({ op, waitEverywhere, signal });
     if (lsn > 0) reply.header('X-Chorus-LSN', String(lsn));
     await reply.send('');

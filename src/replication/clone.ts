@@ -40,6 +40,8 @@ export interface SnapshotManifest {
   maxLsn: number;
   /** Every LSN applied (or voided) at the source when the snapshot was taken. */
   applied: Range[];
+  /** The replicated databases that exist at the source, tables or not (absent from older sources). */
+  databases?: string[];
   tables: SnapshotTable[];
   /** Parts none of whose blocks came through Chorus: reported, not copied. */
   unreplicated: Array<{ database: string; table: string; part: string; rows: number }>;
@@ -84,7 +86,7 @@ export class Snapshots {
           `SELECT database, name, engine, create_table_query FROM system.tables WHERE database IN (${dbs}) ORDER BY database, name`,
         )
       ).filter((t) => isReplicableEngine(t.engine));
-    const manifest: SnapshotManifest = { id, source: this.deps.self, maxLsn: 0, applied: [], tables: [], unreplicated: [] };
+    const manifest: SnapshotManifest = { id, source: this.deps.self, maxLsn: 0, applied: [], databases: [], tables: [], unreplicated: [] };
     const linked: Array<{ table: SnapshotTable; part: Omit<SnapshotPart, 'files' | 'checksumsSha256'>; dir: string }> = [];
     // Attaches, drops, mutations and schema changes wait while the tables are locked: only what
     // makes the snapshot consistent (the tables' definitions, the parts listed and hardlinked, the
@@ -138,6 +140,7 @@ export class Snapshots {
   ): Promise<void> {
     const { ch, log } = this.deps;
     manifest.applied = log.appliedRanges();
+    manifest.databases = (await ch.rows<{ name: string }>(`SELECT name FROM system.databases WHERE name IN (${this.deps.databases.map(quoteString).join(', ')}) ORDER BY name`)).map((d) => d.name);
     manifest.maxLsn = log.maxLsn();
     for (const t of replicated) {
       const parts = await ch.rows<{ name: string; partitionId: string; minBlock: number; maxBlock: number; path: string; rows: number }>(
@@ -271,7 +274,10 @@ export class Cloner {
       this.progress.bytes = parts.reduce((s, x) => s + x.p.files.reduce((a, f) => a + f.size, 0), 0);
       this.progress.unreplicated = manifest.unreplicated.length;
       logger.info({ source: source.name, parts: parts.length, bytes: this.progress.bytes, maxLsn: manifest.maxLsn }, 'clone started');
-      for (const db of new Set(manifest.tables.map((t) => t.database))) await ch.exec(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(db)}`);
+      // Every replicated database the source has, tables or not: a CREATE TABLE after the snapshot goes into one.
+      for (const db of new Set([...(manifest.databases ?? []).filter((d) => this.deps.databases.includes(d)), ...manifest.tables.map((t) => t.database)])) {
+        await ch.exec(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(db)}`);
+      }
       for (const t of manifest.tables) {
         await ch.exec(t.createQuery.replace(/^CREATE TABLE /, 'CREATE TABLE IF NOT EXISTS '));
         // What was created is checked, not only what was sent: a table Chorus would not
@@ -386,6 +392,7 @@ const manifestSchema = z.object({
   source: z.string().max(255),
   maxLsn: count,
   applied: z.array(z.object({ first: count, last: count })).max(10_000_000),
+  databases: z.array(safeName).max(10_000).optional(),
   tables: z
     .array(
       z.object({
