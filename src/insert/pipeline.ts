@@ -69,6 +69,8 @@ export interface SchemaRequest {
   op: SchemaOp;
   /** Waits until every live replica has applied the entry at `lsn`. */
   waitEverywhere: (lsn: number) => Promise<void>;
+  /** How long it waits to be applied here (distributed_ddl_task_timeout). */
+  timeoutMs: number;
   signal?: AbortSignal;
 }
 
@@ -553,10 +555,14 @@ export class InsertPipeline {
     this.deps.announce([entry]);
     this.deps.notifyApplier();
     // Here first, where a failure can be told; then on every other live replica.
+    const deadline = Date.now() + req.timeoutMs;
     for (;;) {
       if (log.get(entry.lsn)?.state === 'applied') break;
       const failure = log.lastError(entry.lsn);
       if (failure) throw new ChorusError('SCHEMA_FAILED', `the schema change is recorded as LSN ${entry.lsn} and is applied on every replica in order, but failed here (it is retried): ${failure}; do not send it again`);
+      if (Date.now() > deadline) {
+        throw new ChorusError('SCHEMA_TIMEOUT', `the schema change is recorded as LSN ${entry.lsn} but not applied here within ${req.timeoutMs} ms (${log.blockedBy(entry) ?? 'applying'}); it is applied on every replica in order: do not send it again`);
+      }
       if (req.signal?.aborted) throw ChorusError.from(req.signal.reason);
       await sleep(20);
     }

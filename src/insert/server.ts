@@ -285,7 +285,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     for (const grant of op.grants) await deps.grants.check(client, { grant }, op.database!, onTable ? op.table : '*', signal);
     if (op.to) await deps.grants.check(client, { grant: 'CREATE TABLE' }, op.to.database!, '*', signal);
     const waitEverywhere = everyLiveReplica(reply, signal, timeoutMs, (lsn) => new ChorusError('SCHEMA_TIMEOUT', `the schema change is recorded as LSN ${lsn} and applied here, but not on every live replica within ${timeoutMs} ms; it keeps being applied on every replica: do not send it again`));
-    const lsn = await deps.pipeline.schemaChange({ op, waitEverywhere, signal });
+    const lsn = await deps.pipeline.schemaChange({ op, waitEverywhere, timeoutMs, signal });
     if (lsn > 0) reply.header('X-Chorus-LSN', String(lsn));
     await reply.send('');
     return true;
