@@ -133,6 +133,8 @@ export class LocalLog {
       );
       CREATE INDEX IF NOT EXISTS entries_block ON entries(block_id);
       CREATE INDEX IF NOT EXISTS entries_kind ON entries(kind, lsn);
+      -- What every insert asks (schemaSettledThrough): the schema changes not yet applied, however many were.
+      CREATE INDEX IF NOT EXISTS entries_unapplied_schema ON entries(database, tbl, lsn) WHERE kind = 'schema' AND state IN ('pending', 'stored');
       CREATE TABLE IF NOT EXISTS lease_duplicates (
         lsn INTEGER NOT NULL,
         duplicate_of INTEGER NOT NULL,
@@ -509,7 +511,7 @@ export class LocalLog {
    * number returned, and every one at or below it is applied: the schema a part staged now has.
    */
   schemaSettledThrough(database: string, table: string): number {
-    const row = this.sql(`SELECT MIN(lsn) AS lsn FROM entries WHERE kind = 'schema' AND state IN ('pending', 'stored') AND database = ? AND (tbl = ? OR tbl = '')`).get(database, table) as { lsn: number | null };
+    const row = this.sql(`SELECT MIN(lsn) AS lsn FROM entries INDEXED BY entries_unapplied_schema WHERE kind = 'schema' AND state IN ('pending', 'stored') AND database = ? AND tbl IN (?, '')`).get(database, table) as { lsn: number | null };
     return Math.min(this.knownWatermark, row.lsn === null ? Number.MAX_SAFE_INTEGER : row.lsn - 1);
   }
 
