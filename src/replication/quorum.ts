@@ -154,14 +154,18 @@ export class Quorum {
         }
       }
     });
+    // Decided on what the loop saw last: a member that comes back to life while the calls wind down does not undo it.
+    let left = missing();
     try {
-      while (missing().length > 0 && Date.now() < deadline && !stop.signal.aborted) await sleep(Math.min(100, Math.max(1, deadline - Date.now())));
+      while (left.length > 0 && Date.now() < deadline && !stop.signal.aborted) {
+        await sleep(Math.min(100, Math.max(1, deadline - Date.now())));
+        left = missing();
+      }
     } finally {
       stop.abort();
       signal?.removeEventListener('abort', onAbort);
       await Promise.allSettled(asking);
     }
-    const left = missing();
     if (left.length === 0) return { replicas: [...holders] };
     throw new ChorusError('QUORUM_TIMEOUT', `LSN ${lsns.join(', ')} is not applied on ${left.join(', ')} after ${timeoutMs} ms`);
   }
