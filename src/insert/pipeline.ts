@@ -14,16 +14,14 @@ import type { Metrics } from '../metrics/metrics.js';
 import { incompletePart } from '../parts/completeness.js';
 import type { PartStore } from '../parts/store.js';
 import { barrierMarker } from '../allocator/window.js';
-import { blockIdOf, type StagingPool, type StagingTable } from './staging.js';
+import { blockIdOf, STAGING_DATABASE, type StagingPool, type StagingTable } from './staging.js';
 import { canonicalPartition } from '../clickhouse/partition.js';
 import type { LogConflict } from '../log/store.js';
 import type { LeaseAllocation, Leases } from '../allocator/lease.js';
 import { ZooKeeperAwayError } from '../allocator/allocator.js';
-import { quoteIdent } from '../clickhouse/http.js';
+import { quoteIdent, quoteString } from '../clickhouse/http.js';
 import { mutationStatement, parseSchema, schemaStatement, type MutationOp, type SchemaOp } from './parse.js';
 import { checkCreateQuery } from '../clickhouse/catalog.js';
-import { quoteString } from '../clickhouse/http.js';
-import { STAGING_DATABASE } from './staging.js';
 
 /**
  * The origin records only its own entries: an LSN it was allocated that already holds another

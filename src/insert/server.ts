@@ -239,8 +239,9 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const database = op.database ?? sessionDatabase(req, params);
     if (!(await deps.pipeline.replicates(database, op.table))) return false;
     if (op.refusal) throw op.refusal;
+    refuseGet(req);
     const sync = mutationsSync(params);
-    const waitTimeoutMs = inactiveReplicaTimeoutMs(params);
+    const waitTimeoutMs = secondsParam(params, 'replication_wait_for_inactive_replica_timeout', 120);
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned); send it to another replica');
     const signal = abortOnDisconnect(req, reply);
     const client = clientCredentials(req.headers, params);
@@ -277,7 +278,8 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     if (op.asTable) op.asTable.database ??= fallback;
     if (!(await governs(op))) return false;
     if (op.refusal) throw op.refusal;
-    const timeoutMs = ddlTimeoutMs(params);
+    refuseGet(req);
+    const timeoutMs = secondsParam(params, 'distributed_ddl_task_timeout', 180);
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned); send it to another replica');
     const signal = abortOnDisconnect(req, reply);
     const client = clientCredentials(req.headers, params);
@@ -302,6 +304,7 @@ export function createHttpServer(deps: HttpDeps): FastifyInstance {
     const params = new URL(req.url, 'http://x').searchParams;
     const database = op.database ?? sessionDatabase(req, params);
     if (!(await deps.pipeline.replicates(database, op.table))) return false;
+    refuseGet(req);
     if (!deps.acceptingInserts()) throw new ChorusError('SHUTTING_DOWN', 'this replica is shutting down (or was decommissioned); send it to another replica');
     await deps.grants.check(clientCredentials(req.headers, params), op.kind, database, op.table, abortOnDisconnect(req, reply));
     const lsn = await deps.pipeline.tableOp({ kind: op.kind, database, table: op.table, partition: op.kind === 'drop_partition' ? op.partition : '' });
@@ -462,6 +465,11 @@ function drain(stream: http.IncomingMessage, maxBytes: number, timeoutMs: number
   });
 }
 
+/** ClickHouse runs a GET request read-only: a statement that changes a replicated table or database needs a POST through Chorus too. */
+function refuseGet(req: FastifyRequest): void {
+  if (req.method === 'GET') throw new ChorusError('BAD_QUERY', 'a statement that changes data or schema is sent with POST (ClickHouse runs GET requests read-only)');
+}
+
 /** `mutations_sync` from the URL, with ClickHouse's meaning (0: answer once recorded, 1: once done here, 2: once done on every live replica). */
 function mutationsSync(params: URLSearchParams): 0 | 1 | 2 {
   const raw = params.get('mutations_sync');
@@ -473,19 +481,15 @@ function mutationsSync(params: URLSearchParams): 0 | 1 | 2 {
   throw new ChorusError('BAD_SETTING', `mutations_sync=${JSON.stringify(raw.slice(0, 40))}: expected 0, 1 or 2`);
 }
 
-/** How long a schema change waits for every live replica: ClickHouse's `distributed_ddl_task_timeout` (seconds, 180 by default), as ON CLUSTER does. */
-function ddlTimeoutMs(params: URLSearchParams): number {
-  const raw = params.get('distributed_ddl_task_timeout');
-  if (raw === null) return 180_000;
-  if (!/^\d{1,7}$/.test(raw.trim())) throw new ChorusError('BAD_SETTING', `distributed_ddl_task_timeout=${JSON.stringify(raw.slice(0, 40))}: expected a whole number of seconds`);
-  return Number(raw.trim()) * 1000;
-}
-
-/** How long mutations_sync=2 waits for the other replicas: ClickHouse's `replication_wait_for_inactive_replica_timeout` (seconds, 120 by default). */
-function inactiveReplicaTimeoutMs(params: URLSearchParams): number {
-  const raw = params.get('replication_wait_for_inactive_replica_timeout');
-  if (raw === null) return 120_000;
-  if (!/^\d{1,7}$/.test(raw.trim())) throw new ChorusError('BAD_SETTING', `replication_wait_for_inactive_replica_timeout=${JSON.stringify(raw.slice(0, 40))}: expected a whole number of seconds`);
+/**
+ * A wait in whole seconds from the URL, as ClickHouse names it: `distributed_ddl_task_timeout`
+ * (180 s) for a schema change, `replication_wait_for_inactive_replica_timeout` (120 s) for
+ * mutations_sync=2. In milliseconds.
+ */
+function secondsParam(params: URLSearchParams, name: string, defaultSeconds: number): number {
+  const raw = params.get(name);
+  if (raw === null) return defaultSeconds * 1000;
+  if (!/^\d{1,7}$/.test(raw.trim())) throw new ChorusError('BAD_SETTING', `${name}=${JSON.stringify(raw.slice(0, 40))}: expected a whole number of seconds`);
   return Number(raw.trim()) * 1000;
 }
 
