@@ -33,6 +33,17 @@ export interface AdminStatus {
   alarms: string[];
   lease: LeaseStatus;
   leaseDuplicates: Array<Omit<LeaseDuplicate, 'at'>>;
+  /** Entries not applied here whose last try failed (each is retried), oldest first. */
+  failing: FailingEntry[];
+}
+
+export interface FailingEntry {
+  lsn: number;
+  kind: string;
+  /** "db.t", or the database of a database's own CREATE / DROP. */
+  table: string;
+  attempts: number;
+  error: string;
 }
 
 export interface EntryInfo {

@@ -182,9 +182,12 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
   const leaseDuplicates = [...duplicates.values()].sort((a, b) => a.lsn - b.lsn);
   const alarms = [asked, ...own].flatMap((s) => (s ? (s.alarms ?? []).map((a) => `${s.replica}: ${a}`) : []));
   const unique = [...new Set(alarms)];
+  const failing = [asked, ...own].flatMap((s) => (s ? (s.failing ?? []).map((f) => ({ ...f, replica: s.replica, lsn: Number(f.lsn), attempts: Number(f.attempts) })) : []));
+  // An entry that keeps failing holds back what orders after it: a degraded shard, once it is no passing hiccup.
+  const stuck = failing.some((f) => f.attempts >= STUCK_ATTEMPTS);
   // Inserts going on on leases while ZooKeeper is away is a degraded shard too: the leases run out.
-  const healthy = unique.length === 0 && members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready && !m.lease?.zookeeperAway));
-  if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members, alarms: unique, leaseDuplicates }, null, 2) + '\n');
+  const healthy = unique.length === 0 && !stuck && members.every((m) => m.state === 'decommissioned' || (m.state === 'alive' && m.ready && !m.lease?.zookeeperAway));
+  if (json) out(JSON.stringify({ asked: asked.replica, shard: asked.shard, cluster: asked.cluster, maxLsn: Number(asked.maxLsn), allocatingMember: asked.allocatingMember, healthy, members, alarms: unique, failing, leaseDuplicates }, null, 2) + '\n');
   else {
     out(`shard ${asked.shard} (cluster ${asked.cluster}): asked ${asked.replica}, highest LSN ${asked.maxLsn}, allocating member ${asked.allocatingMember}, ZooKeeper ${asked.zookeeperSession}\n\n`);
     const rows = [['MEMBER', 'STATE', 'APPLIED LSN', 'LAG', 'LAG (s)', 'PART STORE', 'READY']];
@@ -219,10 +222,17 @@ async function status(client: AdminClient, token: string, transport: PeerTranspo
           .join('')}`,
       );
     }
+    if (failing.length) {
+      const line = (f: (typeof failing)[number]) => `  ${f.replica}: LSN ${f.lsn} (${f.kind} ${f.table}), ${f.attempts} attempt${f.attempts === 1 ? '' : 's'}: ${f.error}\n`;
+      out(`\nFAILING, RETRIED (${failing.length}):\n${failing.map(line).join('')}`);
+    }
     if (unique.length) out(`\nALARMS (${unique.length}):\n${unique.map((a) => `  ${a}\n`).join('')}`);
   }
   return healthy ? EXIT.ok : EXIT.degraded;
 }
+
+/** Failed tries after which an entry counts against the shard's health (chorus status exits 3). */
+const STUCK_ATTEMPTS = 5;
 
 /** A lease status as gRPC delivers it (64-bit fields may come as strings). */
 function leaseOf(l: AdminStatus['lease']): AdminStatus['lease'] {

@@ -14,7 +14,7 @@ import { fsyncPath, sha256File } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 import type { TableCatalog, TableInfo } from './catalog.js';
 import { parsePartName } from './dialect.js';
-import { quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
+import { ClickHouseQueryError, quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
 import { canonicalPartition } from './partition.js';
 import { mutationStatement, parseMutation, parseSchema, schemaStatement, type SchemaOp } from '../insert/parse.js';
 
@@ -276,7 +276,14 @@ export class Attacher {
       const floor = this.log.attachFloor(entry.lsn);
       if (floor === null || floor === before) {
         if (floor === null) this.log.markAttaching(entry.lsn, before);
-        await this.ch.exec(statement);
+        try {
+          await this.ch.exec(statement);
+        } catch (err) {
+          // ClickHouse refused it, so it did not run: the next try takes the tables as they are
+          // then (an operator may mend them meanwhile), not as a sign that it ran.
+          if (err instanceof ClickHouseQueryError) this.log.clearAttaching(entry.lsn);
+          throw err;
+        }
       }
       this.log.markAttachDone(entry.lsn);
       this.catalog.invalidate();

@@ -452,6 +452,11 @@ export class LocalLog {
     this.sql('UPDATE entries SET attach_floor = ? WHERE lsn = ?').run(floor, lsn);
   }
 
+  /** What markAttaching recorded is void: the statement was refused, so nothing ran. */
+  clearAttaching(lsn: number): void {
+    this.sql('UPDATE entries SET attach_floor = NULL WHERE lsn = ?').run(lsn);
+  }
+
   /** ATTACH PART succeeded for `lsn`: from now on its part is only looked for, never attached again. */
   markAttachDone(lsn: number): void {
     this.sql('UPDATE entries SET attach_done = 1 WHERE lsn = ?').run(lsn);
@@ -570,6 +575,14 @@ export class LocalLog {
       const row = this.get(lsn);
       return row ? row.state === 'applied' : lsn <= this.appliedWatermark;
     });
+  }
+
+  /** Entries not applied here whose last try failed, oldest first: what an operator looks into. */
+  failingEntries(limit = 20): Array<{ lsn: number; kind: string; table: string; attempts: number; error: string }> {
+    const rows = this.sql(
+      "SELECT lsn, kind, database, tbl, attempts, last_error AS error FROM entries WHERE state IN ('pending', 'stored') AND last_error IS NOT NULL ORDER BY lsn LIMIT ?",
+    ).all(limit) as Array<{ lsn: number; kind: string; database: string; tbl: string; attempts: number; error: string }>;
+    return rows.map((r) => ({ lsn: r.lsn, kind: r.kind, table: r.tbl ? `${r.database}.${r.tbl}` : r.database, attempts: r.attempts, error: r.error }));
   }
 
   /** The last failure recorded for `lsn` here (null: none). */

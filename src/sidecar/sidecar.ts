@@ -396,6 +396,7 @@ export class Sidecar implements AdminBackend {
       ),
       lease: this.leases.status(),
       leaseDuplicates: duplicates.map(({ at: _at, ...d }) => d),
+      failing: this.log.failingEntries(),
     };
   }
 

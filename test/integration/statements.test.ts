@@ -95,7 +95,7 @@ describe('mutations are replicated in LSN order', () => {
     // Exactly the rows allocated before the DELETE that match it are gone, on every replica.
     const kept = acked.filter((a) => a.lsn > deleted.lsn || a.id % 3 !== 0);
     // Unordered, the replicas never agree: wait only for the entries to be applied.
-    const f = await settled(table, opts.ignoreOrdering ? 5000 : 30_000);
+    const f = await settled(table, opts.ignoreOrdering ? 2000 : 30_000);
     return { f, kept, acked, deleted };
   };
 
@@ -365,6 +365,24 @@ describe('schema changes are replicated in LSN order', () => {
     expect((await statement(0, 'DROP TABLE IF EXISTS default.schema_new')).status).toBe(200);
     // A table that is nowhere is ClickHouse's to refuse, as it would.
     expect((await statement(0, 'DROP TABLE default.schema_new')).status).toBeGreaterThanOrEqual(400);
+  });
+
+  it('a schema change one replica cannot run is reported there and retried until it can, never skipped', async () => {
+    const table = 'default.schema_conflict';
+    expect((await statement(0, `CREATE TABLE ${table} (id UInt64, payload String) ENGINE = MergeTree ORDER BY id`)).status).toBe(200);
+    // By hand, on r3's ClickHouse alone: the column the ALTER adds is there already.
+    await cluster.clickhouse(2, `ALTER TABLE ${table} ADD COLUMN extra UInt8`);
+    const res = await statement(0, `ALTER TABLE ${table} ADD COLUMN extra UInt8 DEFAULT 7`, { distributed_ddl_task_timeout: '3' });
+    expect([res.status, res.code], res.text).toEqual([504, 'CHORUS_SCHEMA_TIMEOUT']);
+    expect(res.text).toMatch(/not applied on r3/);
+    const failing = async () => ((await (await fetch(`${cluster.replica(2).http}/_chorus/status`)).json()) as { failing: Array<{ lsn: number; kind: string; error: string }> }).failing;
+    await expect.poll(failing, { timeout: 10_000, interval: 200 }).toEqual([expect.objectContaining({ lsn: res.lsn, kind: 'schema', error: expect.stringMatching(/extra/) })]);
+    expect(await cluster.metric(2, 'chorus_apply_failures_total', { kind: 'schema' })).toBeGreaterThan(0);
+    // Mended by hand, it is applied there at its next try, and the table is the same everywhere.
+    await cluster.clickhouse(2, `ALTER TABLE ${table} DROP COLUMN extra`);
+    await expect.poll(async () => new Set(await definitions('default', 'schema_conflict')).size, { timeout: 20_000, interval: 200 }).toBe(1);
+    expect((await definitions('default', 'schema_conflict'))[2]).toMatch(/DEFAULT 7/);
+    expect(await failing()).toEqual([]);
   });
 
   it('schema statements Chorus does not replicate change nothing on any replica and answer with their code', async () => {
