@@ -25,3 +25,20 @@ export function insertEntry(lsn: number, fileCount = 1, over: Partial<LogEntry> 
     ...over,
   };
 }
+
+/** A mutation or schema entry of default.t at LSN 5 running `statement`; `over` replaces any field. */
+export function statementEntry(kind: 'mutation' | 'schema', statement: string, over: Partial<LogEntry> = {}): LogEntry {
+  return {
+    ...insertEntry(5),
+    kind,
+    partitionId: '',
+    blockId: '!barrier:default.t',
+    partName: '',
+    checksumsSha256: '',
+    rows: 0,
+    bytes: 0,
+    files: [],
+    statement,
+    ...over,
+  };
+}

@@ -6,7 +6,7 @@ import { findUnreplicatedWrite, mutationStatement, parseMutation } from '../../s
 import type { LogEntry } from '../../src/log/entry.js';
 import { LocalLog } from '../../src/log/store.js';
 import { validateEntry } from '../../src/log/validate.js';
-import { insertEntry } from '../support/entries.js';
+import { insertEntry, statementEntry } from '../support/entries.js';
 
 const Q = '`default`.`t`';
 
@@ -65,19 +65,7 @@ describe('parseMutation', () => {
 
 describe('mutation entries', () => {
   const ctx = { members: new Set(['r1', 'r2']) };
-  const mutation = (over: Partial<LogEntry> = {}): LogEntry => ({
-    ...insertEntry(5),
-    kind: 'mutation',
-    partitionId: '',
-    blockId: '!barrier:default.t',
-    partName: '',
-    checksumsSha256: '',
-    rows: 0,
-    bytes: 0,
-    files: [],
-    statement: `ALTER TABLE ${Q} DELETE WHERE id = 1`,
-    ...over,
-  });
+  const mutation = (over: Partial<LogEntry> = {}): LogEntry => statementEntry('mutation', `ALTER TABLE ${Q} DELETE WHERE id = 1`, over);
   const code = (entry: unknown) => {
     try {
       validateEntry(entry, ctx);

@@ -7,7 +7,7 @@ import { parseSchema, schemaStatement } from '../../src/insert/parse.js';
 import type { LogEntry } from '../../src/log/entry.js';
 import { LocalLog } from '../../src/log/store.js';
 import { validateEntry } from '../../src/log/validate.js';
-import { insertEntry } from '../support/entries.js';
+import { insertEntry, statementEntry } from '../support/entries.js';
 
 const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
 /** What a replica runs for `text` ('other': not a schema change Chorus reads; a code: refused). */
@@ -54,19 +54,7 @@ describe('parseSchema', () => {
 
 describe('schema entries', () => {
   const ctx = { members: new Set(['r1']) };
-  const schema = (statement: string, over: Partial<LogEntry> = {}): LogEntry => ({
-    ...insertEntry(5),
-    kind: 'schema',
-    partitionId: '',
-    blockId: '!barrier:default.t',
-    partName: '',
-    checksumsSha256: '',
-    rows: 0,
-    bytes: 0,
-    files: [],
-    statement,
-    ...over,
-  });
+  const schema = (statement: string, over: Partial<LogEntry> = {}): LogEntry => statementEntry('schema', statement, over);
   const code = (entry: unknown) => {
     try {
       validateEntry(entry, ctx);
