@@ -18,10 +18,10 @@ const CLICKHOUSE = (process.env.CHORUS_TEST_CLICKHOUSE ?? 'server') as 'server' 
 /** Short sessions, so that expire-zookeeper-session fits a short run. */
 const SESSION_TIMEOUT_MS = 4_000;
 const FULL = process.env.CHORUS_CHAOS_FULL === '1';
-/** Per fault kind alone, and every kind in one run: longer with `npm run chaos:suite`, shorter within `npm test` (the whole suite under 20 minutes). */
+/** Per fault kind alone: 12 s with `npm run chaos:suite`, 9 s within `npm test` (the whole suite under 20 minutes; an expiry still fits). */
 const PER_FAULT_MS = FULL ? 12_000 : 9_000;
-/** Every kind fits in 34 s (nemesis.schedule keeps room for each in the first round). */
-const MIXED_MS = FULL ? 60_000 : 40_000;
+/** A minute: 40 s planned every kind, but injecting and healing them took long enough that the last one fell past the end. */
+const MIXED_MS = 60_000;
 /** Enough for a minute of the workload on one replica's lease (about 10 inserts a second each). */
 const LEASE_SIZE = 5_000;
 /**
@@ -197,7 +197,7 @@ describe.skipIf(unavailable)('chaos: the invariants under faults, checked Jepsen
       await run([kind], PER_FAULT_MS, seed);
     }, 180_000);
 
-    it(`every fault kind in one run of ${MIXED_MS / 1000} s (seed 42)`, async () => {
+    it('every fault kind in one run of a minute (seed 42)', async () => {
       await run('all', MIXED_MS, 42);
     }, 300_000);
 
