@@ -305,7 +305,7 @@ export class InsertPipeline {
     if (fresh.length === 0 || barrier <= settledThrough) return;
     const { log } = this.deps;
     const deadline = Date.now() + this.deps.duplicateWaitMs;
-    while (log.knownThrough < barrier) {
+    while (log.watermarks().known < barrier) {
       if (Date.now() > deadline) throw new ChorusError('ORDERING_PENDING', `an operation on ${label} (LSN ${barrier}) came before this insert and has not reached this replica yet; nothing was stored: send it again`);
       await sleep(10);
     }

@@ -474,7 +474,7 @@ export class LocalLog {
 
   /**
    * Why `entry` may not be applied yet, in LSN order relative to the table's operations (drops,
-   * truncates, mutations): an insert waits for its barrier and for every known operation of its
+   * truncates, mutations, schema changes): an insert waits for its barrier and for every known operation of its
    * table below it; an operation waits until every LSN below it is known and every entry of its
    * table below it is applied. A mutation counts as passed once submitted to ClickHouse (which
    * orders every part attached later after it), though it is applied only once done.
@@ -524,11 +524,6 @@ export class LocalLog {
   schemaChangesBetween(database: string, table: string, after: number, below: number): number[] {
     const rows = this.sql(`SELECT lsn FROM entries WHERE kind = 'schema' AND database = ? AND (tbl = ? OR tbl = '') AND lsn > ? AND lsn < ? ORDER BY lsn`).all(database, table, after, below) as Array<{ lsn: number }>;
     return rows.map((r) => r.lsn);
-  }
-
-  /** Every LSN up to this one is known here. */
-  get knownThrough(): number {
-    return this.knownWatermark;
   }
 
   /** Mutations submitted to ClickHouse here and not yet done: a snapshot waits for them. */
