@@ -14,7 +14,7 @@ import { fsyncPath, sha256File } from '../parts/files.js';
 import type { PartStore } from '../parts/store.js';
 import type { TableCatalog, TableInfo } from './catalog.js';
 import { parsePartName } from './dialect.js';
-import { ClickHouseQueryError, quoteIdent, quoteString, type ClickHouseHttp } from './http.js';
+import { ClickHouseQueryError, quoteIdent, quoteQualified, quoteString, type ClickHouseHttp } from './http.js';
 import { canonicalPartition } from './partition.js';
 import { mutationStatement, parseMutation, parseSchema, schemaStatement, type SchemaOp } from '../insert/parse.js';
 
@@ -267,8 +267,7 @@ export class Attacher {
   async applySchema(entry: LogEntry): Promise<void> {
     const op = parseSchema(entry.statement ?? '');
     if (!op || op.refusal || op.database !== entry.database || op.table !== entry.table) throw new ChorusError('INTERNAL', `LSN ${entry.lsn} does not carry a schema change of its table`);
-    const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
-    const statement = schemaStatement(op, quote);
+    const statement = schemaStatement(op, quoteQualified);
     const names = entry.table ? [`${entry.database}.${entry.table}`, ...(op.to ? [`${op.to.database}.${op.to.table}`] : [])] : (await this.catalog.replicated()).filter((t) => t.database === entry.database).map((t) => `${t.database}.${t.name}`);
     await this.withTablesLocked(names, async () => {
       if (this.log.attachDone(entry.lsn)) return;

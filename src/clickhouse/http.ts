@@ -120,6 +120,8 @@ export const credentialHeaders = (c: ClickHouseCredentials): Record<string, stri
     : { Authorization: `Basic ${Buffer.from(`${c.user}:${c.password}`, 'utf8').toString('base64')}` };
 
 export const quoteIdent = (name: string) => '`' + name.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
+/** `db`.`t`, or `t` alone when the statement left the database to the session. */
+export const quoteQualified = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
 export const quoteString = (value: string) => "'" + value.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
 
 /**

@@ -19,7 +19,7 @@ import { canonicalPartition } from '../clickhouse/partition.js';
 import type { LogConflict } from '../log/store.js';
 import type { LeaseAllocation, Leases } from '../allocator/lease.js';
 import { ZooKeeperAwayError } from '../allocator/allocator.js';
-import { quoteIdent, quoteString } from '../clickhouse/http.js';
+import { quoteIdent, quoteQualified, quoteString } from '../clickhouse/http.js';
 import { mutationStatement, parseSchema, schemaStatement, type MutationOp, type SchemaOp } from './parse.js';
 import { checkCreateQuery } from '../clickhouse/catalog.js';
 
@@ -474,7 +474,6 @@ export class InsertPipeline {
     const op = req.op;
     const db = op.database!;
     const label = op.table ? `${db}.${op.table}` : db;
-    const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
     const exists = async (database: string, table?: string) =>
       table === undefined
         ? (await ch.rows<{ n: number }>(`SELECT count() AS n FROM system.databases WHERE name = ${quoteString(database)}`))[0]!.n > 0
@@ -504,7 +503,7 @@ export class InsertPipeline {
           if (op.ifExists) return 0;
           throw new ChorusError(there ? 'BAD_QUERY' : 'UNKNOWN_TABLE', `database ${db} ${there ? 'already exists' : 'does not exist'}`);
         }
-        statement = schemaStatement(op, quote);
+        statement = schemaStatement(op, quoteQualified);
         break;
       }
       case 'create_table': {
@@ -513,10 +512,10 @@ export class InsertPipeline {
           throw new ChorusError('BAD_QUERY', `table ${label} already exists`);
         }
         if (!(await exists(db))) throw new ChorusError('UNKNOWN_TABLE', `database ${db} does not exist`);
-        const created = await onScratch((q) => `CREATE TABLE ${q}${op.asTable ? ` AS ${quote(op.asTable.database, op.asTable.table)}` : ''}${op.rest ? ` ${op.rest}` : ''}`);
-        const written = parseSchema(created.replace(/^CREATE TABLE \S+/, `CREATE TABLE IF NOT EXISTS ${quote(db, op.table)}`));
+        const created = await onScratch((q) => `CREATE TABLE ${q}${op.asTable ? ` AS ${quoteQualified(op.asTable.database, op.asTable.table)}` : ''}${op.rest ? ` ${op.rest}` : ''}`);
+        const written = parseSchema(created.replace(/^CREATE TABLE \S+/, `CREATE TABLE IF NOT EXISTS ${quoteQualified(db, op.table)}`));
         if (!written || written.action !== 'create_table' || written.refusal) throw new ChorusError('INTERNAL', `could not read back the definition ClickHouse wrote for ${label}`);
-        statement = schemaStatement(written, quote);
+        statement = schemaStatement(written, quoteQualified);
         try {
           checkCreateQuery({ database: db, table: op.table, createQuery: statement.replace(/^CREATE TABLE IF NOT EXISTS /, 'CREATE TABLE ') });
         } catch {
@@ -529,7 +528,7 @@ export class InsertPipeline {
           if (op.ifExists) return 0;
           throw new ChorusError('UNKNOWN_TABLE', `table ${label} does not exist`);
         }
-        statement = schemaStatement(op, quote);
+        statement = schemaStatement(op, quoteQualified);
         break;
       case 'rename_table': {
         await catalog.resolve(db, op.table);
@@ -537,16 +536,16 @@ export class InsertPipeline {
         if (!catalog.coversDatabase(to.database!)) throw new ChorusError('NOT_REPLICATED_STATEMENT', `${to.database} is not a database Chorus replicates: a replicated table is renamed within ${this.deps.databases.join(', ')} only`);
         if (await exists(to.database!, to.table)) throw new ChorusError('BAD_QUERY', `table ${to.database}.${to.table} already exists`);
         if (!(await exists(to.database!))) throw new ChorusError('UNKNOWN_TABLE', `database ${to.database} does not exist`);
-        statement = schemaStatement(op, quote);
+        statement = schemaStatement(op, quoteQualified);
         break;
       }
       case 'alter_table':
         await catalog.resolve(db, op.table);
         await onScratch(
-          (q) => `CREATE TABLE ${q} AS ${quote(db, op.table)}`,
+          (q) => `CREATE TABLE ${q} AS ${quoteQualified(db, op.table)}`,
           (q) => `ALTER TABLE ${q} ${op.rest}`,
         );
-        statement = schemaStatement(op, quote);
+        statement = schemaStatement(op, quoteQualified);
         break;
     }
     const entry = await this.recordStatement(partlessEntry('schema', this.deps.self, { database: db, table: op.table, blockId: op.table ? barrierMarker(label) : '', statement }), label, 'schema change');

@@ -2,7 +2,7 @@ import { canonicalPartition, MAX_PARTITION_TEXT } from '../clickhouse/partition.
 import { ChorusError } from '../core/errors.js';
 import { assertSafeFileName, assertSafeName } from '../parts/files.js';
 import { MAX_LEASE_SIZE } from '../allocator/window.js';
-import { quoteIdent } from '../clickhouse/http.js';
+import { quoteIdent, quoteQualified } from '../clickhouse/http.js';
 import { mutationStatement, parseMutation, parseSchema, schemaStatement } from '../insert/parse.js';
 import { checkCreateQuery } from '../clickhouse/catalog.js';
 import { ENTRY_KINDS, type EntryKind, type FileInfo, type LogEntry } from './entry.js';
@@ -244,8 +244,7 @@ function checkSchemaStatement(entry: LogEntry): void {
   if (!op) refuse(`schema statement ${JSON.stringify(statement.slice(0, 200))} is not a CREATE, DROP, RENAME or ALTER TABLE, or a CREATE or DROP DATABASE`);
   if (op.refusal) refuse(`schema statement: ${op.refusal.message}`);
   if (op.database !== entry.database || op.table !== entry.table) refuse(`the schema statement names another table than the entry's ${entry.database}.${entry.table}`);
-  const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
-  if (schemaStatement(op, quote) !== statement) refuse('the schema statement is not in canonical form');
+  if (schemaStatement(op, quoteQualified) !== statement) refuse('the schema statement is not in canonical form');
   if (op.to) {
     if (op.to.database === undefined) refuse('a rename names its new table without its database');
     safe('database', op.to.database);

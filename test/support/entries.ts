@@ -1,4 +1,4 @@
-import type { LogEntry } from '../../src/log/entry.js';
+import { partlessEntry, type LogEntry } from '../../src/log/entry.js';
 
 /** A 64-hex-digit stand-in for a sha256, of one repeated character. */
 export const sha = (c: string) => c.repeat(64);
@@ -26,19 +26,7 @@ export function insertEntry(lsn: number, fileCount = 1, over: Partial<LogEntry> 
   };
 }
 
-/** A mutation or schema entry of default.t at LSN 5 running `statement`; `over` replaces any field. */
+/** A mutation or schema entry of r1 on default.t at LSN 5 running `statement`; `over` replaces any field. */
 export function statementEntry(kind: 'mutation' | 'schema', statement: string, over: Partial<LogEntry> = {}): LogEntry {
-  return {
-    ...insertEntry(5),
-    kind,
-    partitionId: '',
-    blockId: '!barrier:default.t',
-    partName: '',
-    checksumsSha256: '',
-    rows: 0,
-    bytes: 0,
-    files: [],
-    statement,
-    ...over,
-  };
+  return { ...partlessEntry(kind, 'r1', { database: 'default', table: 't', blockId: '!barrier:default.t', statement }), lsn: 5, allocatedAtMs: 1, barrier: 0, ...over };
 }

@@ -2,19 +2,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { quoteIdent } from '../../src/clickhouse/http.js';
+import { quoteQualified } from '../../src/clickhouse/http.js';
 import { parseSchema, schemaStatement } from '../../src/insert/parse.js';
 import type { LogEntry } from '../../src/log/entry.js';
 import { LocalLog } from '../../src/log/store.js';
 import { validateEntry } from '../../src/log/validate.js';
 import { insertEntry, statementEntry } from '../support/entries.js';
-
-const quote = (database: string | undefined, table: string) => (database === undefined ? quoteIdent(table) : `${quoteIdent(database)}.${quoteIdent(table)}`);
 /** What a replica runs for `text` ('other': not a schema change Chorus reads; a code: refused). */
 const read = (text: string): string => {
   const op = parseSchema(text);
   if (!op) return 'other';
-  return op.refusal ? op.refusal.code : `${op.action}: ${schemaStatement(op, quote)}`;
+  return op.refusal ? op.refusal.code : `${op.action}: ${schemaStatement(op, quoteQualified)}`;
 };
 
 describe('parseSchema', () => {
